@@ -1,0 +1,27 @@
+# `make run` / `make test` bootstrap .venv from a bare python3 and do everything.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,tb]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m experiments.planar --workdir $(WORKDIR)/planar
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) -m benchmarks.jit_vs_eager
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
