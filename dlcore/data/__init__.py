@@ -1,0 +1,23 @@
+"""Datasets as NumPy arrays and deterministic batch iterators."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from dlcore.data import synthetic  # noqa: F401
+
+
+def batches(arrays: dict, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+            epoch: int = 0, drop_remainder: bool = False) -> Iterator[dict]:
+  """Yields dicts of aligned slices of `arrays`.
+
+  The order depends only on (seed, epoch), so a resumed run sees the same batches."""
+  n = len(next(iter(arrays.values())))
+  if any(len(v) != n for v in arrays.values()):
+    raise ValueError(f"arrays differ in length: { {k: len(v) for k, v in arrays.items()} }")
+  idx = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+  stop = n - n % batch_size if drop_remainder else n
+  for start in range(0, stop, batch_size):
+    sel = idx[start:start + batch_size]
+    yield {k: v[sel] for k, v in arrays.items()}

@@ -1,0 +1,11 @@
+"""Flax linen modules of every network in the material, and the registry that rebuilds them.
+
+`build(name, **kwargs)` constructs a registered model; `names()` lists them.
+"""
+from dlcore.models import mlp  # noqa: F401  (registers the models)
+from dlcore.models.mlp import (MLP, LogisticRegression, ModuleNet, RawTwoLayer, TwoLayerNet,
+                               sequential_net)
+from dlcore.models.registry import build, example_shape, names, register
+
+__all__ = ["MLP", "LogisticRegression", "ModuleNet", "RawTwoLayer", "TwoLayerNet",
+           "sequential_net", "build", "example_shape", "names", "register"]

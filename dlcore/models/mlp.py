@@ -1,0 +1,137 @@
+"""Fully connected networks of seeds 000, 001 and 003 (and the chapter 3 MLP).
+
+Each module mirrors the seed's PyTorch class: same submodule names, sizes as fields with the
+seed's defaults, and the common call shape `__call__(x, *, train=False)`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dlcore.models.init import scaled_normal, torch_kernel_init
+from dlcore.models.layers import Sequential
+from dlcore.models.registry import register
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
+               "leaky_relu": nn.leaky_relu, "identity": lambda x: x}
+
+
+def activation(name: str):
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+@register("logistic_regression", example_shape=(2,))
+class LogisticRegression(nn.Module):
+  """Seed 000 (SPEC 0.1): `torch.mm(x, w) + b` with w ~ N(0, 1) of shape (2, 1) and b = 0.
+
+  Returns logits; the seed trains it with BCEWithLogitsLoss."""
+  num_output: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    w = self.param("w", scaled_normal(1.0), (x.shape[-1], self.num_output))
+    b = self.param("b", nn.initializers.zeros, (self.num_output,))
+    return x @ w + b
+
+
+@register("raw_two_layer", example_shape=(2,))
+class RawTwoLayer(nn.Module):
+  """Seed 000 (SPEC 0.2): the 2-4-1 tanh net written with raw parameters.
+
+  `w1 = randn(2, 4) * 0.01`, `b1 = zeros(4)`, `w2 = randn(4, 1) * 0.01`, `b2 = zeros(1)`."""
+  num_hidden: int = 4
+  num_output: int = 1
+  init_scale: float = 0.01
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    w1 = self.param("w1", scaled_normal(self.init_scale), (x.shape[-1], self.num_hidden))
+    b1 = self.param("b1", nn.initializers.zeros, (self.num_hidden,))
+    w2 = self.param("w2", scaled_normal(self.init_scale), (self.num_hidden, self.num_output))
+    b2 = self.param("b2", nn.initializers.zeros, (self.num_output,))
+    return jnp.tanh(x @ w1 + b1) @ w2 + b2
+
+
+@register("sequential_net", example_shape=(2,))
+def sequential_net(num_hidden: int = 4, num_output: int = 1) -> Sequential:
+  """Seed 000 (SPEC 0.3): `nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))`.
+
+  Layers are indexed as in PyTorch: `model.layers[0]`, parameters `params['layers_0']`."""
+  return Sequential([
+      nn.Dense(num_hidden, kernel_init=torch_kernel_init), jnp.tanh,
+      nn.Dense(num_output, kernel_init=torch_kernel_init)])
+
+
+@register("module_net", example_shape=(2,))
+class ModuleNet(nn.Module):
+  """Seed 000 (SPEC 0.4): `module_net(num_input, num_hidden, num_output)`.
+
+  layer1 = Linear, layer2 = Tanh, layer3 = Linear; reach a layer's weight by name,
+  `params['layer1']['kernel']` (PyTorch's `mo_net.layer1.weight`, transposed)."""
+  num_hidden: int = 4
+  num_output: int = 1
+
+  def setup(self):
+    self.layer1 = nn.Dense(self.num_hidden, kernel_init=torch_kernel_init)
+    self.layer2 = jnp.tanh
+    self.layer3 = nn.Dense(self.num_output, kernel_init=torch_kernel_init)
+
+  def __call__(self, x, *, train: bool = False):
+    return self.layer3(self.layer2(self.layer1(x)))
+
+
+@register("mlp", example_shape=(2,))
+class MLP(nn.Module):
+  """A configurable multilayer perceptron: Dense layers of `widths`, the last one linear.
+
+  Between layers: optional BatchNorm (after the Dense, before the activation, as the book's
+  chapter 3 code), the activation, optional Dropout (train mode only). Covers seed 000's deep
+  2-10-10-10-1 tanh net (SPEC 0.5), FizzBuzz's 10-100-4 (SPEC 1.7) and the chapter 3 MLPs.
+  """
+  widths: Sequence[int] = (10, 10, 10, 1)
+  activation: str = "tanh"
+  use_bias: bool = True
+  batchnorm: bool = False
+  dropout: float = 0.0
+  torch_init: bool = True  # PyTorch's default Linear init, as the seeds trained with it
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    act = activation(self.activation)
+    kinit = torch_kernel_init if self.torch_init else nn.initializers.lecun_normal()
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, use_bias=self.use_bias, kernel_init=kinit, name=f"fc{i + 1}")(x)
+      if i == len(self.widths) - 1:
+        break
+      if self.batchnorm:
+        # PyTorch BatchNorm1d: momentum 0.1 (Flax 0.9), eps 1e-5.
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         name=f"bn{i + 1}")(x)
+      x = act(x)
+      if self.dropout > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return x
+
+
+@register("two_layer_net", example_shape=(1000,))
+class TwoLayerNet(nn.Module):
+  """Seed 001 (SPEC 1.4-1.6): `TwoLayerNet(D_in, H, D_out)`, Linear-ReLU-Linear without bias.
+
+  The seed's Sequential version (1.4, 1.5) has the same structure and parameters."""
+  hidden: int = 100
+  num_output: int = 10
+  use_bias: bool = False
+
+  def setup(self):
+    self.linear1 = nn.Dense(self.hidden, use_bias=self.use_bias, kernel_init=torch_kernel_init)
+    self.linear2 = nn.Dense(self.num_output, use_bias=self.use_bias,
+                            kernel_init=torch_kernel_init)
+
+  def __call__(self, x, *, train: bool = False):
+    return self.linear2(nn.relu(self.linear1(x)))

@@ -1,0 +1,58 @@
+"""Model registry: a name -> constructor map, so a model can be rebuilt from (name, kwargs).
+
+`save_model` stores the registered name and the constructor's keyword arguments as JSON;
+`load_model` rebuilds the module through this registry. Nothing from the file is executed:
+an unknown name is an error, never an import.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Small example input shape (without batch) per model, used for init, tests and benchmarks.
+_EXAMPLE_SHAPES: dict[str, tuple[int, ...]] = {}
+
+
+def register(name: str, *, example_shape: tuple[int, ...]):
+  """Class/function decorator adding a constructor to the registry under `name`."""
+
+  def deco(ctor):
+    if name in _REGISTRY:
+      raise ValueError(f"model name {name!r} is registered twice")
+    _REGISTRY[name] = ctor
+    _EXAMPLE_SHAPES[name] = tuple(example_shape)
+    return ctor
+
+  return deco
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def example_shape(name: str) -> tuple[int, ...]:
+  _check(name)
+  return _EXAMPLE_SHAPES[name]
+
+
+def _check(name: str) -> None:
+  if name not in _REGISTRY:
+    raise KeyError(
+        f"unknown model {name!r}; registered models are: {', '.join(names())}")
+
+
+def _as_hashable(value: Any) -> Any:
+  # JSON turns tuples into lists; linen modules want hashable (tuple) fields.
+  if isinstance(value, list):
+    return tuple(_as_hashable(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _as_hashable(v) for k, v in value.items()}
+  return value
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+  """Constructs the registered model `name` with constructor arguments `kwargs`."""
+  _check(name)
+  return _REGISTRY[name](**{k: _as_hashable(v) for k, v in kwargs.items()})

@@ -1,0 +1,41 @@
+"""Training state: parameters, optimizer state, batch statistics and the run's PRNG key."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus `batch_stats` (None for models without BatchNorm) and `rng`.
+
+  `rng` is a raw uint32 key that never changes: each step draws from
+  `fold_in(rng, step)`, so a resumed run sees the same random numbers as an uninterrupted one.
+  """
+  batch_stats: Any = None
+  rng: jax.Array | None = None
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_x,
+                       seed: int = 0) -> TrainState:
+  """Initialises `model` on `example_x` (a batch) and wraps it with optimizer `tx`."""
+  init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+  # jit keeps the init of large models (AlexNet) from running op by op.
+  variables = jax.jit(lambda k, x: model.init({"params": k, "dropout": k}, x, train=False))(
+      init_key, jnp.asarray(example_x))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats"), rng=run_key)
+  # An array step (not Python's 0) keeps jit from tracing twice and Orbax from special cases.
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def variables_of(state: TrainState) -> dict:
+  """The `variables` dict that `model.apply` takes."""
+  v = {"params": state.params}
+  if state.batch_stats is not None:
+    v["batch_stats"] = state.batch_stats
+  return v

@@ -1,0 +1,135 @@
+"""Seed 000: logistic regression and multilayer nets on the planar "flower" (SPEC 0.1-0.5).
+
+    python -m experiments.planar --workdir runs/planar
+
+Trains the seed's five networks full-batch with SGD and BCE-with-logits, draws each decision
+boundary, and saves every trained net both ways the seed shows: parameters only (reloaded into
+a model the caller declares) and "whole model" (reloaded from the registry, no class needed),
+checking that the reloaded nets give identical outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from dlcore import checkpoint, cli, losses, models, optim, plots
+from dlcore.data import synthetic
+from dlcore.runs import start_run
+from dlcore.train import create_train_state, fit, make_eval_step, make_train_step, repeat_step
+
+# id -> (registered model, constructor kwargs, optimizer lr, steps); the seed's settings.
+NETS = {
+    "0.1": ("logistic_regression", {}, 0.1, 100),
+    "0.2": ("raw_two_layer", {"num_hidden": 4, "init_scale": 0.01}, 1.0, 10000),
+    "0.3": ("sequential_net", {"num_hidden": 4}, 1.0, 10000),
+    "0.4": ("module_net", {"num_hidden": 4}, 1.0, 10000),
+    "0.5": ("mlp", {"widths": (10, 10, 10, 1), "activation": "tanh"}, 0.1, 20000),
+}
+TITLES = {"0.1": "logistic regression", "0.2": "2 layer network (raw parameters)",
+          "0.3": "sequential", "0.4": "module_net", "0.5": "deep 2-10-10-10-1 tanh"}
+
+
+@dataclasses.dataclass
+class Config(cli.Common):
+  nets: tuple[str, ...] = tuple(NETS)
+  steps_scale: float = 1.0   # multiply every net's step count (e.g. 0.1 for a quick run)
+  fuse: int = 100            # optimizer steps per compiled call (lax.scan); 1 = a Python loop
+  data_seed: int = 1         # the seed's np.random.seed(1)
+
+
+def loss_fn(logits, batch):
+  return losses.bce_with_logits(logits, batch["y"]), {}
+
+
+def metrics_fn(logits, batch):
+  return {"loss": losses.bce_with_logits(logits, batch["y"]),
+          "accuracy": losses.accuracy(logits, batch["y"])}
+
+
+def train_one(net_id: str, cfg: Config, run, runner, data: dict):
+  name, kwargs, lr, steps = NETS[net_id]
+  steps = max(1, int(round(steps * cfg.steps_scale)))
+  chunk = min(cfg.fuse, steps)
+  if steps % chunk:
+    raise ValueError(f"{net_id}: {steps} steps do not divide into --fuse {chunk} chunks")
+  model = models.build(name, **kwargs)
+  state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.seed)
+  step = make_train_step(loss_fn, axis_name=runner.axis_name)
+  if chunk > 1:
+    step = repeat_step(step, chunk)
+  with checkpoint.Checkpointer(run.file("checkpoints", net_id), max_to_keep=2,
+                               save_every_steps=max(chunk, steps // 10)) as ckpt:
+    state, history = fit(
+        state, runner.compile(step), lambda epoch: [data], runner=runner,
+        num_epochs=steps // chunk, steps_per_call=chunk,
+        eval_step=runner.compile_eval(make_eval_step(metrics_fn)),
+        eval_batches=lambda: [data], run=run, checkpointer=ckpt, resume=cfg.resume,
+        progress=cfg.progress, desc=f"{net_id} {name}", log_every=10**9)
+  final = history[-1]["eval"] if history else metrics_fn(
+      model.apply({"params": state.params}, data["x"]), data)
+  variables = {"params": state.params}
+  predict = jax.jit(lambda x: (model.apply(variables, x) > 0).astype(np.int32)[:, 0])
+  plots.decision_boundary(predict, data["x"], data["y"], run.file(f"boundary_{net_id}.png"),
+                          title=f"{net_id} {TITLES[net_id]}")
+  return model, variables, final, history
+
+
+def reload_checks(net_id: str, run, model, variables, x) -> dict:
+  """Both ways of saving (seed 000): identical outputs after reloading?"""
+  name, kwargs, _, _ = NETS[net_id]
+  out = np.asarray(model.apply(variables, x))
+  # 1) parameters only: the caller declares the model again and restores into it.
+  p = checkpoint.save_params(run.file("models", f"{net_id}_params"), variables)
+  fresh = models.build(name, **kwargs)
+  target = fresh.init(jax.random.PRNGKey(123), x[:1])
+  out_params = np.asarray(fresh.apply(checkpoint.load_params(p, target), x))
+  # 2) whole model: name + constructor arguments + parameters; no class declared here.
+  p = checkpoint.save_model(run.file("models", f"{net_id}_model"), name, variables,
+                            input_shape=x.shape[1:], kwargs=kwargs)
+  loaded_model, loaded_vars = checkpoint.load_model(p)
+  out_model = np.asarray(loaded_model.apply(loaded_vars, x))
+  return {"params_only": bool(np.array_equal(out, out_params)),
+          "whole_model": bool(np.array_equal(out, out_model))}
+
+
+def show_layers(net_id: str, model, variables) -> None:
+  """The seed's layer access: `seq_net[0].weight`, `mo_net.layer1.weight`."""
+  params = variables["params"]
+  if net_id == "0.3":
+    print(f"  model.layers[0] = {model.layers[0]!r}".replace("\n", " "))
+    print(f"  params['layers_0']['kernel'] (PyTorch weight.T):\n{params['layers_0']['kernel']}")
+  elif net_id == "0.4":
+    print(f"  params['layer1']['kernel'] (PyTorch layer1.weight.T):\n{params['layer1']['kernel']}")
+
+
+def main(argv=None) -> dict:
+  cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
+  unknown = set(cfg.nets) - set(NETS)
+  if unknown:
+    raise SystemExit(f"unknown net id(s) {sorted(unknown)}; choose from {list(NETS)}")
+  run, runner = start_run(cfg, "planar")
+  x, y = synthetic.planar_flower(seed=cfg.data_seed)
+  data = {"x": x, "y": y}
+  summary, curves, xs = {}, {}, {}
+  for net_id in cfg.nets:
+    model, variables, final, history = train_one(net_id, cfg, run, runner, data)
+    show_layers(net_id, model, variables)
+    reload = reload_checks(net_id, run, model, variables, x)
+    summary[net_id] = {"loss": final["loss"], "accuracy": final["accuracy"],
+                       "steps": history[-1]["step"] if history else 0, "reload_identical": reload,
+                       "dataset": "planar_flower(m=400, seed=1)"}
+    curves[net_id] = [h["eval"]["loss"] for h in history]
+    xs[net_id] = [h["step"] for h in history]
+    print(f"  {net_id} {TITLES[net_id]}: loss {final['loss']:.4f} accuracy "
+          f"{final['accuracy']:.3f} reload identical {reload}")
+  plots.curves(curves, run.file("loss_curves.png"), xs=xs, title="planar: BCE loss",
+               logy=False)
+  run.update_summary(summary)
+  run.close()
+  return summary
+
+
+if __name__ == "__main__":
+  main()
