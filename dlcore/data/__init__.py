@@ -21,3 +21,16 @@ def batches(arrays: dict, batch_size: int, *, shuffle: bool = False, seed: int =
   for start in range(0, stop, batch_size):
     sel = idx[start:start + batch_size]
     yield {k: v[sel] for k, v in arrays.items()}
+
+
+def stacked_epoch(arrays: dict, batch_size: int) -> dict:
+  """An in-order epoch laid out for `dlcore.train.steps.fused_epoch`: the full batches
+  stacked on a leading axis, and the remainder (or None)."""
+  n = len(next(iter(arrays.values())))
+  k = n // batch_size
+  if k == 0:
+    raise ValueError(f"{n} examples make no full batch of {batch_size}")
+  full = {name: v[:k * batch_size].reshape((k, batch_size) + v.shape[1:])
+          for name, v in arrays.items()}
+  rest = {name: v[k * batch_size:] for name, v in arrays.items()} if n % batch_size else None
+  return {"full": full, "rest": rest}

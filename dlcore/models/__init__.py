@@ -4,8 +4,8 @@
 """
 from dlcore.models import mlp  # noqa: F401  (registers the models)
 from dlcore.models.mlp import (MLP, LogisticRegression, ModuleNet, RawTwoLayer, TwoLayerNet,
-                               sequential_net)
+                               sequential_net, two_layer_sequential)
 from dlcore.models.registry import build, example_shape, names, register
 
 __all__ = ["MLP", "LogisticRegression", "ModuleNet", "RawTwoLayer", "TwoLayerNet",
-           "sequential_net", "build", "example_shape", "names", "register"]
+           "sequential_net", "two_layer_sequential", "build", "example_shape", "names", "register"]

@@ -16,3 +16,13 @@ def scaled_normal(scale: float):
     return scale * jax.random.normal(key, shape, dtype)
 
   return init
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's Linear/Conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init

@@ -10,8 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dlcore.models.init import scaled_normal, torch_kernel_init
-from dlcore.models.layers import Sequential
+from dlcore.models.init import scaled_normal
+from dlcore.models.layers import Linear, Sequential
 from dlcore.models.registry import register
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
@@ -58,13 +58,11 @@ class RawTwoLayer(nn.Module):
 
 
 @register("sequential_net", example_shape=(2,))
-def sequential_net(num_hidden: int = 4, num_output: int = 1) -> Sequential:
+def sequential_net(num_input: int = 2, num_hidden: int = 4, num_output: int = 1) -> Sequential:
   """Seed 000 (SPEC 0.3): `nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))`.
 
   Layers are indexed as in PyTorch: `model.layers[0]`, parameters `params['layers_0']`."""
-  return Sequential([
-      nn.Dense(num_hidden, kernel_init=torch_kernel_init), jnp.tanh,
-      nn.Dense(num_output, kernel_init=torch_kernel_init)])
+  return Sequential([Linear(num_input, num_hidden), jnp.tanh, Linear(num_hidden, num_output)])
 
 
 @register("module_net", example_shape=(2,))
@@ -73,13 +71,14 @@ class ModuleNet(nn.Module):
 
   layer1 = Linear, layer2 = Tanh, layer3 = Linear; reach a layer's weight by name,
   `params['layer1']['kernel']` (PyTorch's `mo_net.layer1.weight`, transposed)."""
+  num_input: int = 2
   num_hidden: int = 4
   num_output: int = 1
 
   def setup(self):
-    self.layer1 = nn.Dense(self.num_hidden, kernel_init=torch_kernel_init)
+    self.layer1 = Linear(self.num_input, self.num_hidden)
     self.layer2 = jnp.tanh
-    self.layer3 = nn.Dense(self.num_output, kernel_init=torch_kernel_init)
+    self.layer3 = Linear(self.num_hidden, self.num_output)
 
   def __call__(self, x, *, train: bool = False):
     return self.layer3(self.layer2(self.layer1(x)))
@@ -98,15 +97,17 @@ class MLP(nn.Module):
   use_bias: bool = True
   batchnorm: bool = False
   dropout: float = 0.0
-  torch_init: bool = True  # PyTorch's default Linear init, as the seeds trained with it
+  torch_init: bool = True  # PyTorch's default Linear init (the seeds' results depend on it)
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     act = activation(self.activation)
-    kinit = torch_kernel_init if self.torch_init else nn.initializers.lecun_normal()
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, use_bias=self.use_bias, kernel_init=kinit, name=f"fc{i + 1}")(x)
+      if self.torch_init:
+        x = Linear(x.shape[-1], width, bias=self.use_bias, name=f"fc{i + 1}")(x)
+      else:
+        x = nn.Dense(width, use_bias=self.use_bias, name=f"fc{i + 1}")(x)
       if i == len(self.widths) - 1:
         break
       if self.batchnorm:
@@ -124,14 +125,23 @@ class TwoLayerNet(nn.Module):
   """Seed 001 (SPEC 1.4-1.6): `TwoLayerNet(D_in, H, D_out)`, Linear-ReLU-Linear without bias.
 
   The seed's Sequential version (1.4, 1.5) has the same structure and parameters."""
+  num_input: int = 1000
   hidden: int = 100
   num_output: int = 10
   use_bias: bool = False
 
   def setup(self):
-    self.linear1 = nn.Dense(self.hidden, use_bias=self.use_bias, kernel_init=torch_kernel_init)
-    self.linear2 = nn.Dense(self.num_output, use_bias=self.use_bias,
-                            kernel_init=torch_kernel_init)
+    self.linear1 = Linear(self.num_input, self.hidden, bias=self.use_bias)
+    self.linear2 = Linear(self.hidden, self.num_output, bias=self.use_bias)
 
   def __call__(self, x, *, train: bool = False):
     return self.linear2(nn.relu(self.linear1(x)))
+
+
+@register("two_layer_sequential", example_shape=(1000,))
+def two_layer_sequential(num_input: int = 1000, hidden: int = 100,
+                         num_output: int = 10) -> Sequential:
+  """Seed 001 (SPEC 1.4, 1.5): `Sequential(Linear(D_in, H, bias=False), ReLU,
+  Linear(H, D_out, bias=False))`."""
+  return Sequential([Linear(num_input, hidden, bias=False), nn.relu,
+                     Linear(hidden, num_output, bias=False)])

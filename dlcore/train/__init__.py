@@ -1,10 +1,11 @@
 """Training engine: state, pure steps, the eager/jit/pmap/sharded switch, and `fit`."""
-from dlcore.train.loop import NonFiniteLossError, fit
+from dlcore.train.loop import NonFiniteLossError, fit, step_of
 from dlcore.train.modes import MODES, Runner, set_host_devices
-from dlcore.train.state import TrainState, create_train_state, variables_of
-from dlcore.train.steps import (make_eval_step, make_train_step, mean_metrics, repeat_step,
-                                scan_steps)
+from dlcore.train.state import (TrainState, create_train_state, stack_states, unstack_state,
+                                variables_of)
+from dlcore.train.steps import (fused_epoch, make_eval_step, make_train_step, mean_metrics,
+                                repeat_step, scan_steps)
 
 __all__ = ["MODES", "NonFiniteLossError", "Runner", "TrainState", "create_train_state",
-           "fit", "make_eval_step", "make_train_step", "mean_metrics", "repeat_step",
-           "scan_steps", "set_host_devices", "variables_of"]
+           "fit", "fused_epoch", "step_of", "make_eval_step", "make_train_step", "mean_metrics", "repeat_step",
+           "scan_steps", "set_host_devices", "stack_states", "unstack_state", "variables_of"]

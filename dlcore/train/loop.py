@@ -18,6 +18,11 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
 
+def step_of(state) -> int:
+  """The state's step; a vmapped ensemble carries one counter per member, all equal."""
+  return int(np.ravel(jax.device_get(state.step))[0])
+
+
 def _host_mean(rows: list[dict]) -> dict:
   rows = jax.device_get(rows)
   return {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]}
@@ -42,7 +47,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   """
   if resume and checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
-  start_step = int(state.step)
+  start_step = step_of(state)
   last_good = checkpointer.latest_step() if checkpointer is not None else None
   state = runner.put_state(state)
   history: list[dict] = []
@@ -107,7 +112,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     bar.close()
   host_state = runner.get_state(state)
   if checkpointer is not None:
-    final = int(host_state.step)
+    final = step_of(host_state)
     if checkpointer.latest_step() != final:
       checkpointer.save(final, host_state, force=True)
     checkpointer.wait()

@@ -39,3 +39,14 @@ def variables_of(state: TrainState) -> dict:
   if state.batch_stats is not None:
     v["batch_stats"] = state.batch_stats
   return v
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+  """Stacks same-shaped states along a new leading axis, for `jax.vmap`-ed steps that train
+  an ensemble (e.g. several seeds) in lockstep."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def unstack_state(state: TrainState, i: int) -> TrainState:
+  """Member `i` of a stacked state."""
+  return jax.tree.map(lambda x: x[i], state)

@@ -97,3 +97,21 @@ def scan_steps(step):
 def mean_metrics(metrics: dict) -> dict:
   """Averages stacked metrics (from a fused call) to scalars."""
   return jax.tree.map(lambda m: jnp.mean(m), metrics)
+
+
+def fused_epoch(step):
+  """One in-order epoch in one call: `scan` over the full batches, then the partial one.
+
+  Takes the batch layout of `dlcore.data.stacked_epoch`: {"full": stacked (k, B, ...),
+  "rest": (r, ...) or None}. Metrics are averaged over the epoch's steps."""
+
+  def fused(state, epoch_batches):
+    state, metrics = jax.lax.scan(step, state, epoch_batches["full"])
+    k = jax.tree.leaves(epoch_batches["full"])[0].shape[0]
+    metrics = mean_metrics(metrics)
+    if epoch_batches.get("rest") is not None:
+      state, last = step(state, epoch_batches["rest"])
+      metrics = jax.tree.map(lambda m, l: (m * k + l) / (k + 1), metrics, last)
+    return state, metrics
+
+  return fused

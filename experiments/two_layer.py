@@ -1,0 +1,153 @@
+"""Seed 001: the two-layer ReLU net six ways, and the scalar autograd example (SPEC 1.1-1.6).
+
+    python -m experiments.two_layer --workdir runs/two_layer
+
+N=64, D_in=1000, H=100, D_out=10, x and y ~ N(0, 1), loss = sum of squared errors, 500 steps.
+1.1 NumPy with hand-written backward (float64, as NumPy computes), 1.2 the same code on JAX
+arrays, 1.3 `jax.grad` with a manual update (all three from the same N(0, 1) weights, lr 1e-6);
+1.4 the Sequential model with SGD, 1.5 with Adam, 1.6 the TwoLayerNet module with SGD
+(PyTorch-default init, lr 1e-4), trained through dlcore's engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlcore import cli, losses, manual, models, optim, plots
+from dlcore.data import synthetic
+from dlcore.runs import start_run
+from dlcore.train import create_train_state, fit, make_train_step, repeat_step
+
+
+@dataclasses.dataclass
+class Config(cli.Common):
+  steps: int = 500
+  n: int = 64
+  d_in: int = 1000
+  hidden: int = 100
+  d_out: int = 10
+  lr_manual: float = 1e-6   # 1.1-1.3, weights ~ N(0, 1)
+  lr_module: float = 1e-4   # 1.4-1.6, PyTorch-default init
+  fuse: int = 100           # steps per compiled call for 1.4-1.6; 1 = Python loop
+
+
+def scalar_autograd() -> dict:
+  """y = w * x + b at x=1, w=2, b=3: dy/dx = 2, dy/dw = 1, dy/db = 1."""
+  dx, dw, db = jax.grad(lambda x, w, b: w * x + b, argnums=(0, 1, 2))(1.0, 2.0, 3.0)
+  return {"dy_dx": float(dx), "dy_dw": float(dw), "dy_db": float(db)}
+
+
+def manual_runs(cfg: Config, x, y) -> tuple[dict, dict]:
+  rng = np.random.RandomState(cfg.seed + 1)
+  w1 = rng.randn(cfg.d_in, cfg.hidden)
+  w2 = rng.randn(cfg.hidden, cfg.d_out)
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  results, curves = {}, {}
+
+  # 1.1 NumPy, hand-written backward.
+  a, b, hist, t0 = w1.copy(), w2.copy(), [], time.perf_counter()
+  for _ in range(cfg.steps):
+    loss, a, b = manual.two_layer_sgd_step(x64, y64, a, b, cfg.lr_manual, np)
+    hist.append(float(loss))
+  results["1.1"] = {"loss": hist[-1], "wall_ms_per_step": 1e3 * (time.perf_counter() - t0) / cfg.steps}
+  curves["1.1 numpy"] = hist
+
+  # 1.2 the same hand-written code on JAX arrays (float32); jitted unless --mode eager.
+  step12 = jax.jit(manual.two_layer_sgd_step, static_argnums=5)
+  if cfg.mode == "eager":
+    step12 = lambda *args: manual.two_layer_sgd_step(*args)  # noqa: E731
+  a, b = jnp.asarray(w1, jnp.float32), jnp.asarray(w2, jnp.float32)
+  xj, yj, hist, t0 = jnp.asarray(x), jnp.asarray(y), [], time.perf_counter()
+  for _ in range(cfg.steps):
+    loss, a, b = step12(xj, yj, a, b, cfg.lr_manual, jnp)
+    hist.append(loss)
+  hist = [float(v) for v in hist]
+  results["1.2"] = {"loss": hist[-1], "wall_ms_per_step": 1e3 * (time.perf_counter() - t0) / cfg.steps}
+  curves["1.2 jax.numpy"] = hist
+
+  # 1.3 automatic gradients, manual update.
+  def sse(ws):
+    return jnp.sum(jnp.square(jax.nn.relu(xj @ ws[0]) @ ws[1] - yj))
+
+  @jax.jit
+  def step13(ws):
+    loss, g = jax.value_and_grad(sse)(ws)
+    return loss, jax.tree.map(lambda w, gw: w - cfg.lr_manual * gw, ws, g)
+
+  ws, hist, t0 = (jnp.asarray(w1, jnp.float32), jnp.asarray(w2, jnp.float32)), [], time.perf_counter()
+  for _ in range(cfg.steps):
+    loss, ws = step13(ws)
+    hist.append(loss)
+  hist = [float(v) for v in hist]
+  results["1.3"] = {"loss": hist[-1], "wall_ms_per_step": 1e3 * (time.perf_counter() - t0) / cfg.steps}
+  curves["1.3 jax.grad"] = hist
+
+  # The hand-written gradients equal the automatic ones (at the initial weights, float64).
+  _, g1, g2 = manual.two_layer_forward_backward(x64, y64, w1, w2, np)
+  with jax.enable_x64(True):
+    auto = jax.grad(lambda ws: jnp.sum(jnp.square(jax.nn.relu(x64 @ ws[0]) @ ws[1] - y64)))(
+        (jnp.asarray(w1), jnp.asarray(w2)))
+    rel = max(float(np.max(np.abs(g - np.asarray(ga))) / np.max(np.abs(ga)))
+              for g, ga in zip((g1, g2), auto))
+  return results, curves | {"_gradcheck": rel}
+
+
+def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
+  data = {"x": x, "y": y}
+  variants = {
+      "1.4": ("two_layer_sequential", "sgd"),
+      "1.5": ("two_layer_sequential", "adam"),
+      "1.6": ("two_layer_net", "sgd"),
+  }
+  chunk = min(cfg.fuse, cfg.steps)
+  if cfg.steps % chunk:
+    raise SystemExit(f"--steps {cfg.steps} must be a multiple of --fuse {chunk}")
+  results, curves = {}, {}
+  for sid, (name, opt) in variants.items():
+    model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out)
+    state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.seed)
+    step = make_train_step(lambda out, b: (losses.mse(out, b["y"], "sum"), {}),
+                           axis_name=runner.axis_name)
+    if chunk > 1:
+      step = repeat_step(step, chunk)
+    t0 = time.perf_counter()
+    state, history = fit(state, runner.compile(step), lambda e: [data], runner=runner,
+                         num_epochs=cfg.steps // chunk, steps_per_call=chunk, run=run,
+                         progress=cfg.progress, desc=f"{sid} {name} {opt}", log_every=10**9)
+    seconds = time.perf_counter() - t0
+    final = float(losses.mse(model.apply({"params": state.params}, x), y, "sum"))
+    results[sid] = {"loss": final, "model": name, "optimizer": opt,
+                    "wall_ms_per_step": 1e3 * seconds / cfg.steps}
+    curves[f"{sid} {name} {opt}"] = [h["train"]["loss"] for h in history]
+  return results, curves
+
+
+def main(argv=None) -> dict:
+  cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
+  run, runner = start_run(cfg, "two_layer")
+  x, y = synthetic.random_regression(cfg.n, cfg.d_in, cfg.d_out, seed=cfg.seed)
+  manual_res, manual_curves = manual_runs(cfg, x, y)
+  gradcheck = manual_curves.pop("_gradcheck")
+  module_res, module_curves = module_runs(cfg, run, runner, x, y)
+  plots.curves(manual_curves, run.file("loss_manual.png"), logy=True,
+               title="1.1-1.3: N(0,1) weights, lr 1e-6 (sum of squared errors)")
+  chunk = min(cfg.fuse, cfg.steps)
+  plots.curves(module_curves, run.file("loss_modules.png"), logy=True,
+               xs={k: np.arange(1, len(v) + 1) * chunk for k, v in module_curves.items()},
+               title="1.4-1.6: modules, lr 1e-4 (mean over each fused chunk)")
+  summary = {**manual_res, **module_res,
+             "1.1-gradcheck": {"max_relative_error": gradcheck, "passed": gradcheck < 1e-10},
+             "1.0-scalar": scalar_autograd()}
+  for k, v in summary.items():
+    print(f"  {k}: {v}")
+  run.update_summary(summary)
+  run.close()
+  return summary
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,64 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlcore import models
+
+# Parameter counts of the PyTorch originals (sum of p.numel()) with the registry's defaults.
+EXPECTED_PARAMS = {
+    "logistic_regression": 2 * 1 + 1,
+    "raw_two_layer": 2 * 4 + 4 + 4 * 1 + 1,
+    "sequential_net": 2 * 4 + 4 + 4 + 1,
+    "module_net": 2 * 4 + 4 + 4 + 1,
+    "mlp": (2 * 10 + 10) + (10 * 10 + 10) * 2 + 10 + 1,
+    "two_layer_net": 1000 * 100 + 100 * 10,
+    "two_layer_sequential": 1000 * 100 + 100 * 10,
+}
+OUTPUT_SHAPES = {"two_layer_net": (10,), "two_layer_sequential": (10,)}
+
+
+def test_every_registered_model_has_an_expected_count():
+  assert set(EXPECTED_PARAMS) <= set(models.names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_forward_shape_and_parameter_count(name):
+  model = models.build(name)
+  x = jnp.ones((3, *models.example_shape(name)))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  assert count == EXPECTED_PARAMS[name]
+  assert model.apply(variables, x, train=False).shape == (3, *OUTPUT_SHAPES.get(name, (1,)))
+
+
+def test_torch_default_init_bounds():
+  """Linear(in, out): kernel and bias within +-1/sqrt(in), as torch.nn.Linear."""
+  model = models.build("two_layer_net", use_bias=True)
+  params = model.init(jax.random.PRNGKey(1), jnp.ones((1, 1000)))["params"]
+  bound = 1 / np.sqrt(1000)
+  for leaf in jax.tree.leaves(params["linear1"]):
+    assert np.abs(leaf).max() <= bound
+    assert np.abs(leaf).max() > 0.9 * bound  # uniform over the whole range, not tiny
+
+
+def test_sequential_layers_are_indexed_like_pytorch():
+  model = models.build("sequential_net")
+  params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 2)))["params"]
+  assert set(params) == {"layers_0", "layers_2"}
+  assert params["layers_0"]["kernel"].shape == (2, 4)  # PyTorch weight (4, 2), transposed
+
+
+def test_unknown_model_names_the_choices():
+  with pytest.raises(KeyError, match="registered models are: .*mlp"):
+    models.build("resnet152")
+
+
+def test_mlp_dropout_only_in_training():
+  model = models.build("mlp", widths=(64, 1), activation="relu", dropout=0.5)
+  x = jnp.ones((4, 2))
+  v = model.init(jax.random.PRNGKey(0), x)
+  a = model.apply(v, x, train=False)
+  np.testing.assert_array_equal(a, model.apply(v, x, train=False))
+  b = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  assert not np.allclose(a, b)
