@@ -19,6 +19,7 @@ class Common:
   seed: int = 0
   resume: bool = False          # continue from the latest checkpoint in workdir
   progress: bool = True         # tqdm progress bars
+  tensorboard: bool = False     # also write TensorBoard logs to <workdir>/tb (tensorboardX)
 
 
 def _bool(s: str) -> bool:

@@ -96,7 +96,7 @@ def start_run(cfg, name: str):
 
   if cfg.devices:
     set_host_devices(cfg.devices)
-  run = RunDir(cfg.workdir.format(name=name), tensorboard=getattr(cfg, "tensorboard", False))
+  run = RunDir(cfg.workdir.format(name=name), tensorboard=cfg.tensorboard)
   run.write_config(cfg)
   runner = Runner(cfg.mode, devices=cfg.devices or None)
   print(f"[{name}] mode={cfg.mode} devices={runner.devices} run directory: {run.path}")

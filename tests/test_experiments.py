@@ -63,3 +63,9 @@ def test_bad_option_is_a_clear_error():
   out = subprocess.run([sys.executable, "-m", "experiments.planar", "--mode", "turbo"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "invalid choice: 'turbo'" in out.stderr
+
+
+def test_tensorboard_logs_are_written(tmp_path):
+  planar.main(["--workdir", str(tmp_path), "--nets", "0.1", "--tensorboard", "--no-progress"])
+  events = [f for f in os.listdir(tmp_path / "tb") if f.startswith("events.out.tfevents")]
+  assert events and os.path.getsize(tmp_path / "tb" / events[0]) > 100
