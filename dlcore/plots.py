@@ -51,3 +51,19 @@ def curves(series: dict[str, Sequence[float]], path: str, *, xs: dict | None = N
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def prediction(dates, series: dict[str, Sequence[float]], path: str, *, title: str = "") -> str:
+  """Predicted vs actual values over dates (string or datetime64)."""
+  x = np.asarray(dates).astype("datetime64[D]")
+  fig, ax = plt.subplots(figsize=(8, 4))
+  for name, ys in series.items():
+    ax.plot(x, ys, label=name, lw=1.2 if name == "actual" else 1.0)
+  ax.set_title(title)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.autofmt_xdate()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
