@@ -147,9 +147,8 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
   step = make_train_step(mse, axis_name=runner.axis_name)
   drop = cfg.mode in ("pmap", "sharded")  # equal shards need full batches
-  steps_per_epoch = -(-len(train["x"]) // cfg.batch_size)
-  if drop:
-    steps_per_epoch = len(train["x"]) // cfg.batch_size
+  n = len(train["x"])
+  steps_per_epoch = n // cfg.batch_size if drop else -(-n // cfg.batch_size)
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=max(1, steps_per_epoch * epochs // 5)) as ckpt:
     state, history = fit(

@@ -71,7 +71,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     return means
 
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress, unit="epoch",
-             initial=0, dynamic_ncols=True)
+             dynamic_ncols=True)
   try:
     for epoch in range(num_epochs):
       epoch_rows = []
