@@ -22,6 +22,26 @@ class Common:
   tensorboard: bool = False     # also write TensorBoard logs to <workdir>/tb (tensorboardX)
 
 
+@dataclasses.dataclass
+class ImageDataArgs:
+  """Dataset options of the image experiments (see `dlcore.data.images.load`)."""
+  dataset: str = "mnist"        # mnist | fashion_mnist | cifar10 | digits
+  data_dir: str = ""            # folder with the dataset's files (IDX / CIFAR binary)
+  train_limit: int = 0          # use only the first N training images (0: all)
+  test_limit: int = 0           # use only the first N test images (0: all)
+
+
+def load_image_data(cfg, fallback: str | None = None):
+  """Loads `cfg.dataset` (an `ImageDataArgs`), trimmed to the limits; prints what it got."""
+  from dlcore.data import images
+
+  data = images.load(cfg.dataset, data_dir=cfg.data_dir or None, fallback=fallback)
+  if cfg.train_limit or cfg.test_limit:
+    data = data.subset(cfg.train_limit or None, cfg.test_limit or None)
+  print(f"data: {data.describe()}")
+  return data
+
+
 def _bool(s: str) -> bool:
   if s.lower() in ("1", "true", "yes", "y", "on"):
     return True

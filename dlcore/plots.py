@@ -67,3 +67,71 @@ def prediction(dates, series: dict[str, Sequence[float]], path: str, *, title: s
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def panels(groups: dict[str, dict[str, Sequence[float]]], path: str, *, x=None,
+           xlabel: str = "epoch", title: str = "", logy: Sequence[str] = ()) -> str:
+  """One subplot per group (e.g. "loss", "accuracy"), several named curves in each."""
+  fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+  for ax, (ylabel, series) in zip(axes[0], groups.items()):
+    for name, ys in series.items():
+      ax.plot(x if x is not None else np.arange(1, len(ys) + 1), ys, label=name, marker=".")
+    if ylabel in logy:
+      ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title: str = "",
+               labels: Sequence[str] | None = None, value_range=(0.0, 1.0)) -> str:
+  """A grid of NHWC images (grey or RGB) as one PNG, like torchvision's `save_image`.
+
+  `value_range` maps pixel values to black..white (use (-1, 1) for tanh outputs)."""
+  images = np.asarray(images, np.float32)
+  if images.ndim == 2:  # flat vectors of square grey images
+    side = int(round(np.sqrt(images.shape[1])))
+    images = images.reshape(-1, side, side, 1)
+  lo, hi = value_range
+  images = np.clip((images - lo) / (hi - lo), 0, 1)
+  n = len(images)
+  nrow = nrow or int(np.ceil(np.sqrt(n)))
+  ncol = int(np.ceil(n / nrow))
+  fig, axes = plt.subplots(ncol, nrow, figsize=(nrow * 0.9, ncol * 0.9 + (0.4 if title else 0)),
+                           squeeze=False)
+  for i, ax in enumerate(axes.ravel()):
+    ax.axis("off")
+    if i < n:
+      img = images[i]
+      ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+      if labels is not None:
+        ax.set_title(labels[i], fontsize=6)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout(pad=0.2)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def confusion(y_true, y_pred, class_names: Sequence[str], path: str, *, title: str = "") -> str:
+  """Confusion matrix (scikit-learn's), rows = true class, normalised per row."""
+  from sklearn.metrics import ConfusionMatrixDisplay
+
+  fig, ax = plt.subplots(figsize=(7, 6))
+  ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=range(len(class_names)),
+                                          display_labels=class_names, normalize="true",
+                                          values_format=".2f", ax=ax, colorbar=False,
+                                          xticks_rotation=45)
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

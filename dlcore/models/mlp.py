@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dlcore.models.init import scaled_normal
-from dlcore.models.layers import Linear, Sequential
+from dlcore.models.layers import Linear, NamedSequential, Sequential
 from dlcore.models.registry import register
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
@@ -145,3 +145,32 @@ def two_layer_sequential(num_input: int = 1000, hidden: int = 100,
   Linear(H, D_out, bias=False))`."""
   return Sequential([Linear(num_input, hidden, bias=False), nn.relu,
                      Linear(hidden, num_output, bias=False)])
+
+
+def flatten(x):
+  """(N, ...) -> (N, features): images in, vectors out (PyTorch's `x.view(x.size(0), -1)`)."""
+  return x.reshape((x.shape[0], -1))
+
+
+@register("mnist_mlp", example_shape=(28, 28, 1))
+def mnist_mlp(in_dim: int = 784, n_hidden_1: int = 300, n_hidden_2: int = 100,
+              out_dim: int = 10, batchnorm: bool = True,
+              axis_name: str | None = None) -> NamedSequential:
+  """SPEC 2.3.1-2.3.2: the book's chapter 3 MNIST net, `Net(784, 300, 100, 10)`: two hidden
+  layers, each Linear -> BatchNorm1d -> ReLU, then Linear; built as an ordered sequence of
+  named layers (the chapter's `Sequential(OrderedDict(...))`), so parameters are reached
+  as `params["fc1"]`, `batch_stats["bn1"]`.
+
+  BatchNorm follows PyTorch's BatchNorm1d (momentum 0.1, i.e. Flax's 0.9; eps 1e-5). Under
+  pmap pass `axis_name` (the Runner's): batch mean and variance are then averaged across
+  devices, so the normalisation equals a single-device step on the whole batch.
+  """
+  def bn():
+    return nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+
+  layers = [("flatten", flatten), ("fc1", Linear(in_dim, n_hidden_1))]
+  layers += [("bn1", bn())] if batchnorm else []
+  layers += [("relu1", nn.relu), ("fc2", Linear(n_hidden_1, n_hidden_2))]
+  layers += [("bn2", bn())] if batchnorm else []
+  layers += [("relu2", nn.relu), ("fc3", Linear(n_hidden_2, out_dim))]
+  return NamedSequential(tuple(layers))

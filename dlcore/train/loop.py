@@ -24,7 +24,13 @@ def step_of(state) -> int:
 
 
 def _host_mean(rows: list[dict]) -> dict:
+  """Mean of each metric over the rows; weighted by a "count" metric when there is one."""
   rows = jax.device_get(rows)
+  if "count" in rows[0]:
+    w = np.array([float(np.sum(r["count"])) for r in rows])
+    out = {k: float(np.dot([np.mean(r[k]) for r in rows], w) / w.sum())
+           for k in rows[0] if k != "count"}
+    return out | {"count": int(w.sum())}
   return {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]}
 
 

@@ -3,7 +3,8 @@
 Nothing here is jitted or pmapped: `dlcore.train.modes.Runner` applies that where the step is
 used, so eager, jit, pmap and sharded runs execute the same function. Under pmap the step is
 built with `axis_name`, and gradients, metrics and batch statistics are averaged over it.
-Batches are dicts; the model's input is `batch["x"]`.
+Batches are dicts; the model's input is `batch["x"]`, passed through `preprocess` when given
+(e.g. `dlcore.data.transforms.ImagePipeline`: uint8 images normalised on the device).
 """
 from __future__ import annotations
 
@@ -30,21 +31,26 @@ def _pmean(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def _inputs(batch: dict, preprocess):
+  return batch["x"] if preprocess is None else preprocess(batch["x"])
+
+
 def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
-                    rng_streams: Sequence[str] = ("dropout",)):
+                    rng_streams: Sequence[str] = ("dropout",), preprocess=None):
   """One optimizer step on `batch`: forward in train mode, grads, update, batch stats."""
 
   def step(state: TrainState, batch: dict):
     rngs = step_rngs(state, rng_streams, axis_name)
     has_bn = state.batch_stats is not None
+    x = _inputs(batch, preprocess)
 
     def compute_loss(params):
       variables = variables_of(state.replace(params=params))
       if has_bn:
-        out, updates = state.apply_fn(variables, batch["x"], train=True, rngs=rngs,
+        out, updates = state.apply_fn(variables, x, train=True, rngs=rngs,
                                       mutable=["batch_stats"])
       else:
-        out, updates = state.apply_fn(variables, batch["x"], train=True, rngs=rngs), {}
+        out, updates = state.apply_fn(variables, x, train=True, rngs=rngs), {}
       loss, metrics = loss_fn(out, batch)
       return loss, (metrics, updates.get("batch_stats"))
 
@@ -63,11 +69,14 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
 
 
 def make_eval_step(metrics_fn: Callable[[jax.Array, dict], dict], *,
-                   axis_name: str | None = None):
-  """`eval(state, batch) -> metrics`: forward in inference mode (running BN statistics)."""
+                   axis_name: str | None = None, preprocess=None):
+  """`eval(state, batch) -> metrics`: forward in inference mode (running BN statistics).
+
+  A metric named "count" (examples in the batch) makes `fit` weight the batches by it, so
+  a smaller last batch does not skew the epoch's mean."""
 
   def evaluate(state: TrainState, batch: dict):
-    out = state.apply_fn(variables_of(state), batch["x"], train=False)
+    out = state.apply_fn(variables_of(state), _inputs(batch, preprocess), train=False)
     return _pmean(metrics_fn(out, batch), axis_name)
 
   return evaluate

@@ -1,0 +1,135 @@
+"""Book chapter 6 (SPEC 2.6.1-2.6.2): convolution arithmetic, and a small CNN classifier.
+
+    python -m experiments.cnn                              # MNIST (needs the files or network)
+    python -m experiments.cnn --dataset fashion_mnist      # offline with the Debian files
+
+2.6.1  output shapes of `nn.Conv` for stride, padding ("same", "valid", explicit), several
+       channels and groups, checked against the formula floor((n + 2p - k) / s) + 1; and the
+       transposed convolution as the transpose of the convolution written as a matrix C:
+       conv(x) = C x, and conv_transpose(y) = C^T y, for `jax.lax.conv_transpose` and
+       `nn.ConvTranspose(transpose_kernel=True)`. (Flax's default `transpose_kernel=False`
+       does not flip the kernel, so it equals C^T only for a flipped kernel: see the output.)
+2.6.2  the chapter's CNN (conv-pool-conv-pool-fc-fc; the seed's code is missing, so the
+       architecture is dlcore's, see `dlcore.models.CNN`): Adam 1e-3, batch 128, 15 epochs.
+       The trained model is saved to <run>/model, where chapter 8 loads it to score samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlcore import cli, optim
+from dlcore.data.transforms import ImagePipeline
+from dlcore.models.custom import conv_matrix, conv_output_size
+from dlcore.runs import start_run
+from dlcore.train.classify import classifier_experiment
+
+
+@dataclasses.dataclass
+class Config(cli.Common, cli.ImageDataArgs):
+  epochs: int = 15
+  batch_size: int = 128
+  lr: float = 1e-3
+  channels: tuple[int, ...] = (32, 64)
+  hidden: int = 128
+  dropout: float = 0.5
+  demos: bool = True            # 2.6.1
+  train: bool = True            # 2.6.2
+
+
+SHAPE_CASES = [  # (description, nn.Conv keyword arguments) on an 8x8 single-channel input
+    ("k3 p1 (same size)", dict(features=1, kernel_size=(3, 3), padding=((1, 1), (1, 1)))),
+    ("k(5,3) p(2,1)", dict(features=1, kernel_size=(5, 3), padding=((2, 2), (1, 1)))),
+    ("k(3,5) p(0,1) s(3,4)", dict(features=1, kernel_size=(3, 5), padding=((0, 0), (1, 1)),
+                                  strides=(3, 4))),
+    ("k3 'SAME' s2", dict(features=1, kernel_size=(3, 3), padding="SAME", strides=(2, 2))),
+    ("k3 'VALID'", dict(features=1, kernel_size=(3, 3), padding="VALID")),
+]
+
+
+def _formula(n, k, p, s):
+  return conv_output_size(n, k, p, s)
+
+
+def conv_demos(seed: int = 0) -> dict:
+  key = jax.random.PRNGKey(seed)
+  x = jax.random.uniform(key, (1, 8, 8, 1))
+  shapes = {}
+  print("2.6.1 output shapes on an 8x8 input:")
+  for name, kw in SHAPE_CASES:
+    conv = nn.Conv(**kw)
+    y = conv.apply(conv.init(key, x), x)
+    pad = kw.get("padding")
+    if isinstance(pad, tuple):
+      stride = kw.get("strides", (1, 1))
+      expect = tuple(_formula(8, k, p[0], s) for k, p, s in zip(kw["kernel_size"], pad, stride))
+    elif pad == "SAME":  # ceil(n / s)
+      expect = tuple(-(-8 // s) for s in kw["strides"])
+    else:
+      expect = tuple(_formula(8, k, 0, 1) for k in kw["kernel_size"])
+    shapes[name] = list(y.shape[1:3])
+    print(f"  {name:<22} -> {y.shape[1]}x{y.shape[2]} (formula {expect[0]}x{expect[1]})")
+    assert tuple(y.shape[1:3]) == expect, (name, y.shape, expect)
+  channels = {}
+  for groups in (1, 2, 4):
+    conv = nn.Conv(features=8, kernel_size=(3, 3), feature_group_count=groups)
+    params = conv.init(key, jnp.ones((1, 8, 8, 4)))["params"]
+    channels[f"groups={groups}"] = {"kernel": list(params["kernel"].shape),
+                                    "weights": int(params["kernel"].size)}
+    print(f"  4 -> 8 channels, 3x3, groups={groups}: kernel {params['kernel'].shape} "
+          f"({params['kernel'].size} weights: each output sees 4/{groups} input channels)")
+  # Transposed convolution as C^T, for stride 1 and stride 2.
+  errors = {}
+  for stride in (1, 2):
+    kernel = np.asarray(jax.random.normal(key, (3, 3)))
+    c = conv_matrix(kernel, (5, 5), stride=stride)
+    oh = conv_output_size(5, 3, 0, stride)
+    y = np.asarray(jax.random.normal(jax.random.fold_in(key, stride), (oh, oh)))
+    by_matrix = (c.T @ y.ravel()).reshape(5, 5)
+    by_lax = jax.lax.conv_transpose(y[None, :, :, None], kernel[:, :, None, None],
+                                    (stride, stride), "VALID", transpose_kernel=True)[0, ..., 0]
+    flax_t = nn.ConvTranspose(1, (3, 3), strides=(stride, stride), padding="VALID",
+                              use_bias=False, transpose_kernel=True)
+    by_flax = flax_t.apply({"params": {"kernel": kernel[:, :, None, None]}},
+                           y[None, :, :, None])[0, ..., 0]
+    unflipped = nn.ConvTranspose(1, (3, 3), strides=(stride, stride), padding="VALID",
+                                 use_bias=False).apply(
+        {"params": {"kernel": kernel[:, :, None, None]}}, y[None, :, :, None])[0, ..., 0]
+    errors[f"stride {stride}"] = {
+        "lax.conv_transpose": float(np.abs(by_lax - by_matrix).max()),
+        "nn.ConvTranspose(transpose_kernel=True)": float(np.abs(by_flax - by_matrix).max()),
+        "nn.ConvTranspose default (kernel not flipped)":
+            float(np.abs(unflipped - by_matrix).max())}
+    print(f"  stride {stride}: C is {c.shape}; |conv_transpose(y) - C^T y| max: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in errors[f'stride {stride}'].items()))
+  return {"2.6.1": {"output_shapes_8x8": shapes, "groups_4_to_8": channels,
+                    "transposed_conv_vs_matrix_max_error": errors}}
+
+
+def main(argv=None) -> dict:
+  cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
+  data = cli.load_image_data(cfg) if cfg.train else None  # fail fast, before any work
+  run, runner = start_run(cfg, "cnn")
+  summary = conv_demos(cfg.seed) if cfg.demos else {}
+  if cfg.train:
+    c, h, w = data.image_shape[2], *data.image_shape[:2]
+    size = None if (h, w) == (28, 28) else 28  # the CNN is built for 28x28 inputs
+    pipeline = ImagePipeline("pm1", size=size, resize="bilinear")
+    kwargs = dict(in_channels=c, num_classes=data.num_classes, channels=tuple(cfg.channels),
+                  hidden=cfg.hidden, dropout=cfg.dropout)
+    entry, _ = classifier_experiment(
+        cfg, run, runner, spec_id="2.6.2", model_name="cnn", model_kwargs=kwargs, data=data,
+        pipeline=pipeline, tx=optim.make_optimizer("adam", cfg.lr), title="chapter 6 CNN",
+        extra={"architecture": "conv-pool-conv-pool-fc-fc (dlcore's design; seed code missing)"})
+    summary |= entry
+  run.update_summary(summary)
+  run.close()
+  return summary
+
+
+if __name__ == "__main__":
+  main()

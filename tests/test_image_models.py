@@ -1,0 +1,193 @@
+"""Seed 004 layers and nets, chapter 6 convolution arithmetic, the chapter 3 BN MLP across
+eager / jit / pmap, and AlexNet's one step at 224x224 on CPU."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dlcore import models
+from dlcore.data.transforms import ImagePipeline
+from dlcore.models.custom import conv_matrix, conv_output_size, corr2d, pool2d
+from dlcore.models.layers import Conv2d
+from dlcore.models.summary import count_params
+from dlcore.train import Runner, create_train_state, make_train_step
+from dlcore.train.classify import xent_loss
+from tests.helpers import max_abs_diff
+
+
+def abstract_params(name, shape, **kwargs):
+  model = models.build(name, **kwargs)
+  x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+  return jax.eval_shape(lambda x: model.init({"params": jax.random.PRNGKey(0),
+                                              "dropout": jax.random.PRNGKey(0)}, x), x)
+
+
+@pytest.mark.parametrize("name,shape,count", [
+    ("basic_mlp", (784,), 203_530), ("lenet", (32, 32, 1), 61_706),
+    ("alexnet", (224, 224, 1), 46_764_746),
+    ("mnist_mlp", (28, 28, 1), 267_410)])  # PyTorch counts BatchNorm's weight and bias too
+def test_parameter_counts_equal_pytorch(name, shape, count):
+  assert count_params(abstract_params(name, shape)["params"]) == count
+
+
+def test_lenet_layout():
+  params = abstract_params("lenet", (32, 32, 1))["params"]
+  assert len(jax.tree.leaves(params)) == 10
+  assert params["conv1"]["kernel"].shape == (5, 5, 1, 6)  # PyTorch (6, 1, 5, 5), OIHW
+  with pytest.raises(ValueError, match="32x32"):
+    models.build("lenet").init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_centered_list_and_dict_layers():
+  out = models.build("centered_layer").apply({}, jnp.array([1.0, 2, 3, 4, 5]))
+  np.testing.assert_allclose(out, [-2, -1, 0, 1, 2])
+  x = jnp.ones((3, 4))
+  ld = models.build("list_dense")
+  v = ld.init(jax.random.PRNGKey(0), x)
+  p = v["params"]
+  assert sorted(p) == ["params_0", "params_1", "params_2", "params_3"]
+  np.testing.assert_allclose(ld.apply(v, x),
+                             x @ p["params_0"] @ p["params_1"] @ p["params_2"] @ p["params_3"],
+                             rtol=1e-5)
+  dd = models.build("dict_dense")
+  v = dd.init(jax.random.PRNGKey(0), x)
+  assert {k: v["params"][k].shape for k in v["params"]} == {
+      "linear1": (4, 4), "linear2": (4, 1), "linear3": (4, 2)}
+  np.testing.assert_allclose(dd.apply(v, x, "linear3"), x @ v["params"]["linear3"], rtol=1e-6)
+  with pytest.raises(KeyError, match="linear4"):
+    dd.apply(v, x, "linear4")
+
+
+def test_corr2d_and_pool2d_reproduce_the_seed():
+  X = jnp.arange(9.0).reshape(3, 3)
+  np.testing.assert_allclose(corr2d(X, jnp.array([[0.0, 1], [2, 3]])), [[19, 25], [37, 43]])
+  np.testing.assert_allclose(pool2d(X, (2, 2)), [[4, 5], [7, 8]])
+  np.testing.assert_allclose(pool2d(X, (2, 2), "avg"), [[2, 3], [5, 6]])
+  # corr2d agrees with XLA's convolution (which is also a cross-correlation).
+  key = jax.random.PRNGKey(1)
+  x, k = jax.random.normal(key, (7, 9)), jax.random.normal(jax.random.fold_in(key, 1), (3, 2))
+  lax = jax.lax.conv_general_dilated(x[None, None], k[None, None], (1, 1), "VALID")[0, 0]
+  np.testing.assert_allclose(corr2d(x, k), lax, rtol=1e-5, atol=1e-5)
+
+
+def test_corr2d_conv_layer_learns_the_edge_kernel():
+  from experiments.model_building import learn_edge_kernel
+
+  result = learn_edge_kernel()
+  np.testing.assert_allclose(result["weight"], [[1.0, -1.0]], atol=0.02)
+  assert result["loss_last"] < 1e-3 * result["loss_first"]
+
+
+def test_seed_conv_output_shapes():
+  x = jnp.zeros((1, 8, 8, 1))
+  key = jax.random.PRNGKey(0)
+  for conv, want in ((Conv2d(1, 1, 3, padding=1), (8, 8)),
+                     (Conv2d(1, 1, (5, 3), padding=(2, 1)), (8, 8)),
+                     (Conv2d(1, 1, (3, 5), stride=(3, 4), padding=(0, 1)), (2, 2))):
+    assert conv.apply(conv.init(key, x), x).shape[1:3] == want
+
+
+@pytest.mark.parametrize("n,k,p,s,d", [(8, 3, 1, 1, 1), (28, 5, 0, 1, 1), (224, 11, 0, 4, 1),
+                                       (9, 3, 2, 2, 2), (10, 4, 1, 3, 1)])
+def test_output_size_formula_matches_flax(n, k, p, s, d):
+  conv = nn.Conv(1, (k, k), strides=(s, s), padding=((p, p), (p, p)), kernel_dilation=(d, d))
+  x = jnp.zeros((1, n, n, 1))
+  y = conv.apply(conv.init(jax.random.PRNGKey(0), x), x)
+  assert y.shape[1] == conv_output_size(n, k, p, s, d)
+
+
+def test_groups_divide_the_kernel():
+  for groups in (1, 2, 4):
+    conv = nn.Conv(8, (3, 3), feature_group_count=groups)
+    kernel = conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, 4)))["params"]["kernel"]
+    assert kernel.shape == (3, 3, 4 // groups, 8)
+
+
+@pytest.mark.parametrize("stride,padding,n", [(1, 0, 6), (2, 0, 7), (2, 1, 6), (1, 1, 6)])
+def test_transposed_convolution_is_the_transposed_matrix(stride, padding, n):
+  key = jax.random.PRNGKey(stride * 10 + padding)
+  kernel = np.asarray(jax.random.normal(key, (3, 3)))
+  x = jax.random.normal(jax.random.fold_in(key, 1), (n, n))
+  c = conv_matrix(kernel, (n, n), stride=stride, padding=padding)
+
+  def conv(x):
+    return jax.lax.conv_general_dilated(x[None, None], kernel[None, None], (stride, stride),
+                                        [(padding, padding)] * 2)[0, 0]
+
+  y, vjp = jax.vjp(conv, x)
+  np.testing.assert_allclose(y.ravel(), c @ np.asarray(x).ravel(), rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(jax.random.fold_in(key, 2), y.shape)
+  want = c.T @ np.asarray(g).ravel()
+  # The gradient of the convolution is multiplication by C^T ...
+  np.testing.assert_allclose(vjp(g)[0].ravel(), want, rtol=1e-5, atol=1e-5)
+  if padding == 0:
+    # ... and so is the transposed convolution, with the kernel flipped (transpose_kernel).
+    t = jax.lax.conv_transpose(g[None, :, :, None], kernel[:, :, None, None], (stride, stride),
+                               "VALID", transpose_kernel=True)[0, :, :, 0]
+    np.testing.assert_allclose(t.ravel(), want, rtol=1e-5, atol=1e-5)
+    flax_t = nn.ConvTranspose(1, (3, 3), strides=(stride, stride), padding="VALID",
+                              use_bias=False, transpose_kernel=True)
+    t = flax_t.apply({"params": {"kernel": kernel[:, :, None, None]}}, g[None, :, :, None])
+    np.testing.assert_allclose(t.ravel(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_shapes_and_features():
+  model = models.build("cnn")
+  x = jnp.zeros((3, 28, 28, 1))
+  v = model.init(jax.random.PRNGKey(0), x)
+  assert model.apply(v, x).shape == (3, 10)
+  assert model.apply(v, x, method=model.features).shape == (3, 128)
+
+
+def _bn_batch(n=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"x": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+          "y": rng.integers(0, 10, n).astype(np.int32)}
+
+
+def _bn_step(mode, devices=None, sync=True):
+  runner = Runner(mode, devices=devices)
+  axis = runner.axis_name if sync else None
+  model = models.build("mnist_mlp", axis_name=axis)
+  pipe = ImagePipeline("pm1")
+  batch = _bn_batch()
+  state = create_train_state(model, optax.sgd(0.1, momentum=0.9), pipe(batch["x"][:2]), 0)
+  step = runner.compile(make_train_step(xent_loss, axis_name=runner.axis_name,
+                                        preprocess=pipe))
+  state = runner.put_state(state)
+  for _ in range(3):
+    state, _ = step(state, runner.put_batch(batch))
+  return runner.get_state(state)
+
+
+def test_batchnorm_mlp_same_in_eager_jit_pmap_sharded():
+  ref = _bn_step("jit")
+  for mode, devices in (("eager", None), ("pmap", 2), ("pmap", 4), ("sharded", 4)):
+    other = _bn_step(mode, devices)
+    assert max_abs_diff(ref.params, other.params) < 2e-5, (mode, devices)
+    assert max_abs_diff(ref.batch_stats, other.batch_stats) < 2e-5, (mode, devices)
+
+
+def test_pmap_without_synced_batchnorm_differs():
+  """The check above can fail: per-device batch statistics give a different step."""
+  ref, unsynced = _bn_step("jit"), _bn_step("pmap", 4, sync=False)
+  assert max_abs_diff(ref.params, unsynced.params) > 1e-4
+
+
+def test_alexnet_one_training_step_at_224_on_cpu():
+  model = models.build("alexnet")
+  pipe = ImagePipeline("unit", size=224, resize="bilinear")
+  batch = _bn_batch(2)
+  state = create_train_state(model, optax.sgd(0.01), pipe(batch["x"][:1]), 0)
+  before = jax.tree.map(np.asarray, state.params["fc_6"])
+  step = jax.jit(make_train_step(xent_loss, preprocess=pipe))
+  state, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  assert int(state.step) == 1
+  assert max_abs_diff(before, state.params["fc_6"]) > 0
+  # Dropout is on in training and off in evaluation.
+  x = pipe(batch["x"])
+  v = {"params": state.params}
+  np.testing.assert_array_equal(model.apply(v, x), model.apply(v, x))
