@@ -10,7 +10,7 @@
        `nn.ConvTranspose(transpose_kernel=True)`. (Flax's default `transpose_kernel=False`
        does not flip the kernel, so it equals C^T only for a flipped kernel: see the output.)
 2.6.2  the chapter's CNN (conv-pool-conv-pool-fc-fc; the seed's code is missing, so the
-       architecture is dlcore's, see `dlcore.models.CNN`): Adam 1e-3, batch 128, 15 epochs.
+       architecture is dlcore's, see `dlcore.models.CNN`): Adam 1e-3, batch 128, 10 epochs.
        The trained model is saved to <run>/model, where chapter 8 loads it to score samples.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dlcore.train.classify import classifier_experiment
 
 @dataclasses.dataclass
 class Config(cli.Common, cli.ImageDataArgs):
-  epochs: int = 15
+  epochs: int = 10
   batch_size: int = 128
   lr: float = 1e-3
   channels: tuple[int, ...] = (32, 64)

@@ -314,14 +314,15 @@ SOURCES = ("files", "tfds", "download")
 
 
 def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = None,
-         sources: Sequence[str] = SOURCES, fallback: str | None = None) -> ImageData:
+         sources: Sequence[str] = SOURCES,
+         fallback: str | Sequence[str] | None = None) -> ImageData:
   """Loads dataset `name` (see the module docstring for where it looks).
 
   data_dir: a folder with the dataset's files; when given, only that folder is tried.
   sources: which of "files" (known folders), "tfds" (prepared TFDS data) and "download" to
     try, in that order.
-  fallback: a dataset to load instead when `name` is unavailable (prints a warning; the
-    returned `source` says what was used).
+  fallback: a dataset (or several, tried in order) to load instead when `name` is
+    unavailable; prints a warning, and the returned `source` says what was used.
   """
   ds = info(name)
   if ds.file_format == "sklearn":
@@ -359,9 +360,11 @@ def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = 
              f"Fix: {ds.hint}; or run once with network access; or choose a dataset that is "
              f"here, e.g. --dataset fashion_mnist (apt-get install dataset-fashion-mnist) or "
              f"--dataset digits (bundled with scikit-learn).")
-  if fallback and fallback != name:
-    print(f"WARNING: {message}\nFalling back to {fallback!r}.", file=sys.stderr)
-    data = load(fallback, sources=sources)
+  chain = [fallback] if isinstance(fallback, str) else list(fallback or [])
+  chain = [f for f in chain if f != name]
+  if chain:
+    print(f"WARNING: {message}\nFalling back to {chain[0]!r}.", file=sys.stderr)
+    data = load(chain[0], sources=sources, fallback=chain[1:])
     return dataclasses.replace(data, source=f"{data.source} (fallback: {name} unavailable)")
   raise DatasetUnavailableError(message)
 

@@ -1,7 +1,12 @@
 """Building blocks shared by several models."""
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from dlcore.models.init import torch_bias_init, torch_kernel_init
 
@@ -81,3 +86,43 @@ class NamedSequential(nn.Module):
       else:
         x = layer(x, train=train)
     return x
+
+
+class UpConv2x(nn.Module):
+  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")` (doubles H and
+  W), computed as one stride-1 3x3 convolution to 4 * features channels followed by a
+  depth-to-space shuffle. Same parameters (kernel (4, 4, in, features), bias) and the same
+  outputs as the transposed convolution (tests/test_generative.py checks it against
+  `nn.ConvTranspose`), but XLA's CPU backend runs the transposed convolution's kernel
+  gradient as a slow input-dilated convolution: this form trains ~4x faster there.
+
+  Why it is the same function: the transposed convolution zero-stuffs the input and
+  correlates with the 4x4 kernel; along each axis, even outputs then see input offsets
+  (-1, 0) through kernel taps (0, 2) and odd outputs offsets (0, +1) through taps (1, 3).
+  The 3x3 kernel below places those taps for each of the 2x2 output phases.
+  """
+  features: int
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features))
+    # _PHASE_TAPS[phase, window position, kernel tap] = 1 where the tap is used.
+    w = jnp.einsum("pra,qsb,abio->rsipqo", _PHASE_TAPS, _PHASE_TAPS, kernel)
+    w = w.reshape(3, 3, cin, 4 * self.features)
+    y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, wd, _ = y.shape
+    y = y.reshape(n, h, wd, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(n, 2 * h, 2 * wd, self.features)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,))
+    return y
+
+
+_PHASE_TAPS = np.zeros((2, 3, 4), np.float32)
+_PHASE_TAPS[0, 0, 0] = _PHASE_TAPS[0, 1, 2] = 1  # even outputs: offsets -1, 0 <- taps 0, 2
+_PHASE_TAPS[1, 1, 1] = _PHASE_TAPS[1, 2, 3] = 1  # odd outputs: offsets 0, +1 <- taps 1, 3

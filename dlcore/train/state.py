@@ -21,12 +21,14 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_x,
-                       seed: int = 0) -> TrainState:
-  """Initialises `model` on `example_x` (a batch) and wraps it with optimizer `tx`."""
+                       seed: int = 0, init_args: tuple = ()) -> TrainState:
+  """Initialises `model` on `example_x` (a batch; `init_args` are further positional inputs,
+  e.g. a conditional GAN's labels) and wraps it with optimizer `tx`."""
   init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
   # jit keeps the init of large models (AlexNet) from running op by op.
-  variables = jax.jit(lambda k, x: model.init({"params": k, "dropout": k}, x, train=False))(
-      init_key, jnp.asarray(example_x))
+  variables = jax.jit(lambda k, x, args: model.init({"params": k, "dropout": k}, x, *args,
+                                                    train=False))(
+      init_key, jnp.asarray(example_x), tuple(jnp.asarray(a) for a in init_args))
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats"), rng=run_key)
   # An array step (not Python's 0) keeps jit from tracing twice and Orbax from special cases.

@@ -1,0 +1,154 @@
+"""Chapter 8 GANs (SPEC 2.8.2-2.8.4): fully connected GAN, conditional GAN, DCGAN.
+
+    python -m experiments.gan --variant gan --dataset fashion_mnist
+    python -m experiments.gan --variant cgan --dataset fashion_mnist
+    python -m experiments.gan --variant dcgan --dataset fashion_mnist
+
+gan:   the seed's players (D 784-256-256-1 LeakyReLU 0.2, G 64-256-256-784 tanh), BCE, Adam
+       2e-4, batch 100; D is trained on real = 1 and fake = 0, then G with its fakes
+       labelled real. 30 epochs by default (the seed does not say how many).
+cgan:  the same players conditioned on the label (embedding concatenated to the input).
+dcgan: transposed-conv generator and strided-conv discriminator with batch norm (Radford et
+       al.), latent 100, Adam 2e-4 with beta1 0.5 as in the paper, 10 epochs.
+
+Images are scaled to [-1, 1] (tanh range). Each epoch saves a grid from the same fixed
+noise (cgan: one row per class), and D(x) / D(G(z)) are logged. Checkpoints hold both
+players and both optimizers; `--resume` continues. At the end the chapter 6 CNN scores the
+generator: a Frechet distance of its features of 10,000 samples vs the test images, and for
+the cgan, the classifier's accuracy on samples against the labels asked for.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlcore import cli, data as dldata, models, optim, plots
+from dlcore.checkpoint import Checkpointer
+from dlcore.data.transforms import ImagePipeline
+from dlcore.runs import start_run
+from dlcore.scoring import load_or_train_scorer, to_uint8
+from dlcore.train import fit
+from dlcore.train.gan import create_gan_state, generate, make_gan_step
+
+VARIANTS = {  # variant -> (generator, discriminator, latent, epochs, adam b1, SPEC id)
+    "gan": ("gan_generator", "gan_discriminator", 64, 30, 0.9, "2.8.2"),
+    "cgan": ("cgan_generator", "cgan_discriminator", 64, 30, 0.9, "2.8.3"),
+    "dcgan": ("dcgan_generator", "dcgan_discriminator", 100, 10, 0.5, "2.8.4"),
+}
+
+
+@dataclasses.dataclass
+class Config(cli.Common, cli.ImageDataArgs):
+  variant: str = "gan"          # gan | cgan | dcgan
+  epochs: int = 0               # 0: the variant's default (gan/cgan 30, dcgan 10)
+  batch_size: int = 100
+  lr: float = 2e-4
+  base: int = 32                # dcgan width (channels of the last hidden conv)
+  classifier: str = ""          # scoring CNN (save_model dir); "": runs/classifier_<dataset>
+  classifier_epochs: int = 3
+  score_samples: int = 10000    # generated images for the scores (0: skip)
+
+
+def build_players(cfg: Config, data, axis_name=None):
+  g_name, d_name, latent, _, _, _ = VARIANTS[cfg.variant]
+  shape, size = data.image_shape, int(np.prod(data.image_shape))
+  if cfg.variant == "dcgan":
+    if shape[:2] != (28, 28):
+      raise SystemExit(f"dcgan is built for 28x28 images; {data.name} has {shape[:2]}")
+    return (models.build(g_name, base=cfg.base, channels=shape[2], axis_name=axis_name),
+            models.build(d_name, base=cfg.base, axis_name=axis_name), latent)
+  kw = {"num_classes": data.num_classes} if cfg.variant == "cgan" else {}
+  return (models.build(g_name, image_shape=shape, **kw),
+          models.build(d_name, image_size=size, **kw), latent)
+
+
+def main(argv=None) -> dict:
+  cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
+  if cfg.variant not in VARIANTS:
+    raise SystemExit(f"unknown --variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
+  data = cli.load_image_data(cfg)
+  run, runner = start_run(cfg, f"gan_{cfg.variant}")
+  *_, default_epochs, b1, spec_id = VARIANTS[cfg.variant]
+  epochs = cfg.epochs or default_epochs
+  conditional = cfg.variant == "cgan"
+  generator, discriminator, latent = build_players(cfg, data, runner.axis_name)
+  tx = optim.make_optimizer("adam", cfg.lr, b1=b1)
+  state = create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
+                           image_shape=data.image_shape, seed=cfg.seed, conditional=conditional)
+  step = runner.compile(make_gan_step(latent_size=latent, axis_name=runner.axis_name,
+                                      preprocess=ImagePipeline("pm1"), conditional=conditional))
+  # Fixed noise so epochs compare; the cgan grid has one row per class.
+  n_show = 10 * data.num_classes if conditional else 64
+  fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.seed + 1), (n_show, latent))
+  fixed_y = (jnp.repeat(jnp.arange(data.num_classes), 10) if conditional else None)
+  sample = jax.jit(generate)
+
+  def on_epoch_end(epoch, host_state, record):
+    imgs = np.asarray(sample(host_state, fixed_z, fixed_y))
+    plots.image_grid(imgs, run.file("samples", f"epoch_{epoch + 1:03d}.png"),
+                     nrow=10 if conditional else 8, value_range=(-1, 1),
+                     title=f"{cfg.variant} epoch {epoch + 1}" + (" (row = class)" if conditional
+                                                                  else ""))
+    t = record["train"]
+    print(f"epoch {epoch + 1}: d_loss {t['d_loss']:.3f} g_loss {t['g_loss']:.3f} D(x) "
+          f"{t['d_real']:.3f} D(G(z)) {t['d_fake']:.3f}", flush=True)
+
+  steps_per_epoch = len(data.train_x) // cfg.batch_size
+  if runner.mode in ("pmap", "sharded") and cfg.batch_size % runner.devices:
+    raise SystemExit(f"--batch-size {cfg.batch_size} must divide over {runner.devices} devices")
+  with Checkpointer(run.file("checkpoints"), max_to_keep=2,
+                    save_every_steps=steps_per_epoch) as ckpt:
+    state, history = fit(
+        state, step,
+        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                 epoch=e, drop_remainder=True),
+        runner=runner, num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.resume,
+        progress=cfg.progress, desc=cfg.variant, log_every=max(1, steps_per_epoch // 4),
+        on_epoch_end=on_epoch_end)
+  if history:
+    x = [h["epoch"] + 1 for h in history]
+    plots.panels({"loss": {k: [h["train"][k] for h in history] for k in ("d_loss", "g_loss")},
+                  "discriminator output": {
+                      "D(x)": [h["train"]["d_real"] for h in history],
+                      "D(G(z))": [h["train"]["d_fake"] for h in history]}},
+                 run.file("curves.png"), x=x, title=f"{cfg.variant} on {data.name}")
+  entry = {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
+           "mode": cfg.mode, "devices": runner.devices,
+           "final": history[-1]["train"] if history else None}
+  if cfg.score_samples:
+    entry |= score(cfg, state, data, latent, conditional, sample)
+  summary = run.update_summary({spec_id: entry})
+  run.close()
+  return summary
+
+
+def score(cfg, state, data, latent, conditional, sample) -> dict:
+  scorer = load_or_train_scorer(data, cfg.classifier or f"runs/classifier_{data.name}",
+                                epochs=cfg.classifier_epochs, seed=cfg.seed,
+                                progress=cfg.progress)
+  n = cfg.score_samples
+  z = jax.random.normal(jax.random.PRNGKey(cfg.seed + 2), (n, latent))
+  labels = np.arange(n) % data.num_classes if conditional else None
+  imgs = np.concatenate([
+      np.asarray(sample(state, z[i:i + 1000], None if labels is None else labels[i:i + 1000]))
+      for i in range(0, n, 1000)])
+  imgs = to_uint8(imgs, (-1, 1))
+  out = {"frechet_distance": scorer.frechet_distance(imgs, data.test_x[:n]),
+         "frechet_distance_train_vs_test": scorer.frechet_distance(data.train_x[:n],
+                                                                   data.test_x[:n]),
+         "classifier_test_accuracy": scorer.test_accuracy, "classifier": scorer.source,
+         "scored_samples": n}
+  print(f"Frechet distance (CNN features), samples vs test: {out['frechet_distance']:.3f}; "
+        f"real train vs test: {out['frechet_distance_train_vs_test']:.3f}")
+  if conditional:
+    out["label_accuracy"] = float(np.mean(scorer.predict(imgs) == labels))
+    print(f"classifier agrees with the requested label on {out['label_accuracy']:.3f} of "
+          f"the samples (its accuracy on real test images: {scorer.test_accuracy:.3f})")
+  return out
+
+
+if __name__ == "__main__":
+  main()
