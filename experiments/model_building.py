@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from dlcore import cli, models, optim
 from dlcore.data.transforms import ImagePipeline
@@ -30,9 +31,9 @@ from dlcore.models.summary import count_params, param_table
 from dlcore.runs import start_run
 from dlcore.train.classify import classifier_experiment
 
-TRAINING = {  # model -> (pipeline size, resize, optimizer, lr, epochs)
-    "lenet": (32, "pad", "adam", 1e-3, 20),
-    "alexnet": (224, "bilinear", "sgd", 0.01, 10),
+TRAINING = {  # model -> (pipeline size, resize, optimizer, lr, epochs, cosine decay)
+    "lenet": (32, "pad", "adam", 1e-3, 20, True),
+    "alexnet": (224, "bilinear", "sgd", 0.01, 10, False),
 }
 
 
@@ -42,6 +43,7 @@ class Config(cli.Common, cli.ImageDataArgs):
   epochs: int = 0               # 0: the model's default (LeNet 20, AlexNet 10)
   batch_size: int = 128
   optimizer: str = ""           # "": the model's default (LeNet adam, AlexNet sgd)
+  cosine: int = -1              # cosine lr decay to 0: 1 on, 0 off, -1 the model's default
   lr: float = 0.0               # 0: the model's default (LeNet 1e-3, AlexNet 0.01)
   image_size: int = 0           # 0: the model's input size (LeNet 32, AlexNet 224)
   resize: str = ""              # pad | bilinear; "": the model's default
@@ -163,17 +165,21 @@ def main(argv=None) -> dict:
   run, runner = start_run(cfg, "model_building")
   summary = demos(cfg.seed)
   if cfg.train != "none":
-    size, resize, opt, lr, epochs = TRAINING[cfg.train]
+    size, resize, opt, lr, epochs, cosine = TRAINING[cfg.train]
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or epochs)
-    pipeline = ImagePipeline("unit", size=cfg.image_size or size, resize=cfg.resize or resize)
+    cosine = cosine if cfg.cosine < 0 else bool(cfg.cosine)
+    steps = cfg.epochs * -(-len(data.train_x) // cfg.batch_size)
+    schedule = optax.cosine_decay_schedule(cfg.lr or lr, steps) if cosine else (cfg.lr or lr)
+    pipeline = ImagePipeline("pm1", size=cfg.image_size or size, resize=cfg.resize or resize)
     kwargs = dict(in_channels=data.image_shape[2], num_classes=data.num_classes)
     entry, _ = classifier_experiment(
         cfg, run, runner, spec_id="4.5" if cfg.train == "lenet" else "4.6",
         model_name=cfg.train, model_kwargs=kwargs, data=data, pipeline=pipeline,
-        tx=optim.make_optimizer(cfg.optimizer or opt, cfg.lr or lr),
+        tx=optim.make_optimizer(cfg.optimizer or opt, schedule),
         title="LeNet" if cfg.train == "lenet" else "AlexNet",
         extra={"input": f"{pipeline.size}x{pipeline.size} ({pipeline.resize})",
-               "optimizer": cfg.optimizer or opt, "lr": cfg.lr or lr})
+               "optimizer": cfg.optimizer or opt, "lr": cfg.lr or lr,
+               "lr_schedule": "cosine" if cosine else "constant"})
     for k, v in entry.items():
       summary[k] = summary.get(k, {}) | v
   run.update_summary(summary)
