@@ -115,7 +115,7 @@ def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title:
         ax.set_title(labels[i], fontsize=6)
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.tight_layout(pad=0.2)
+  fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path

@@ -115,13 +115,16 @@ class Generator(nn.Module):
 @register("cgan_discriminator", example_shape=(28, 28, 1))
 class ConditionalDiscriminator(nn.Module):
   """SPEC 2.8.3 D(x, y): the GAN discriminator on the image concatenated with an embedding of
-  its label (Mirza & Osindero, "Conditional Generative Adversarial Nets", 2014; the label
-  embedding as in the common PyTorch CGAN implementations). Dropout is not used, so the two
-  players stay comparable with the unconditional GAN."""
+  its label (Mirza & Osindero, "Conditional Generative Adversarial Nets", 2014), plus a
+  projection term <embed(y), phi(x)> on the last hidden layer (Miyato & Koyama, "cGANs with
+  Projection Discriminator", ICLR 2018; `projection=False` drops it). The projection makes
+  D score image-label agreement directly, which the small concatenated embedding alone did
+  weakly (Fashion-MNIST, 30 epochs: label accuracy of samples 0.775 without it)."""
   image_size: int = 784
   hidden: int = 256
   num_classes: int = 10
   embed_dim: int = 10
+  projection: bool = True
 
   @nn.compact
   def __call__(self, x, y=None, *, train: bool = False):
@@ -131,7 +134,12 @@ class ConditionalDiscriminator(nn.Module):
     h = jnp.concatenate([_flat(x), e], -1)
     h = nn.leaky_relu(Linear(h.shape[-1], self.hidden, name="layers_0")(h), 0.2)
     h = nn.leaky_relu(Linear(self.hidden, self.hidden, name="layers_2")(h), 0.2)
-    return Linear(self.hidden, 1, name="layers_4")(h)[:, 0]
+    out = Linear(self.hidden, 1, name="layers_4")(h)[:, 0]
+    if self.projection:
+      proj = nn.Embed(self.num_classes, self.hidden, embedding_init=nn.initializers.normal(0.02),
+                      name="projection")(y)
+      out = out + jnp.sum(proj * h, -1)
+    return out
 
 
 @register("cgan_generator", example_shape=(64,))
