@@ -135,3 +135,18 @@ def confusion(y_true, y_pred, class_names: Sequence[str], path: str, *, title: s
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def scatter_fit(x, y, fits: dict[str, tuple], path: str, *, title: str = "") -> str:
+  """Data points and fitted curves {name: (xs, ys)}."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.scatter(x, y, s=10, color="0.5", label="data")
+  for i, (name, (xs, ys)) in enumerate(fits.items()):
+    ax.plot(xs, ys, label=name, lw=1.5, ls=("-", "--", ":", "-.")[i % 4])
+  ax.set_title(title)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
