@@ -55,3 +55,31 @@ def fizzbuzz(lo: int, hi: int, num_digits: int = 10):
   xs = np.stack([binary_encode(i, num_digits) for i in range(lo, hi)])
   ys = np.array([fizz_buzz_encode(i) for i in range(lo, hi)], dtype=np.int32)
   return xs, ys
+
+
+def spiral(num_per_class: int = 500, num_classes: int = 3, noise: float = 0.2,
+           seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+  """The cs231n spiral that Made With ML's notebook generated (seed 003): class j's points
+  at radius r in [0, 1] and angle 4j + 4r + noise * N(0, 1)."""
+  rng = np.random.RandomState(seed)
+  xs, ys = [], []
+  for j in range(num_classes):
+    r = np.linspace(0.0, 1, num_per_class)
+    t = np.linspace(j * 4, (j + 1) * 4, num_per_class) + rng.randn(num_per_class) * noise
+    xs.append(np.c_[r * np.sin(t), r * np.cos(t)])
+    ys.append(np.full(num_per_class, j))
+  return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+
+
+def read_spiral_csv(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Made With ML's spiral.csv (X1, X2, color): features, integer labels, class names."""
+  import csv
+
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  if not rows or not {"X1", "X2", "color"} <= set(rows[0]):
+    raise ValueError(f"{path}: expected columns X1, X2, color")
+  classes = sorted({r["color"] for r in rows})
+  x = np.array([[float(r["X1"]), float(r["X2"])] for r in rows], np.float32)
+  y = np.array([classes.index(r["color"]) for r in rows], np.int32)
+  return x, y, classes

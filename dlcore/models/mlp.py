@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dlcore.models.init import scaled_normal
+from dlcore.models.init import scaled_normal, torch_bias_init
 from dlcore.models.layers import Linear, NamedSequential, Sequential
 from dlcore.models.registry import register
 
@@ -174,3 +174,34 @@ def mnist_mlp(in_dim: int = 784, n_hidden_1: int = 300, n_hidden_2: int = 100,
   layers += [("bn2", bn())] if batchnorm else []
   layers += [("relu2", nn.relu), ("fc3", Linear(n_hidden_2, out_dim))]
   return NamedSequential(tuple(layers))
+
+
+@register("spiral_mlp", example_shape=(2,))
+class SpiralMLP(nn.Module):
+  """Seed 003 (SPEC 3.1-3.3): Made With ML's `MLP(input_dim, hidden_dim, num_classes)`,
+  fc1 - ReLU - [Dropout(dropout_p)] - fc2, returning logits.
+
+  init_scheme: "default" = PyTorch's Linear init (3.1); "xavier_relu" = fc1's kernel from
+  `init.xavier_normal_(gain=calculate_gain("relu"))`, i.e. N(0, 2 * 2 / (fan_in + fan_out))
+  (3.2). Dropout is active only with `train=True` (3.3)."""
+  input_dim: int = 2
+  hidden_dim: int = 100
+  num_classes: int = 3
+  dropout_p: float = 0.0
+  init_scheme: str = "default"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    if self.init_scheme == "xavier_relu":
+      fc1 = nn.Dense(self.hidden_dim, name="fc1",
+                     kernel_init=nn.initializers.variance_scaling(2.0, "fan_avg", "normal"),
+                     bias_init=torch_bias_init(self.input_dim))
+    elif self.init_scheme == "default":
+      fc1 = Linear(self.input_dim, self.hidden_dim, name="fc1")
+    else:
+      raise ValueError(f"unknown init_scheme {self.init_scheme!r}; use 'default' or "
+                       "'xavier_relu'")
+    z = nn.relu(fc1(x))
+    if self.dropout_p > 0:
+      z = nn.Dropout(self.dropout_p, deterministic=not train)(z)
+    return Linear(self.hidden_dim, self.num_classes, name="fc2")(z)

@@ -1,0 +1,156 @@
+"""Seed 003 (SPEC 3.1-3.4): an MLP on the 3-class spiral (Made With ML), its initialisation,
+dropout, and an overfitting demonstration.
+
+    python -m experiments.spiral                                  # generated spiral
+    python -m experiments.spiral --csv ../shared/data/spiral.csv  # the notebook's own data
+
+3.1  MLP(2, 100, 3): fc1 - ReLU - fc2; 70/15/15 stratified split; standardised with the
+     train split's statistics; cross entropy weighted by 1 / class count (train split);
+     Adam 1e-2; 100 full-batch epochs. Accuracy, per-class precision / recall / F1
+     (scikit-learn), decision boundaries on train and test.
+3.2  the same with fc1 initialised Xavier-normal with the ReLU gain.
+3.3  the same with Dropout(0.1) after the ReLU (training only).
+3.4  overfitting: 50 uniform random points per class (labels carry no signal), hidden size
+     2 * N * C + D = 302, Adam 0.1, 500 epochs: train accuracy far above test accuracy.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from dlcore import cli, losses, models, optim, plots
+from dlcore.data import synthetic
+from dlcore.runs import start_run
+from dlcore.train import create_train_state, fit, make_train_step
+from dlcore.train.state import variables_of
+
+
+@dataclasses.dataclass
+class Config(cli.Common):
+  csv: str = ""                 # Made With ML's spiral.csv; "": generate the spiral
+  num_per_class: int = 500
+  hidden: int = 100
+  lr: float = 1e-2
+  epochs: int = 100
+  dropout: float = 0.1
+  split_seed: int = 1234        # the notebook's SEED
+  overfit_epochs: int = 500
+  overfit_lr: float = 0.1
+
+
+def split(x, y, seed):
+  """70/15/15 stratified train/val/test, as the notebook's train_val_test_split."""
+  x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=0.7, stratify=y,
+                                                      random_state=seed)
+  x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, train_size=0.5,
+                                                  stratify=y_rest, random_state=seed)
+  scaler = StandardScaler().fit(x_train)
+  f = lambda a: scaler.transform(a).astype(np.float32)  # noqa: E731
+  return {"train": (f(x_train), y_train), "val": (f(x_val), y_val), "test": (f(x_test), y_test)}
+
+
+def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, dropout=0.0,
+              init_scheme="default", weighted=True):
+  x_train, y_train = data["train"]
+  counts = np.bincount(y_train, minlength=num_classes)
+  weights = (1.0 / counts).astype(np.float32) if weighted else None
+  model = models.build("spiral_mlp", input_dim=x_train.shape[1], hidden_dim=hidden,
+                       num_classes=num_classes, dropout_p=dropout,
+                       init_scheme=init_scheme)
+  state = create_train_state(model, optim.make_optimizer("adam", lr), x_train[:2], cfg.seed)
+
+  def loss_fn(logits, batch):
+    return losses.cross_entropy(logits, batch["y"], weight=weights), {
+        "accuracy": losses.accuracy(logits, batch["y"])}
+
+  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name))
+  full = {"x": x_train, "y": y_train}
+  state, history = fit(state, step, lambda e: [full], runner=runner, num_epochs=epochs,
+                       run=run, progress=cfg.progress, desc=name, log_every=10)
+  predict = jax.jit(lambda s, x: s.apply_fn(variables_of(s), x).argmax(-1))
+  pred = {k: np.asarray(predict(state, x)) for k, (x, _) in data.items()}
+  return state, history, pred, predict
+
+
+def metrics_of(y_true, y_pred, class_names):
+  p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+  return {"accuracy": float(accuracy_score(y_true, y_pred)),
+          "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
+                            "support": int(support[i])} for i, c in enumerate(class_names)}}
+
+
+def main(argv=None) -> dict:
+  cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
+  if cfg.csv:
+    x, y, class_names = synthetic.read_spiral_csv(cfg.csv)
+    source = f"{cfg.csv} ({len(x)} points)"
+  else:
+    x, y = synthetic.spiral(cfg.num_per_class, 3, seed=cfg.split_seed)
+    class_names = ["c1", "c2", "c3"]
+    source = f"generated spiral, {cfg.num_per_class} per class, seed {cfg.split_seed}"
+  run, runner = start_run(cfg, "spiral")
+  data = split(x, y, cfg.split_seed)
+  print(f"data: {source}; train/val/test {[len(v[1]) for v in data.values()]}")
+  summary = {}
+  for spec_id, name, kw in (("3.1", "default init", {}),
+                            ("3.2", "xavier relu init", {"init_scheme": "xavier_relu"}),
+                            ("3.3", f"dropout {cfg.dropout}", {"dropout": cfg.dropout})):
+    state, history, pred, predict = train_mlp(cfg, run, runner, data, name=name,
+                                              num_classes=len(class_names), hidden=cfg.hidden,
+                                              lr=cfg.lr, epochs=cfg.epochs, **kw)
+    test = metrics_of(data["test"][1], pred["test"], class_names)
+    entry = {"test_accuracy": test["accuracy"], "per_class": test["per_class"],
+             "train_accuracy": float(np.mean(pred["train"] == data["train"][1])),
+             "val_accuracy": float(np.mean(pred["val"] == data["val"][1])),
+             "final_train_loss": history[-1]["train"]["loss"], "data": source,
+             "epochs": cfg.epochs}
+    summary[spec_id] = entry
+    print(f"{spec_id} {name}: test accuracy {entry['test_accuracy']:.3f} (train "
+          f"{entry['train_accuracy']:.3f}, val {entry['val_accuracy']:.3f})")
+    for split_name in ("train", "test"):
+      xs, ys = data[split_name]
+      plots.decision_boundary(lambda p: predict(state, p), xs, ys,
+                              run.file(f"boundary_{spec_id}_{split_name}.png"),
+                              title=f"{spec_id} {name}: {split_name}")
+  print("3.1 per class (test):", {c: {k: round(v, 3) for k, v in m.items()}
+                                   for c, m in summary["3.1"]["per_class"].items()})
+  summary["3.4"] = overfit(cfg, run, runner)
+  run.update_summary(summary)
+  run.close()
+  return summary
+
+
+def overfit(cfg, run, runner) -> dict:
+  """Random inputs, labels without signal, a net with 2*N*C + D hidden units."""
+  n, c, d = 50, 3, 2
+  rng = np.random.RandomState(cfg.split_seed)
+  x = rng.rand(n * c, d).astype(np.float32)
+  y = np.repeat(np.arange(c), n).astype(np.int32)
+  data = split(x, y, cfg.split_seed)
+  state, history, pred, predict = train_mlp(
+      cfg, run, runner, data, name="overfit", num_classes=c, hidden=2 * n * c + d,
+      lr=cfg.overfit_lr, epochs=cfg.overfit_epochs, dropout=cfg.dropout)
+  train_acc = float(np.mean(pred["train"] == data["train"][1]))
+  test_acc = float(np.mean(pred["test"] == data["test"][1]))
+  plots.curves({"train accuracy (batch, dropout on)": [h["train"]["accuracy"] for h in history]},
+               run.file("overfit_train_accuracy.png"), xlabel="epoch", ylabel="accuracy",
+               title=f"3.4 random labels: final train {train_acc:.2f} vs test {test_acc:.2f} "
+                     f"(chance 0.33)")
+  for split_name in ("train", "test"):
+    xs, ys = data[split_name]
+    plots.decision_boundary(lambda p: predict(state, p), xs, ys,
+                            run.file(f"boundary_3.4_{split_name}.png"),
+                            title=f"3.4 overfitting: {split_name}")
+  print(f"3.4 overfitting: train accuracy {train_acc:.3f}, test accuracy {test_acc:.3f} "
+        f"(chance 0.333)")
+  return {"train_accuracy": train_acc, "test_accuracy": test_acc, "hidden": 2 * n * c + d,
+          "epochs": cfg.overfit_epochs}
+
+
+if __name__ == "__main__":
+  main()
