@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m experiments.planar --workdir $(WORKDIR)/planar
+	$(PY) -m experiments.vae --workdir $(WORKDIR)/vae
 
 test: install
 	$(PY) -m pytest tests
