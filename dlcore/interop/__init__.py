@@ -1,0 +1,1 @@
+"""Bringing weights from other frameworks into dlcore (PyTorch: `dlcore.interop.torch`)."""

@@ -1,0 +1,322 @@
+"""PyTorch `state_dict`s of the seed networks -> dlcore (Flax) variables.
+
+    import torch
+    from dlcore.interop.torch import convert
+    variables = convert("lenet", torch_model.state_dict())       # {"params": ..., ...}
+    logits = models.build("lenet").apply(variables, x_nhwc)
+
+PyTorch is optional: this module takes anything with `.detach().cpu().numpy()` or plain
+arrays, and never imports torch itself. Conventions applied (README, "PyTorch weights"):
+
+- Linear: weight (out, in) -> kernel (in, out).
+- Conv2d: weight OIHW -> kernel HWIO; inputs are NHWC in dlcore.
+- Flatten before the first Linear: PyTorch flattens (C, H, W), dlcore (H, W, C): that
+  Linear's input rows are permuted (and a Linear feeding a `view(-1, C, H, W)` has its
+  output columns permuted).
+- BatchNorm: weight/bias -> scale/bias, running_mean/var -> batch_stats mean/var;
+  `num_batches_tracked` is dropped. PyTorch's momentum 0.1 is Flax's momentum 0.9 (the
+  models set it), eps 1e-5 in both.
+- LSTM: PyTorch packs the gates (i, f, g, o) as rows of weight_ih / weight_hh and keeps two
+  biases; Flax's LSTMCell has one Dense per gate (input kernels ii/if/ig/io without bias,
+  hidden kernels hi/hf/hg/ho with bias = b_ih + b_hh).
+- Embedding: weight -> embedding.
+- ConvTranspose2d: weight (in, out, kh, kw) -> Flax `ConvTranspose` kernel (kh, kw, in, out),
+  spatially flipped (PyTorch's transposed convolution is the convolution's gradient, Flax's
+  default `transpose_kernel=False` correlates the zero-stuffed input with the kernel as is);
+  PyTorch's padding p with kernel 4, stride 2, p = 1 is Flax's "SAME".
+
+Every key of the state_dict must be used and every variable of the model filled, with the
+right shape: otherwise `ConversionError` names the key.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+class ConversionError(KeyError):
+  """A state_dict that does not fit the model: unknown, missing or mis-shaped keys."""
+
+  def __str__(self):
+    return str(self.args[0]) if self.args else ""
+
+
+def _np(x) -> np.ndarray:
+  # A copy: `.numpy()` shares memory with the tensor, and a later in-place PyTorch update
+  # (optimizer.step) would otherwise change the converted arrays too.
+  if hasattr(x, "detach"):
+    x = x.detach().cpu().numpy()
+  return np.array(x, np.float32, copy=True)
+
+
+class StateDict:
+  """A state_dict being consumed: `take(key)` marks keys used; `finish()` rejects leftovers."""
+
+  def __init__(self, state_dict: dict):
+    self.arrays = {k: v for k, v in state_dict.items()}
+    self.used: set[str] = set()
+
+  def has(self, key: str) -> bool:
+    return key in self.arrays
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    """Shape of a key without marking it used."""
+    if key not in self.arrays:
+      raise ConversionError(f"missing key {key!r} in the state_dict")
+    return tuple(self.arrays[key].shape)
+
+  def take(self, key: str) -> np.ndarray:
+    if key not in self.arrays:
+      near = [k for k in self.arrays if k.split(".")[0] == key.split(".")[0]]
+      raise ConversionError(f"missing key {key!r} in the state_dict"
+                            + (f" (keys with that prefix: {near})" if near else ""))
+    self.used.add(key)
+    return _np(self.arrays[key])
+
+  def finish(self) -> None:
+    left = [k for k in self.arrays if k not in self.used and
+            not k.endswith("num_batches_tracked")]
+    if left:
+      raise ConversionError(f"unexpected keys in the state_dict, not used by the model: {left}")
+
+
+# ---- layers ------------------------------------------------------------------------------
+def linear(sd: StateDict, prefix: str) -> dict:
+  out = {"kernel": sd.take(f"{prefix}.weight").T}
+  if sd.has(f"{prefix}.bias"):
+    out["bias"] = sd.take(f"{prefix}.bias")
+  return out
+
+
+def linear_after_flatten(sd: StateDict, prefix: str, chw: tuple[int, int, int]) -> dict:
+  """A Linear whose input PyTorch flattened as (C, H, W); dlcore flattens (H, W, C)."""
+  c, h, w = chw
+  weight = sd.take(f"{prefix}.weight")
+  kernel = weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
+  return {"kernel": kernel, "bias": sd.take(f"{prefix}.bias")}
+
+
+def linear_before_unflatten(sd: StateDict, prefix: str, chw: tuple[int, int, int]) -> dict:
+  """A Linear whose output PyTorch views as (C, H, W); dlcore reshapes it as (H, W, C)."""
+  c, h, w = chw
+  weight, bias = sd.take(f"{prefix}.weight"), sd.take(f"{prefix}.bias")
+  kernel = weight.T.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(weight.shape[1], -1)
+  return {"kernel": kernel, "bias": bias.reshape(c, h, w).transpose(1, 2, 0).reshape(-1)}
+
+
+def conv(sd: StateDict, prefix: str) -> dict:
+  out = {"kernel": sd.take(f"{prefix}.weight").transpose(2, 3, 1, 0)}
+  if sd.has(f"{prefix}.bias"):
+    out["bias"] = sd.take(f"{prefix}.bias")
+  return out
+
+
+def conv_transpose(sd: StateDict, prefix: str) -> dict:
+  out = {"kernel": sd.take(f"{prefix}.weight")[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).copy()}
+  if sd.has(f"{prefix}.bias"):
+    out["bias"] = sd.take(f"{prefix}.bias")
+  return out
+
+
+def batchnorm(sd: StateDict, prefix: str) -> tuple[dict, dict]:
+  """(params, batch_stats) of one BatchNorm layer."""
+  return ({"scale": sd.take(f"{prefix}.weight"), "bias": sd.take(f"{prefix}.bias")},
+          {"mean": sd.take(f"{prefix}.running_mean"), "var": sd.take(f"{prefix}.running_var")})
+
+
+def embedding(sd: StateDict, prefix: str) -> dict:
+  return {"embedding": sd.take(f"{prefix}.weight")}
+
+
+def lstm_cell(sd: StateDict, prefix: str, layer: int = 0) -> dict:
+  """One layer of `nn.LSTM` -> Flax `LSTMCell` params."""
+  w_ih, w_hh = sd.take(f"{prefix}.weight_ih_l{layer}"), sd.take(f"{prefix}.weight_hh_l{layer}")
+  bias = sd.take(f"{prefix}.bias_ih_l{layer}") + sd.take(f"{prefix}.bias_hh_l{layer}")
+  hidden = w_hh.shape[1]
+  out = {}
+  for g, name in enumerate("ifgo"):
+    rows = slice(g * hidden, (g + 1) * hidden)
+    out[f"i{name}"] = {"kernel": w_ih[rows].T}
+    out[f"h{name}"] = {"kernel": w_hh[rows].T, "bias": bias[rows]}
+  return out
+
+
+def sequential_layers(sd: StateDict, prefix: str = "") -> tuple[dict, dict]:
+  """The Linear and BatchNorm layers of a PyTorch module, in state_dict order, as fc1, fc2,
+  ... and bn1, bn2, ... (the naming of dlcore's MLPs)."""
+  params, stats = {}, {}
+  modules = []
+  for key in sd.arrays:
+    if not key.startswith(prefix):
+      continue
+    module = key.rsplit(".", 1)[0]
+    if module not in modules:
+      modules.append(module)
+  n_fc = n_bn = 0
+  for module in modules:
+    if sd.has(f"{module}.running_mean"):
+      n_bn += 1
+      params[f"bn{n_bn}"], stats[f"bn{n_bn}"] = batchnorm(sd, module)
+    elif sd.has(f"{module}.weight"):
+      n_fc += 1
+      params[f"fc{n_fc}"] = linear(sd, module)
+  return params, stats
+
+
+# ---- models ------------------------------------------------------------------------------
+def _raw(*names):
+  return lambda sd, kw: {"params": {n: sd.take(n) for n in names}}
+
+
+def _named(mapping: dict[str, str]):
+  return lambda sd, kw: {"params": {dst: linear(sd, src) for dst, src in mapping.items()}}
+
+
+def _mlp(sd, kw):
+  params, stats = sequential_layers(sd)
+  return {"params": params, **({"batch_stats": stats} if stats else {})}
+
+
+def _mnist_mlp(sd, kw):
+  params, stats = sequential_layers(sd)
+  return {"params": params, "batch_stats": stats} if stats else {"params": params}
+
+
+def _lenet(sd, kw):
+  return {"params": {"conv1": conv(sd, "conv1"), "conv2": conv(sd, "conv2"),
+                     "fc1": linear_after_flatten(sd, "fc1", (16, 5, 5)),
+                     "fc2": linear(sd, "fc2"), "fc3": linear(sd, "fc3")}}
+
+
+def _alexnet(sd, kw):
+  p = {f"conv_{i}": conv(sd, f"conv.{i}") for i in (0, 3, 6, 8, 10)}
+  p["fc_0"] = linear_after_flatten(sd, "fc.0", (256, 5, 5))
+  p["fc_3"], p["fc_6"] = linear(sd, "fc.3"), linear(sd, "fc.6")
+  return {"params": p}
+
+
+def _cnn(sd, kw):
+  c2 = sd.shape("conv2.weight")[0]
+  return {"params": {"conv1": conv(sd, "conv1"), "conv2": conv(sd, "conv2"),
+                     "fc1": linear_after_flatten(sd, "fc1", (c2, 7, 7)),
+                     "fc2": linear(sd, "fc2")}}
+
+
+def _lstm_tagger(sd, kw):
+  return {"params": {"word_embeddings": embedding(sd, "word_embeddings"),
+                     "lstm": {"cell": lstm_cell(sd, "lstm")},
+                     "hidden2tag": linear(sd, "hidden2tag")}}
+
+
+def _lstm_regressor(sd, kw):
+  layers = sorted({int(m.group(1)) for k in sd.arrays if (m := re.search(r"_l(\d+)$", k))})
+  p = {f"lstm{i + 1}": lstm_cell(sd, "lstm", i) for i in layers}
+  return {"params": p | {"fc": linear(sd, "fc")}}
+
+
+def _gan_player(sd, kw, prefix=""):
+  """The seed's players are bare nn.Sequential: keys "0.weight", "2.weight", "4.weight"."""
+  return {"params": {f"layers_{i}": linear(sd, f"{prefix}{i}") for i in (0, 2, 4)}}
+
+
+def _cgan_discriminator(sd, kw):
+  p = _gan_player(sd, kw, "model.")["params"] | {"label_embed": embedding(sd, "label_embed")}
+  if sd.has("projection.weight"):
+    p["projection"] = embedding(sd, "projection")
+  return {"params": p}
+
+
+def _cgan_generator(sd, kw):
+  return {"params": _gan_player(sd, kw, "model.")["params"]
+          | {"label_embed": embedding(sd, "label_embed")}}
+
+
+def _dcgan_generator(sd, kw):
+  c2 = sd.shape("bn0.weight")[0]
+  bn0, s0 = batchnorm(sd, "bn0")
+  bn1, s1 = batchnorm(sd, "bn1")
+  return {"params": {"fc": linear_before_unflatten(sd, "fc", (c2, 7, 7)), "bn0": bn0,
+                     "deconv1": conv_transpose(sd, "deconv1"), "bn1": bn1,
+                     "deconv2": conv_transpose(sd, "deconv2")},
+          "batch_stats": {"bn0": s0, "bn1": s1}}
+
+
+def _dcgan_discriminator(sd, kw):
+  c2 = sd.shape("conv2.weight")[0]
+  bn2, s2 = batchnorm(sd, "bn2")
+  return {"params": {"conv1": conv(sd, "conv1"), "conv2": conv(sd, "conv2"), "bn2": bn2,
+                     "fc": linear_after_flatten(sd, "fc", (c2, 7, 7))},
+          "batch_stats": {"bn2": s2}}
+
+
+CONVERTERS: dict[str, Callable[[StateDict, dict], dict]] = {
+    "logistic_regression": _raw("w", "b"),
+    "raw_two_layer": _raw("w1", "b1", "w2", "b2"),
+    "sequential_net": _named({"layers_0": "0", "layers_2": "2"}),
+    "module_net": _named({"layer1": "layer1", "layer3": "layer3"}),
+    "mlp": _mlp,
+    "two_layer_net": _named({"linear1": "linear1", "linear2": "linear2"}),
+    "two_layer_sequential": _named({"layers_0": "0", "layers_2": "2"}),
+    "spiral_mlp": _named({"fc1": "fc1", "fc2": "fc2"}),
+    "basic_mlp": _named({"hidden": "hidden", "output": "output"}),
+    "mnist_mlp": _mnist_mlp,
+    "centered_layer": lambda sd, kw: {},
+    "list_dense": lambda sd, kw: {"params": {f"params_{i}": sd.take(f"params.{i}")
+                                             for i in range(4)}},
+    "dict_dense": lambda sd, kw: {"params": {n: sd.take(f"params.{n}")
+                                             for n in ("linear1", "linear2", "linear3")}},
+    "corr2d_conv": _raw("weight", "bias"),
+    "lenet": _lenet,
+    "alexnet": _alexnet,
+    "cnn": _cnn,
+    "lstm_tagger": _lstm_tagger,
+    "lstm_regressor": _lstm_regressor,
+    "vae": _named({f"fc{i}": f"fc{i}" for i in range(1, 6)}),
+    "gan_discriminator": _gan_player,
+    "gan_generator": _gan_player,
+    "cgan_discriminator": _cgan_discriminator,
+    "cgan_generator": _cgan_generator,
+    "dcgan_generator": _dcgan_generator,
+    "dcgan_discriminator": _dcgan_discriminator,
+}
+
+
+def convert(name: str, state_dict: dict, example_input=None, **model_kwargs) -> dict:
+  """Flax variables for registered model `name` (built with `model_kwargs`) from a PyTorch
+  `state_dict`. The result is checked against the model's own variables: structure and
+  shapes must match (`example_input`, default the registry's example shape, is used for
+  that check only)."""
+  from dlcore import models
+
+  if name not in CONVERTERS:
+    raise ConversionError(f"no PyTorch converter for model {name!r}; converters exist for "
+                          f"{sorted(CONVERTERS)}")
+  sd = StateDict(state_dict)
+  variables = CONVERTERS[name](sd, model_kwargs)
+  sd.finish()
+  model = models.build(name, **model_kwargs)
+  if example_input is None:
+    shape = models.example_shape(name)
+    example_input = np.zeros((2, *shape), np.int32 if name == "lstm_tagger" else np.float32)
+    if name == "corr2d_conv":
+      example_input = np.zeros(shape, np.float32)
+  want = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), example_input)
+  _check(want, variables)
+  return jax.tree.map(np.asarray, variables)
+
+
+def _check(want, got) -> None:
+  flat_w = {jax.tree_util.keystr(p): v.shape
+            for p, v in jax.tree_util.tree_flatten_with_path(dict(want))[0]}
+  flat_g = {jax.tree_util.keystr(p): np.shape(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(got)[0]}
+  problems = [f"missing {k} {s} (no PyTorch key filled it)" for k, s in flat_w.items()
+              if k not in flat_g]
+  problems += [f"unexpected {k}" for k in flat_g if k not in flat_w]
+  problems += [f"{k}: converted {flat_g[k]} vs model {s}" for k, s in flat_w.items()
+               if k in flat_g and tuple(flat_g[k]) != tuple(s)]
+  if problems:
+    raise ConversionError("converted variables do not fit the model: " + "; ".join(problems))
