@@ -9,7 +9,7 @@ WORKDIR ?= runs
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tb]"
+	$(PY) -m pip install -q -e ".[test,tb,torch]"
 	touch $@
 
 install: $(VENV)/.installed

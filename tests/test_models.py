@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,3 +63,24 @@ def test_mlp_dropout_only_in_training():
   np.testing.assert_array_equal(a, model.apply(v, x, train=False))
   b = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
   assert not np.allclose(a, b)
+
+
+def test_batchnorm_is_pytorchs_unbiased_running_variance():
+  """dlcore's BatchNorm normalises like flax's but keeps PyTorch's running statistics."""
+  from dlcore.models.layers import BatchNorm
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 3, 3, 4)) * 2 + 1
+  ours, theirs = BatchNorm(momentum=0.9), nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+  v_ours = ours.init(jax.random.PRNGKey(1), x, use_running_average=False)
+  v_theirs = theirs.init(jax.random.PRNGKey(1), x, use_running_average=False)
+  assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_theirs)
+  y, new = ours.apply(v_ours, x, use_running_average=False, mutable=["batch_stats"])
+  y_ref, _ = theirs.apply(v_theirs, x, use_running_average=False, mutable=["batch_stats"])
+  np.testing.assert_allclose(y, y_ref, atol=1e-5)
+  flat = np.asarray(x).reshape(-1, 4)
+  np.testing.assert_allclose(new["batch_stats"]["mean"], 0.1 * flat.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(new["batch_stats"]["var"], 0.9 + 0.1 * flat.var(0, ddof=1),
+                             rtol=1e-5)
+  # Evaluation uses the running statistics.
+  y_eval = ours.apply({**v_ours, **new}, x, use_running_average=True)
+  want = (flat - 0.1 * flat.mean(0)) / np.sqrt(0.9 + 0.1 * flat.var(0, ddof=1) + 1e-5)
+  np.testing.assert_allclose(np.asarray(y_eval).reshape(-1, 4), want, rtol=1e-4, atol=1e-5)

@@ -393,10 +393,12 @@ def as_numpy(out, name):
   return out
 
 
-def flax_forward(name, variables, inputs, train):
+def flax_forward(name, variables, inputs, train, updated=None):
   model = models.build(name, **case_kwargs[name])
   if name in HAS_BATCHNORM and train:
-    out, _ = model.apply(variables, *inputs, train=True, mutable=["batch_stats"])
+    out, new_vars = model.apply(variables, *inputs, train=True, mutable=["batch_stats"])
+    if updated is not None:
+      updated.update(new_vars)
   else:
     out = model.apply(variables, *inputs)
   if name == "gan_discriminator":
@@ -430,7 +432,14 @@ def test_forward_parity(name):
     net.train(train)
     with torch.no_grad():
       want = as_numpy(net(*t_in), name)
-    got = flax_forward(name, variables, f_in, train)
+    updated = {}
+    got = flax_forward(name, variables, f_in, train, updated)
+    if updated:  # running statistics after the training-mode forward, PyTorch vs Flax
+      want_stats = convert(name, net.state_dict(), **kwargs)["batch_stats"]
+      for path, w in jax.tree_util.tree_flatten_with_path(want_stats)[0]:
+        g = dict(jax.tree_util.tree_flatten_with_path(updated["batch_stats"])[0])[path]
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{name} running stats {jax.tree_util.keystr(path)}")
     got = [np.asarray(g) for g in got] if isinstance(got, tuple) else np.asarray(got)
     if isinstance(want, list):
       for w, g in zip(want, got):

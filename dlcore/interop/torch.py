@@ -180,11 +180,6 @@ def _mlp(sd, kw):
   return {"params": params, **({"batch_stats": stats} if stats else {})}
 
 
-def _mnist_mlp(sd, kw):
-  params, stats = sequential_layers(sd)
-  return {"params": params, "batch_stats": stats} if stats else {"params": params}
-
-
 def _lenet(sd, kw):
   return {"params": {"conv1": conv(sd, "conv1"), "conv2": conv(sd, "conv2"),
                      "fc1": linear_after_flatten(sd, "fc1", (16, 5, 5)),
@@ -262,7 +257,7 @@ CONVERTERS: dict[str, Callable[[StateDict, dict], dict]] = {
     "two_layer_sequential": _named({"layers_0": "0", "layers_2": "2"}),
     "spiral_mlp": _named({"fc1": "fc1", "fc2": "fc2"}),
     "basic_mlp": _named({"hidden": "hidden", "output": "output"}),
-    "mnist_mlp": _mnist_mlp,
+    "mnist_mlp": _mlp,
     "centered_layer": lambda sd, kw: {},
     "list_dense": lambda sd, kw: {"params": {f"params_{i}": sd.take(f"params.{i}")
                                              for i in range(4)}},

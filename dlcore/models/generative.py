@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlcore.models.layers import Linear, UpConv2x
+from dlcore.models.layers import BatchNorm, Linear, UpConv2x
 from dlcore.models.registry import register
 
 
@@ -164,9 +164,10 @@ class ConditionalGenerator(nn.Module):
 
 
 def _bn(name, axis_name=None):
-  # PyTorch BatchNorm2d defaults: momentum 0.1 (Flax 0.9), eps 1e-5. With `axis_name` (the
-  # pmap axis) the batch statistics are averaged across devices.
-  return nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name, name=name)
+  # PyTorch BatchNorm2d defaults: momentum 0.1 (0.9 in Flax's convention), eps 1e-5, the
+  # unbiased running variance. With `axis_name` (the pmap axis) the batch statistics are
+  # averaged across devices.
+  return BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name, name=name)
 
 
 def _dcgan_init():

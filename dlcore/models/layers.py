@@ -55,6 +55,55 @@ def max_pool2d(x, kernel_size, stride=None):
   return nn.max_pool(x, k, strides=_pair(stride) if stride else k)
 
 
+class BatchNorm(nn.Module):
+  """PyTorch's `BatchNorm1d` / `BatchNorm2d` over the last (feature) axis.
+
+  Training normalises with the batch mean and the biased batch variance, as both PyTorch and
+  Flax do, but updates the running variance with the *unbiased* batch variance
+  (n / (n - 1) times the biased one), as PyTorch does; `flax.linen.BatchNorm` keeps the
+  biased one, so its running variance, and every evaluation-mode output, drifts from
+  PyTorch's by a factor (n - 1) / n per update (1.6% on the parity test's batch of 8).
+  Variables keep Flax's names (params `scale`, `bias`; batch_stats `mean`, `var`).
+
+  `momentum` is Flax's convention: running = momentum * running + (1 - momentum) * batch,
+  so PyTorch's default momentum 0.1 is 0.9 here. With `axis_name` (the pmap axis) the batch
+  statistics, and n, are taken over all devices: the same step as one device on the whole
+  batch.
+  """
+  use_running_average: bool | None = None
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None):
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                         use_running_average)
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      n = int(np.prod([x.shape[a] for a in axes]))
+      mean = jnp.mean(x, axes)
+      if self.axis_name is not None:
+        mean = jax.lax.pmean(mean, self.axis_name)
+        n = n * jax.lax.psum(1, self.axis_name)
+      var = jnp.mean(jnp.square(x - mean), axes)  # two passes: exact for large means
+      if self.axis_name is not None:
+        var = jax.lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        m = self.momentum
+        unbiased = var * n / jnp.maximum(n - 1, 1)
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * unbiased
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 class NamedSequential(nn.Module):
   """Layers applied in order under names of your choosing, like PyTorch's
   `nn.Sequential(OrderedDict([("fc1", nn.Linear(...)), ("relu1", nn.ReLU()), ...]))`
@@ -77,7 +126,7 @@ class NamedSequential(nn.Module):
         x = layer(x)
         continue
       layer = layer.clone(name=name, parent=self)
-      if isinstance(layer, nn.BatchNorm):
+      if isinstance(layer, (nn.BatchNorm, BatchNorm)):
         x = layer(x, use_running_average=not train)
       elif isinstance(layer, nn.Dropout):
         x = layer(x, deterministic=not train)

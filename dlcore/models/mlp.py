@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dlcore.models.init import scaled_normal, torch_bias_init
-from dlcore.models.layers import Linear, NamedSequential, Sequential
+from dlcore.models.layers import BatchNorm, Linear, NamedSequential, Sequential
 from dlcore.models.registry import register
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
@@ -112,8 +112,8 @@ class MLP(nn.Module):
         break
       if self.batchnorm:
         # PyTorch BatchNorm1d: momentum 0.1 (Flax 0.9), eps 1e-5.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         name=f"bn{i + 1}")(x)
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      name=f"bn{i + 1}")(x)
       x = act(x)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -166,7 +166,7 @@ def mnist_mlp(in_dim: int = 784, n_hidden_1: int = 300, n_hidden_2: int = 100,
   devices, so the normalisation equals a single-device step on the whole batch.
   """
   def bn():
-    return nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+    return BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name)
 
   layers = [("flatten", flatten), ("fc1", Linear(in_dim, n_hidden_1))]
   layers += [("bn1", bn())] if batchnorm else []
