@@ -1,192 +1,407 @@
-"""What compilation buys: ms per training step in eager, un-jitted Python, jit (and pmap /
-sharded over several devices), and a fused `lax.scan` training loop vs a Python loop.
+"""What compilation buys, for every model in dlcore: ms per training step (forward, backward,
+update) at the seed's batch size in eager, un-jitted Python, jit, jit with donated state,
+pmap and sharded jit, beside the PyTorch original's eager step; compile time; FLOP
+utilisation against the float32 matmul throughput measured in the same run; fused training
+loops (`lax.scan`) against a Python loop of jitted steps.
 
-    python -m benchmarks.jit_vs_eager                # seed 000/001 models, JSON + table
-    python -m benchmarks.jit_vs_eager --devices 4    # adds pmap/sharded on 4 host devices
+    python -m benchmarks.jit_vs_eager --all                # every model: JSON, table, chart
+    python -m benchmarks.jit_vs_eager --cases lenet vae    # some of them
+    python -m benchmarks.jit_vs_eager --all --devices 4    # pmap/sharded over 4 host devices
 
-Contestants are interleaved in rounds on the same (shared, noisy) machine; each cell is the
-median (and min) over rounds of the mean step time within a round. Compile time is measured
-separately (first call). Host devices share the CPU's cores: pmap there shows correctness
-and overhead, not a speed-up.
+The machine is shared and noisy: contestants run interleaved in rounds, each timing covers
+enough steps to last `--min-time` seconds, and cells report the median and min over rounds.
+Results go to benchmarks/results/<machine>.{json,md,png}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import time
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from dlcore import losses, models, optim
-from dlcore.data import synthetic
-from dlcore.train import Runner, create_train_state, make_train_step, repeat_step, set_host_devices
+MODES = ("eager", "python", "jit", "jit_donate", "pmap", "sharded", "torch")
 
 
-def _planar():
-  x, y = synthetic.planar_flower()
-  return {"x": x, "y": y}
+# ---- FLOPs -------------------------------------------------------------------------------
+def _dot_flops(eqn) -> int:
+  (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+  lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+  contract = math.prod(lhs[d] for d in lc)
+  batch = math.prod(lhs[d] for d in lb)
+  free_l = math.prod(s for d, s in enumerate(lhs) if d not in lc and d not in lb)
+  free_r = math.prod(s for d, s in enumerate(rhs) if d not in rc and d not in eqn.params[
+      "dimension_numbers"][1][1])
+  return 2 * batch * free_l * free_r * contract
 
 
-def _bce(out, b):
-  return losses.bce_with_logits(out, b["y"]), {}
+def _conv_flops(eqn) -> int:
+  out = eqn.outvars[0].aval.shape
+  rhs = eqn.invars[1].aval.shape
+  dn = eqn.params["dimension_numbers"]
+  # Each output element: (in_features / groups) * prod(window) multiply-adds.
+  kernel_in = rhs[dn.rhs_spec[1]]
+  window = math.prod(rhs[d] for d in dn.rhs_spec[2:])
+  return 2 * math.prod(out) * kernel_in * window
 
 
-def _sse(out, b):
-  return losses.mse(out, b["y"], "sum"), {}
+def matmul_flops(fn: Callable, *args) -> int:
+  """FLOPs of the matrix multiplications and convolutions in `fn(*args)` (2 per
+  multiply-add), counted on its jaxpr, loops multiplied by their trip count. Elementwise
+  work is left out: this is the work a matmul peak bounds."""
+
+  def walk(jaxpr, mult=1):
+    total = 0
+    for eqn in jaxpr.eqns:
+      name = eqn.primitive.name
+      if name == "dot_general":
+        total += mult * _dot_flops(eqn)
+      elif name == "conv_general_dilated":
+        total += mult * _conv_flops(eqn)
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        n = eqn.params.get("length", 1) if name == "scan" else 1
+        total += walk(sub, mult * n)
+    return total
+
+  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def _ce(out, b):
-  return losses.cross_entropy(out, b["y"]), {}
+def xla_flops(compiled) -> float | None:
+  """XLA's own count (all ops, elementwise included), for comparison."""
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops")) if cost and cost.get("flops") is not None else None
+  except Exception:  # not every backend reports it
+    return None
 
 
-def _regression():
-  x, y = synthetic.random_regression()
-  return {"x": x, "y": y}
+def matmul_peak(size: int) -> Callable[[], float]:
+  """A timed float32 matmul (size^3): returns a function giving GFLOP/s for one call."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, b))
+
+  def run(reps=3):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      out = f(a, b)
+    jax.block_until_ready(out)
+    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+  return run
 
 
-def _fizzbuzz():
-  x, y = synthetic.fizzbuzz(101, 229)  # one batch of 128
-  return {"x": x, "y": y}
+# ---- contestants -------------------------------------------------------------------------
+class Contestant:
+  """Runs `n` steps of one (case, mode); `first_s` is the first call (trace + compile)."""
 
+  def __init__(self, case, mode: str, devices: int | None):
+    self.case, self.mode = case, mode
+    if mode == "torch":
+      self._torch = case.torch()
+      t0 = time.perf_counter()
+      self._torch()
+      self.first_s = time.perf_counter() - t0
+      return
+    from dlcore.train import Runner
 
-# id -> (model, kwargs, optimizer, lr, batch maker, loss). Batch sizes are the seeds'.
-CASES = {
-    "0.1 logistic b400": ("logistic_regression", {}, "sgd", 0.1, _planar, _bce),
-    "0.2 raw 2-4-1 b400": ("raw_two_layer", {}, "sgd", 1.0, _planar, _bce),
-    "0.3 sequential 2-4-1 b400": ("sequential_net", {}, "sgd", 1.0, _planar, _bce),
-    "0.4 module_net 2-4-1 b400": ("module_net", {}, "sgd", 1.0, _planar, _bce),
-    "0.5 mlp 2-10-10-10-1 b400": ("mlp", {}, "sgd", 0.1, _planar, _bce),
-    "1.4 two_layer_sequential b64": ("two_layer_sequential", {}, "sgd", 1e-4, _regression, _sse),
-    "1.5 two_layer_sequential adam b64": ("two_layer_sequential", {}, "adam", 1e-4, _regression,
-                                          _sse),
-    "1.6 two_layer_net b64": ("two_layer_net", {}, "sgd", 1e-4, _regression, _sse),
-    "1.7 fizzbuzz 10-100-4 b128": ("mlp", {"widths": (100, 4), "activation": "relu"}, "sgd",
-                                   0.05, _fizzbuzz, _ce),
-}
-STEPS_PER_ROUND = {"eager": 2, "python": 5}  # the slow modes; compiled modes use --steps
+    runner_mode = "jit" if mode.startswith("jit") else mode
+    runner = Runner(runner_mode, devices=devices if mode in ("pmap", "sharded") else None,
+                    donate=mode == "jit_donate")
+    state, step, batch = case.build(runner.axis_name)
+    self._step = runner.compile(step)
+    self._state, self._batch = runner.put_state(state), runner.put_batch(batch)
+    t0 = time.perf_counter()
+    self.run(1)
+    self.first_s = time.perf_counter() - t0
 
-
-def _contestant(case, mode, devices):
-  name, kwargs, opt, lr, make_batch, loss = CASES[case]
-  runner = Runner(mode, devices=devices if mode in ("pmap", "sharded") else None)
-  model = models.build(name, **kwargs)
-  batch = make_batch()
-  state = create_train_state(model, optim.make_optimizer(opt, lr), batch["x"][:2])
-  step = runner.compile(make_train_step(loss, axis_name=runner.axis_name))
-  holder = {"state": runner.put_state(state), "batch": runner.put_batch(batch)}
-
-  def run(n):
-    s = holder["state"]
+  def run(self, n: int) -> None:
+    if self.mode == "torch":
+      for _ in range(n):
+        out = self._torch()
+      float(out)  # waits for the step (PyTorch's CPU ops are synchronous; CUDA is not)
+      return
+    s = self._state
     for _ in range(n):
-      s, m = step(s, holder["batch"])
-    jax.block_until_ready(m)
-    holder["state"] = s
+      s, m = self._step(s, self._batch)
+    jax.block_until_ready((s, m))
+    self._state = s
 
+
+def skip_reason(case, mode: str, has_torch: bool) -> str | None:
+  n = jax.local_device_count()
+  if mode == "torch" and (case.torch is None or not has_torch):
+    return "PyTorch not installed" if case.torch else "no PyTorch original"
+  if mode in ("pmap", "sharded") and (case.batch == 0 or case.batch % n):
+    return f"batch {case.batch} does not split over {n} devices"
+  return None
+
+
+def calibrate(c: Contestant, min_time: float, max_steps: int) -> int:
   t0 = time.perf_counter()
-  run(1)
-  return run, time.perf_counter() - t0
+  c.run(1)
+  dt = time.perf_counter() - t0
+  return int(max(1, min(max_steps, math.ceil(min_time / max(dt, 1e-7)))))
 
 
-def bench_steps(cases, modes, rounds, steps, devices):
-  results = {}
-  contestants = {}
+def bench_steps(cases, modes, rounds, min_time, devices, has_torch, log=print):
+  results, contestants = {}, {}
   for case in cases:
     for mode in modes:
-      run, first = _contestant(case, mode, devices)
-      contestants[(case, mode)] = run
-      results[(case, mode)] = {"first_call_s": first, "ms": []}
-  for _ in range(rounds):
-    for key, run in contestants.items():
-      n = STEPS_PER_ROUND.get(key[1], steps)
+      why = skip_reason(case, mode, has_torch)
+      if why:
+        results[(case.id, mode)] = {"skipped": why}
+        continue
       t0 = time.perf_counter()
-      run(n)
+      c = Contestant(case, mode, devices)
+      n = calibrate(c, min_time, 1000 if mode != "eager" else 50)
+      contestants[(case.id, mode)] = (c, n)
+      results[(case.id, mode)] = {"first_call_s": c.first_s, "steps_per_round": n, "ms": []}
+      log(f"  {case.id:28s} {mode:10s} first call {c.first_s:8.3f} s, {n} steps/round "
+          f"({time.perf_counter() - t0:.1f} s)")
+  for r in range(rounds):
+    for key, (c, n) in contestants.items():
+      t0 = time.perf_counter()
+      c.run(n)
       results[key]["ms"].append(1e3 * (time.perf_counter() - t0) / n)
+    log(f"round {r + 1}/{rounds} done")
   return results
 
 
-def bench_scan(rounds, num_steps=10000):
-  """The planar 2-4-1 training (SPEC 0.3): Python loop of jitted steps vs one lax.scan."""
-  batch = _planar()
-  model = models.build("sequential_net")
-  template = create_train_state(model, optim.make_optimizer("sgd", 1.0), batch["x"])
-  # Copies keep the template's static fields (tx, apply_fn): a state built anew would carry
-  # a new optax object, miss jit's cache and recompile inside the timed region.
-  fresh = lambda: jax.block_until_ready(jax.tree.map(jax.numpy.copy, template))  # noqa: E731
-  step = make_train_step(_bce)
-  jstep = jax.jit(step, donate_argnums=0)
-  scan = jax.jit(repeat_step(step, num_steps), donate_argnums=0)
-  jax.block_until_ready(jstep(fresh(), batch))
-  jax.block_until_ready(scan(fresh(), batch))
-  loop_s, scan_s = [], []
-  for _ in range(rounds):
-    s, t0 = fresh(), time.perf_counter()
-    for _ in range(num_steps):
-      s, m = jstep(s, batch)
-    jax.block_until_ready(s)
-    loop_s.append(time.perf_counter() - t0)
-    s, t0 = fresh(), time.perf_counter()
-    s, m = jax.block_until_ready(scan(s, batch))
-    scan_s.append(time.perf_counter() - t0)
-  return {"steps": num_steps, "python_loop_s": loop_s, "scan_s": scan_s}
+def compile_and_flops(case) -> dict:
+  """Lowering + XLA compile time of the jitted step, and its FLOPs both ways."""
+  state, step, batch = case.build(None)
+  state = jax.device_put(state)
+  batch = jax.device_put(batch)
+  t0 = time.perf_counter()
+  lowered = jax.jit(step).lower(state, batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  return {"trace_lower_s": t1 - t0, "compile_s": t2 - t1,
+          "matmul_flops": matmul_flops(step, state, batch), "xla_flops": xla_flops(compiled)}
 
 
+def bench_fused(cases, rounds: int, num_steps: int) -> dict:
+  """Tiny models: a Python loop of `num_steps` jitted steps vs one jitted `lax.scan` over
+  them (`dlcore.train.repeat_step`), both on the same batch, state donated."""
+  from dlcore.train import repeat_step
+
+  out = {}
+  for case in cases:
+    state, step, batch = case.build(None)
+    batch = jax.device_put(batch)
+    template = jax.device_put(state)
+    fresh = lambda: jax.block_until_ready(jax.tree.map(jnp.copy, template))  # noqa: E731
+    jstep = jax.jit(step, donate_argnums=0)
+    scan = jax.jit(repeat_step(step, num_steps), donate_argnums=0)
+    jax.block_until_ready(jstep(fresh(), batch))
+    jax.block_until_ready(scan(fresh(), batch))
+    loop_s, scan_s = [], []
+    for _ in range(rounds):
+      s, t0 = fresh(), time.perf_counter()
+      for _ in range(num_steps):
+        s, m = jstep(s, batch)
+      jax.block_until_ready(s)
+      loop_s.append(time.perf_counter() - t0)
+      s, t0 = fresh(), time.perf_counter()
+      jax.block_until_ready(scan(s, batch))
+      scan_s.append(time.perf_counter() - t0)
+    out[case.id] = {"steps": num_steps, "python_loop_s": loop_s, "scan_s": scan_s,
+                    "speedup": statistics.median(loop_s) / statistics.median(scan_s)}
+  return out
+
+
+# ---- report ------------------------------------------------------------------------------
 def machine() -> dict:
   d = jax.devices()[0]
-  return {"platform": d.platform, "device_kind": d.device_kind, "devices": jax.device_count(),
-          "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-          "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
+  info = {"platform": d.platform, "device_kind": d.device_kind,
+          "devices": jax.local_device_count(), "cpu_count": os.cpu_count(),
+          "processor": platform.processor() or platform.machine(), "jax": jax.__version__,
+          "date": time.strftime("%Y-%m-%d")}
+  try:
+    import torch
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+  except ImportError:
+    pass
+  return info
+
+
+def machine_name(info: dict) -> str:
+  if info["platform"] == "cpu":
+    name = f"cpu-{info['cpu_count']}core"
+    return name + (f"-{info['devices']}hostdevices" if info["devices"] > 1 else "")
+  kind = "".join(ch if ch.isalnum() else "-" for ch in info["device_kind"]).strip("-")
+  return f"{info['platform']}-{kind}" + (f"-x{info['devices']}" if info["devices"] > 1 else "")
+
+
+def _fmt(ms: float | None) -> str:
+  if ms is None:
+    return "-"
+  return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
+
+
+def summarize(cases, modes, raw, extra, peak_gflops) -> dict:
+  table = {}
+  for case in cases:
+    row = {"spec": case.spec, "models": list(case.models), "batch": case.batch,
+           "note": case.note, "modes": {}}
+    for mode in modes:
+      r = raw[(case.id, mode)]
+      if "skipped" in r:
+        row["modes"][mode] = {"skipped": r["skipped"]}
+        continue
+      row["modes"][mode] = {"median_ms": statistics.median(r["ms"]), "min_ms": min(r["ms"]),
+                            "first_call_s": r["first_call_s"], "all_ms": r["ms"],
+                            "steps_per_round": r["steps_per_round"]}
+    row.update(extra.get(case.id, {}))
+    jit = row["modes"].get("jit", {}).get("median_ms")
+    if jit and row.get("matmul_flops"):
+      row["gflops_jit"] = row["matmul_flops"] / jit / 1e6
+      row["utilisation"] = row["gflops_jit"] / peak_gflops
+    table[case.id] = row
+  return table
+
+
+def markdown(table, modes, peak_gflops, fused) -> str:
+  def med(row, mode):
+    return row["modes"].get(mode, {}).get("median_ms")
+
+  cols = [m for m in modes]
+  lines = ["| model (SPEC, batch) | " + " | ".join(f"{m} ms" for m in cols)
+           + " | eager/jit | torch/jit | compile s | GFLOP/step | util. |",
+           "|" + "---|" * (len(cols) + 6)]
+  for cid, row in table.items():
+    jit = med(row, "jit")
+    ratio = lambda m: (f"{med(row, m) / jit:.2f}x" if med(row, m) and jit else "-")  # noqa
+    flops = row.get("matmul_flops")
+    util = row.get("utilisation")
+    lines.append(
+        f"| {cid} ({row['spec']}, {row['batch'] or '-'}) | "
+        + " | ".join(_fmt(med(row, m)) for m in cols)
+        + f" | {ratio('eager')} | {ratio('torch')} | {row.get('compile_s', 0):.2f} | "
+        + (f"{flops / 1e9:.4f}" if flops else "-") + " | "
+        + (f"{100 * util:.0f}%" if util is not None else "-") + " |")
+  lines.append("")
+  lines.append(f"Float32 matmul throughput measured in the same run: {peak_gflops:.1f} GFLOP/s "
+               "(median over rounds); util. = matmul/conv FLOPs per jit step / jit time / that.")
+  if fused:
+    lines.append("")
+    lines.append("| fused loop (steps) | Python loop of jitted steps s | one lax.scan s | speed-up |")
+    lines.append("|---|---|---|---|")
+    for cid, f in fused.items():
+      lines.append(f"| {cid} ({f['steps']}) | {statistics.median(f['python_loop_s']):.3f} | "
+                   f"{statistics.median(f['scan_s']):.3f} | {f['speedup']:.1f}x |")
+  return "\n".join(lines)
+
+
+def chart(table, modes, path, title):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  ids = list(table)
+  shown = [m for m in modes if any("median_ms" in table[c]["modes"].get(m, {}) for c in ids)]
+  fig, ax = plt.subplots(figsize=(10, 0.42 * len(ids) * max(1, len(shown)) / 3 + 2))
+  height = 0.8 / len(shown)
+  colors = plt.get_cmap("tab10")
+  for k, mode in enumerate(shown):
+    vals = [table[c]["modes"].get(mode, {}).get("median_ms", np.nan) for c in ids]
+    pos = np.arange(len(ids)) + k * height
+    ax.barh(pos, vals, height=height, label=mode, color=colors(k))
+  ax.set_yticks(np.arange(len(ids)) + 0.4 - height / 2)
+  ax.set_yticklabels([f"{c} (b{table[c]['batch']})" for c in ids], fontsize=8)
+  ax.invert_yaxis()
+  ax.set_xscale("log")
+  ax.set_xlabel("ms per training step (median over rounds; log scale)")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.grid(axis="x", which="both", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--cases", nargs="+", default=list(CASES), help="which models (ids)")
+  p.add_argument("--all", action="store_true", help="every case (every registered model)")
+  p.add_argument("--cases", nargs="+", default=None, help="case ids (see --list)")
+  p.add_argument("--list", action="store_true", help="list the cases and exit")
+  p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
   p.add_argument("--rounds", type=int, default=5)
-  p.add_argument("--steps", type=int, default=50, help="steps per round for compiled modes")
-  p.add_argument("--devices", type=int, default=0, help="host devices for pmap/sharded")
-  p.add_argument("--scan-steps", type=int, default=10000)
-  p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<machine>.json)")
+  p.add_argument("--min-time", type=float, default=0.2,
+                 help="seconds each contestant runs per round (steps are calibrated to it)")
+  p.add_argument("--devices", type=int, default=0,
+                 help="force this many CPU host devices for pmap/sharded (CPU only)")
+  p.add_argument("--fused-steps", type=int, default=1000)
+  p.add_argument("--matmul-size", type=int, default=0, help="peak matmul size (0: by device)")
+  p.add_argument("--out", default=None, help="output stem (default benchmarks/results/<machine>)")
   args = p.parse_args(argv)
-  unknown = set(args.cases) - set(CASES)
-  if unknown:
-    raise SystemExit(f"unknown case(s) {sorted(unknown)}; choose from {list(CASES)}")
   if args.devices:
+    from dlcore.train import set_host_devices
     set_host_devices(args.devices)
-  modes = ["eager", "python", "jit"] + (["pmap", "sharded"] if jax.device_count() > 1 else [])
+  from benchmarks.cases import CASES, check_coverage
+
+  check_coverage()
+  if args.list:
+    for c in CASES.values():
+      print(f"{c.id:28s} SPEC {c.spec:6s} batch {c.batch:5d}  models {', '.join(c.models)}")
+    return None
+  if args.all or not args.cases:
+    ids = list(CASES)
+  else:
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+      raise SystemExit(f"unknown case(s) {unknown}; --list shows them: {list(CASES)}")
+    ids = args.cases
+  cases = [CASES[i] for i in ids]
+  try:
+    import torch  # noqa: F401
+    has_torch = True
+  except ImportError:
+    has_torch = False
+    print("PyTorch not installed: the torch column is skipped (pip install -e '.[torch]')")
   info = machine()
   print(f"machine: {info}")
-  raw = bench_steps(args.cases, modes, args.rounds, args.steps, args.devices or None)
-  scan = bench_scan(args.rounds, args.scan_steps)
-  table = {}
-  for (case, mode), r in raw.items():
-    table.setdefault(case, {})[mode] = {"median_ms": statistics.median(r["ms"]),
-                                        "min_ms": min(r["ms"]), "first_call_s": r["first_call_s"]}
-  out = {"machine": info, "modes": modes, "rounds": args.rounds, "steps": table,
-         "scan": scan | {"python_loop_median_s": statistics.median(scan["python_loop_s"]),
-                         "scan_median_s": statistics.median(scan["scan_s"])}}
-  header = "| model (batch) | " + " | ".join(f"{m} ms" for m in modes) + " | eager/jit | python/jit |"
-  lines = [header, "|" + "---|" * (len(modes) + 3)]
-  for case, row in table.items():
-    cells = " | ".join(f"{row[m]['median_ms']:.3f}" for m in modes)
-    lines.append(f"| {case} | {cells} | {row['eager']['median_ms'] / row['jit']['median_ms']:.0f}x"
-                 f" | {row['python']['median_ms'] / row['jit']['median_ms']:.0f}x |")
-  ls, ss = out["scan"]["python_loop_median_s"], out["scan"]["scan_median_s"]
-  lines.append("")
-  lines.append(f"planar 2-4-1, {args.scan_steps} steps: Python loop of jitted steps {ls:.3f} s "
-               f"({1e3 * ls / args.scan_steps:.4f} ms/step), one jitted lax.scan {ss:.3f} s "
-               f"({1e3 * ss / args.scan_steps:.4f} ms/step): {ls / ss:.1f}x")
-  text = "\n".join(lines)
+  extra = {}
+  for case in cases:
+    extra[case.id] = compile_and_flops(case)
+  size = args.matmul_size or (8192 if info["platform"] == "gpu" else 1024)
+  peak_run = matmul_peak(size)
+  raw = bench_steps(cases, args.modes, args.rounds, args.min_time, args.devices or None,
+                    has_torch)
+  peaks = [peak_run() for _ in range(args.rounds)]
+  peak = statistics.median(peaks)
+  fused = bench_fused([c for c in cases if "tiny" in c.tags], args.rounds, args.fused_steps)
+  table = summarize(cases, args.modes, raw, extra, peak)
+  text = markdown(table, args.modes, peak, fused)
   print(text)
-  path = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                  f"{info['platform']}-{info['cpu_count']}core.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(out | {"table_markdown": text}, f, indent=2)
-  print(f"wrote {path}")
+  stem = args.out or os.path.join(os.path.dirname(__file__), "results", machine_name(info))
+  os.makedirs(os.path.dirname(stem), exist_ok=True)
+  out = {"machine": info, "command": "python -m benchmarks.jit_vs_eager "
+         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+         "rounds": args.rounds, "min_time_s": args.min_time, "matmul_peak_gflops": peak,
+         "matmul_peak_all": peaks, "matmul_size": size, "cases": table, "fused": fused}
+  with open(stem + ".json", "w") as f:
+    json.dump(out, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(f"{info['date']}, {machine_name(info)}, jax {info['jax']}"
+            + (f", torch {info['torch']}" if "torch" in info else "") + "\n\n" + text + "\n")
+  chart(table, args.modes, stem + ".png",
+        f"dlcore training steps, {machine_name(info)}, jax {info['jax']}"
+        + (f", torch {info.get('torch')}" if "torch" in info else "") + f", {info['date']}")
+  print(f"wrote {stem}.json, .md, .png")
   return out
 
 

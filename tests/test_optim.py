@@ -3,7 +3,6 @@
 Each test runs several steps of f(theta) = sum(a * theta^2) + sum(b * theta) (a non-trivial
 gradient field) from the same start, feeding each side the gradient at its own parameters.
 """
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
