@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dlcore import losses, models, optim
 from dlcore.data import synthetic
 from dlcore.models.generative import vae_loss
-from dlcore.train import create_train_state, make_train_step
+from dlcore.train import TrainState, create_train_state, make_train_step
 from dlcore.train.gan import create_gan_state, make_gan_step
 
 
@@ -272,8 +273,8 @@ def _gan_case(variant):
     return step
 
   spec = {"gan": "2.8.2", "cgan": "2.8.3", "dcgan": "2.8.4"}[variant]
-  return Case(f"{variant} (G+D)", spec, (g_name, d_name), n, build, torch_make,
-              note="discriminator step then generator step")
+  return Case(variant, spec, (g_name, d_name), n, build, torch_make,
+              note="G+D: discriminator step then generator step")
 
 
 def _centered_case():
@@ -283,10 +284,11 @@ def _centered_case():
 
   def build(axis_name):
     model = models.build("centered_layer")
-    state = create_train_state(model, optim.make_optimizer("sgd", 0.1), x[:1])
+    state = TrainState.create(apply_fn=model.apply, params={}, tx=optim.make_optimizer("sgd", 0.1),
+                              batch_stats=None, rng=jax.random.PRNGKey(0))
 
     def step(state, batch):
-      return state, {"loss": jnp.sum(state.apply_fn({"params": {}}, batch["x"]))}
+      return state, {"loss": jnp.sum(state.apply_fn({}, batch["x"]))}
     return state, step, {"x": x}
 
   def torch_make():
@@ -315,7 +317,7 @@ def _build_cases() -> dict[str, Case]:
   for name, spec, opt in (("two_layer_sequential", "1.4", "sgd"),
                           ("two_layer_sequential", "1.5", "adam"),
                           ("two_layer_net", "1.6", "sgd")):
-    cases.append(Case(f"{name} ({opt})", spec, (name,), 64,
+    cases.append(Case(name + ("_adam" if opt == "adam" else ""), spec, (name,), 64,
                       _supervised(name, {}, reg, _sse, opt, 1e-4),
                       _torch_step(name, ((xr,), (yr,)), _t_sse, opt, 1e-4), tags=("tiny",)))
   xf, yf = synthetic.fizzbuzz(101, 229)  # one batch of 128
@@ -336,7 +338,7 @@ def _build_cases() -> dict[str, Case]:
       return loss
     return step
 
-  cases.append(Case("fizzbuzz (mlp 10-100-4)", "1.7", ("mlp",), 128,
+  cases.append(Case("fizzbuzz", "1.7", ("mlp",), 128,
                     _supervised("mlp", fb_kwargs, {"x": xf, "y": yf}, _ce, "sgd", 0.05),
                     fizzbuzz_torch, tags=("tiny",)))
   xs, ys = synthetic.spiral()
@@ -349,7 +351,7 @@ def _build_cases() -> dict[str, Case]:
                     _torch_step("spiral_mlp", ((xs,), (ys, ws)), _t_weighted_ce, "adam", 1e-2),
                     tags=("tiny",)))
   cases.append(_classifier_case("basic_mlp", "4.1", "basic_mlp", 128, (784,), 10, "sgd", 0.1))
-  cases.append(_classifier_case("mnist_mlp (BN)", "2.3.1", "mnist_mlp", 64, (28, 28, 1), 10,
+  cases.append(_classifier_case("mnist_mlp", "2.3.1", "mnist_mlp", 64, (28, 28, 1), 10,
                                 "momentum", 0.01))
   cases.append(_centered_case())
   x4 = _rng().standard_normal((128, 4)).astype(np.float32)

@@ -26,6 +26,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxprs_in_params
 
 MODES = ("eager", "python", "jit", "jit_donate", "pmap", "sharded", "torch")
 
@@ -65,7 +66,7 @@ def matmul_flops(fn: Callable, *args) -> int:
         total += mult * _dot_flops(eqn)
       elif name == "conv_general_dilated":
         total += mult * _conv_flops(eqn)
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      for sub in jaxprs_in_params(eqn.params):
         n = eqn.params.get("length", 1) if name == "scan" else 1
         total += walk(sub, mult * n)
     return total

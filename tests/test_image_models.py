@@ -191,3 +191,22 @@ def test_alexnet_one_training_step_at_224_on_cpu():
   x = pipe(batch["x"])
   v = {"params": state.params}
   np.testing.assert_array_equal(model.apply(v, x), model.apply(v, x))
+
+
+@pytest.mark.parametrize("shape,k,s", [((3, 28, 28, 6), 2, None), ((2, 13, 13, 5), 3, 2),
+                                       ((2, 9, 11, 4), (2, 3), (1, 2))])
+def test_max_pool2d_equals_reduce_window(shape, k, s):
+  """The strided-views max pool equals flax's `nn.max_pool` in value and gradient (no ties
+  in this input: a permutation of distinct values)."""
+  from dlcore.models.layers import max_pool2d
+  size = int(np.prod(shape))
+  x = jnp.asarray(np.random.default_rng(0).permutation(size).reshape(shape), jnp.float32)
+  kk = (k, k) if isinstance(k, int) else k
+  ss = kk if s is None else ((s, s) if isinstance(s, int) else s)
+  ref = lambda x: nn.max_pool(x, kk, strides=ss)  # noqa: E731
+  ours = lambda x: max_pool2d(x, k, s)  # noqa: E731
+  np.testing.assert_array_equal(ours(x), ref(x))
+  w = jnp.asarray(np.random.default_rng(1).standard_normal(ref(x).shape), jnp.float32)
+  g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+  g_ours = jax.grad(lambda x: jnp.sum(ours(x) * w))(x)
+  np.testing.assert_allclose(g_ours, g_ref, atol=1e-6)
