@@ -95,7 +95,8 @@ def _to_torch(a):
     a = a.transpose(0, 3, 1, 2)
   if np.issubdtype(a.dtype, np.integer):  # indices and labels are int64 in PyTorch
     a = a.astype(np.int64)
-  return torch.from_numpy(np.ascontiguousarray(a))
+  # clone: numpy gives size-1 axes odd strides, which PyTorch would read as channels-last.
+  return torch.from_numpy(np.ascontiguousarray(a)).clone(memory_format=torch.contiguous_format)
 
 
 def _torch_opt(net, opt, lr):
