@@ -1,0 +1,80 @@
+"""The benchmark harness: every registered model has a case, every case's step runs (and its
+PyTorch twin when torch is installed), FLOP counting by formula, and the outputs of a tiny
+run. Timing itself is not tested (benchmarks measure it)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import jit_vs_eager as bench
+from benchmarks.cases import CASES, check_coverage
+from dlcore import models
+
+
+def test_every_registered_model_has_a_case():
+  check_coverage()
+  with pytest.raises(AssertionError, match="without a benchmark case"):
+    check_coverage({k: v for k, v in CASES.items() if "lenet" not in v.models})
+
+
+@pytest.mark.parametrize("cid", list(CASES))
+def test_case_step_is_well_formed(cid):
+  """Every case's step traces to a scalar loss and a state of the same structure (abstract
+  evaluation: no compile, so AlexNet's 224x224 batch of 128 costs nothing here)."""
+  state, step, batch = CASES[cid].build(None)
+  new, metrics = jax.eval_shape(step, state, batch)
+  assert metrics["loss"].shape == ()
+  assert jax.tree.structure(new) == jax.tree.structure(state)
+
+
+@pytest.mark.parametrize("cid", [c for c, case in CASES.items() if "tiny" in case.tags])
+def test_tiny_case_step_updates_parameters(cid):
+  state, step, batch = CASES[cid].build(None)
+  new, metrics = jax.jit(step)(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  moved = [float(jnp.abs(a - b).max())
+           for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params))]
+  assert max(moved) > 0, f"{cid}: the step did not update any parameter"
+
+
+@pytest.mark.parametrize("cid", [c for c, case in CASES.items() if "heavy" not in case.tags])
+def test_torch_twin_runs(cid):
+  pytest.importorskip("torch", reason="PyTorch not installed: pip install -e '.[torch]'")
+  loss = CASES[cid].torch()()
+  assert np.isfinite(float(loss))
+
+
+def test_matmul_flops_by_formula():
+  x, w = jnp.ones((8, 5)), jnp.ones((5, 3))
+  assert bench.matmul_flops(lambda x, w: x @ w, x, w) == 2 * 8 * 5 * 3
+  # The gradient of a matmul w.r.t. both inputs: two more matmuls of the same size.
+  g = jax.grad(lambda x, w: jnp.sum(x @ w), argnums=(0, 1))
+  assert bench.matmul_flops(g, x, w) == 3 * 2 * 8 * 5 * 3
+  img, k = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))
+  conv = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "VALID",  # noqa: E731
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert bench.matmul_flops(conv, img, k) == 2 * (2 * 4 * 4 * 4) * 3 * 9
+  # Loops count their trip count times.
+  w5 = jnp.ones((5, 5))
+  looped = lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=4)[0]  # noqa
+  assert bench.matmul_flops(looped, x, w5) == 4 * 2 * 8 * 5 * 5
+
+
+def test_tiny_run_writes_json_table_and_chart(tmp_path):
+  stem = str(tmp_path / "bench")
+  out = bench.main(["--cases", "sequential_net", "corr2d_conv", "--rounds", "1",
+                    "--min-time", "0.001", "--fused-steps", "10", "--modes", "python", "jit",
+                    "pmap", "--matmul-size", "128", "--out", stem])
+  data = json.loads(open(stem + ".json").read())
+  assert set(data["cases"]) == {"sequential_net", "corr2d_conv"}
+  row = data["cases"]["sequential_net"]
+  assert row["modes"]["jit"]["median_ms"] > 0 and row["matmul_flops"] > 0
+  # corr2d_conv takes one unbatched image: nothing to split over devices.
+  assert "skipped" in data["cases"]["corr2d_conv"]["modes"]["pmap"]
+  assert data["fused"]["sequential_net"]["steps"] == 10
+  assert "| sequential_net (0.3, 400) |" in open(stem + ".md").read()
+  assert open(stem + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert out["matmul_peak_gflops"] > 0
+  assert len(models.names()) <= sum(len(c.models) for c in CASES.values())
