@@ -21,7 +21,7 @@ test: install
 	$(PY) -m pytest tests
 
 bench: install
-	$(PY) -m benchmarks.jit_vs_eager
+	$(PY) -m benchmarks.jit_vs_eager --all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

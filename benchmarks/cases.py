@@ -87,6 +87,18 @@ def _vae(out, b):
 
 
 # ---- the PyTorch side ----------------------------------------------------------------------
+def torch_device() -> str:
+  """PyTorch runs where JAX runs: CUDA when JAX's default backend is a GPU (with TF32
+  matmuls allowed, as JAX's default precision allows them there), else the CPU."""
+  import torch
+
+  if jax.default_backend() == "gpu" and torch.cuda.is_available():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return "cuda"
+  return "cpu"
+
+
 def _to_torch(a):
   import torch
 
@@ -96,7 +108,8 @@ def _to_torch(a):
   if np.issubdtype(a.dtype, np.integer):  # indices and labels are int64 in PyTorch
     a = a.astype(np.int64)
   # clone: numpy gives size-1 axes odd strides, which PyTorch would read as channels-last.
-  return torch.from_numpy(np.ascontiguousarray(a)).clone(memory_format=torch.contiguous_format)
+  return torch.from_numpy(np.ascontiguousarray(a)).clone(
+      memory_format=torch.contiguous_format).to(torch_device())
 
 
 def _torch_opt(net, opt, lr):
@@ -108,8 +121,14 @@ def _torch_opt(net, opt, lr):
   return make[opt]()
 
 
-def _torch_step(name, inputs, loss, opt, lr, kwargs=None):
-  """One PyTorch step of ORIGINALS[name] on `inputs` (numpy), `loss(out, *targets)`."""
+def _fizzbuzz_net():  # seed 001's FizzBuzz net, 10-100-4
+  import torch
+  return torch.nn.Sequential(torch.nn.Linear(10, 100), torch.nn.ReLU(), torch.nn.Linear(100, 4))
+
+
+def _torch_step(name, inputs, loss, opt, lr):
+  """One PyTorch step of ORIGINALS[name] (or of `name()` when it is a constructor) on
+  `inputs` (numpy), `loss(out, *targets)`."""
 
   def make():
     import torch
@@ -117,7 +136,7 @@ def _torch_step(name, inputs, loss, opt, lr, kwargs=None):
     from dlcore.interop.originals import ORIGINALS
 
     torch.manual_seed(0)
-    net = ORIGINALS[name]().train()
+    net = (name if callable(name) else ORIGINALS[name])().train().to(torch_device())
     tx = _torch_opt(net, opt, lr)
     args = [_to_torch(a) if isinstance(a, np.ndarray) else a for a in inputs[0]]
     targets = [_to_torch(a) for a in inputs[1]]
@@ -192,7 +211,7 @@ def _vae_case():
     from dlcore.interop.originals import VAE
 
     torch.manual_seed(0)
-    net = VAE().train()
+    net = VAE().train().to(torch_device())
     tx = torch.optim.Adam(net.parameters(), lr=1e-3)
     tx_in = _to_torch(x).reshape(n, -1)
 
@@ -240,24 +259,25 @@ def _gan_case(variant):
     from dlcore.interop.originals import ORIGINALS
 
     torch.manual_seed(0)
-    gen, disc = ORIGINALS[g_name]().train(), ORIGINALS[d_name]().train()
+    dev = torch_device()
+    gen, disc = ORIGINALS[g_name]().train().to(dev), ORIGINALS[d_name]().train().to(dev)
     g_opt = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     real = _to_torch(x)
-    labels = (torch.from_numpy(y).long(),) if conditional else ()
+    labels = (torch.from_numpy(y).long().to(dev),) if conditional else ()
     if variant == "gan":  # the seed's FC GAN: flat images, D ends in a Sigmoid, BCELoss
       real = real.reshape(n, -1)
       crit = F.binary_cross_entropy
     else:
       crit = F.binary_cross_entropy_with_logits
-    ones, zeros = torch.ones(n, 1), torch.zeros(n, 1)
+    ones, zeros = torch.ones(n, 1, device=dev), torch.zeros(n, 1, device=dev)
 
     def d_out(img):
       out = disc(img, *labels)
       return out.view(n, 1)
 
     def step():
-      z = torch.randn(n, latent)
+      z = torch.randn(n, latent, device=dev)
       fake = gen(z, *labels)
       if variant == "gan":
         fake = fake.reshape(n, -1)
@@ -293,10 +313,9 @@ def _centered_case():
     return state, step, {"x": x}
 
   def torch_make():
-    import torch
 
     from dlcore.interop.originals import MyLayer
-    net, t = MyLayer(), torch.from_numpy(x)
+    net, t = MyLayer(), _to_torch(x)
     return lambda: net(t).sum()
 
   return Case("centered_layer", "4.2", ("centered_layer",), n, build, torch_make,
@@ -324,24 +343,10 @@ def _build_cases() -> dict[str, Case]:
   xf, yf = synthetic.fizzbuzz(101, 229)  # one batch of 128
   fb_kwargs = {"widths": (100, 4), "activation": "relu"}
 
-  def fizzbuzz_torch():
-    import torch
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(10, 100), torch.nn.ReLU(), torch.nn.Linear(100, 4))
-    tx = torch.optim.SGD(net.parameters(), lr=0.05)
-    tx_in, ty = torch.from_numpy(xf), torch.from_numpy(yf).long()
-
-    def step():
-      tx.zero_grad(set_to_none=True)
-      loss = _t_ce(net(tx_in), ty)
-      loss.backward()
-      tx.step()
-      return loss
-    return step
-
   cases.append(Case("fizzbuzz", "1.7", ("mlp",), 128,
                     _supervised("mlp", fb_kwargs, {"x": xf, "y": yf}, _ce, "sgd", 0.05),
-                    fizzbuzz_torch, tags=("tiny",)))
+                    _torch_step(_fizzbuzz_net, ((xf,), (yf,)), _t_ce, "sgd", 0.05),
+                    tags=("tiny",)))
   xs, ys = synthetic.spiral()
   train = _rng().permutation(len(xs))[:1050]  # the 70% train split
   xs, ys = xs[train], ys[train]

@@ -111,7 +111,7 @@ class MyDictDense(tnn.Module):  # 4.3
 
 def corr2d(X, K):  # 4.4, the seed's loops
   h, w = K.shape
-  Y = torch.zeros((X.shape[0] - h + 1, X.shape[1] - w + 1))
+  Y = torch.zeros((X.shape[0] - h + 1, X.shape[1] - w + 1), device=X.device)
   for i in range(Y.shape[0]):
     for j in range(Y.shape[1]):
       Y[i, j] = (X[i: i + h, j: j + w] * K).sum()
