@@ -130,7 +130,7 @@ class Contestant:
     if self.mode == "torch":
       for _ in range(n):
         out = self._torch()
-      float(out)  # waits for the step (PyTorch's CPU ops are synchronous; CUDA is not)
+      out.detach().item()  # waits for the step (PyTorch's CPU ops are synchronous; CUDA is not)
       return
     s = self._state
     for _ in range(n):
