@@ -210,3 +210,45 @@ def test_max_pool2d_equals_reduce_window(shape, k, s):
   g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
   g_ours = jax.grad(lambda x: jnp.sum(ours(x) * w))(x)
   np.testing.assert_allclose(g_ours, g_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("xshape,kshape,strides,padding", [
+    ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), ((0, 0), (0, 0))),      # LeNet conv1
+    ((2, 23, 23, 1), (11, 11, 1, 4), (4, 4), ((0, 0), (0, 0))),    # AlexNet conv_0
+    ((2, 9, 9, 3), (4, 4, 3, 5), (2, 2), "SAME"),                  # DCGAN D conv1, 3 channels
+    ((2, 8, 10, 2), (3, 3, 2, 4), (2, 1), ((1, 0), (2, 1))),       # uneven strides and pads
+])
+def test_patch_conv_equals_xla_conv(xshape, kshape, strides, padding):
+  """`patch_conv` is the same function as `lax.conv_general_dilated`: values and both
+  gradients."""
+  from dlcore.models.layers import patch_conv
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(xshape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal(kshape), jnp.float32)
+  ref = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, k: patch_conv(x, k, strides, padding)  # noqa: E731
+  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  w = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
+  g_ref = jax.grad(lambda x, k: jnp.sum(ref(x, k) * w), argnums=(0, 1))(x, k)
+  g_ours = jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), argnums=(0, 1))(x, k)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_conv_routes_by_channels(monkeypatch):
+  """`Conv2d` uses patches for 1 input channel on CPU and XLA's convolution otherwise; the
+  LeNet built on it gives the same outputs as one forced onto XLA's convolution."""
+  from dlcore.models import layers
+  calls = []
+  real = layers.patch_conv
+  monkeypatch.setattr(layers, "patch_conv", lambda *a: calls.append(a[1].shape) or real(*a))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 1)), jnp.float32)
+  model = models.build("lenet")
+  params = model.init(jax.random.PRNGKey(0), x)
+  out = model.apply(params, x)
+  assert calls == [(5, 5, 1, 6)] * 2  # conv1 at init and at apply; conv2 (6 channels) not
+  monkeypatch.setattr(layers, "PATCH_CONV_MAX_CHANNELS", 0)  # every conv on XLA's kernel
+  calls.clear()
+  np.testing.assert_allclose(model.apply(params, x), out, rtol=1e-5, atol=1e-6)
+  assert calls == []

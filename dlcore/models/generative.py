@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlcore.models.layers import BatchNorm, Linear, UpConv2x
+from dlcore.models.layers import BatchNorm, Linear, UpConv2x, auto_conv
 from dlcore.models.registry import register
 
 
@@ -212,8 +212,8 @@ class DCGANDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    x = nn.Conv(self.base, (4, 4), strides=(2, 2), padding="SAME",
-                kernel_init=_dcgan_init(), name="conv1")(x)
+    x = nn.Conv(self.base, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_dcgan_init(),
+                conv_general_dilated=auto_conv, name="conv1")(x)  # 1 channel: patches on CPU
     x = nn.leaky_relu(x, 0.2)
     x = nn.Conv(2 * self.base, (4, 4), strides=(2, 2), padding="SAME",
                 kernel_init=_dcgan_init(), name="conv2")(x)
