@@ -15,7 +15,7 @@
            the CPU all-reduce can deadlock (DESIGN.md), and waiting costs little.
 - sharded: `jax.jit` over a 1-D device `Mesh`: state replicated, batch sharded on its first
            axis with `NamedSharding`; XLA inserts the reductions, so the step is built with
-           `axis_name=None`.
+           `axis_name=None`. On several CPU host devices each call waits, as pmap's.
 """
 from __future__ import annotations
 
@@ -89,7 +89,17 @@ class Runner:
 
       return call
     # Inputs arrive committed (put_state / put_batch), and jit follows their shardings.
-    return jax.jit(fn, out_shardings=self._replicated(), donate_argnums=donate)
+    jfn = jax.jit(fn, out_shardings=self._replicated(), donate_argnums=donate)
+    if jax.default_backend() != "cpu" or self._mesh.devices.size == 1:
+      return jfn
+
+    # Host devices: the sharded step's all-reduce deadlocks like pmap's with several
+    # calls in flight (seen in the 4-host-device benchmark), so wait here too.
+    @functools.wraps(fn)
+    def call(state, batch):
+      return jax.block_until_ready(jfn(state, batch))
+
+    return call
 
   def compile_eval(self, fn):
     """Wraps `fn(state, batch) -> metrics` (no state out). Evaluation of a host state runs
