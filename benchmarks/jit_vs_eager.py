@@ -256,6 +256,10 @@ def _fmt(ms: float | None) -> str:
   return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
 
 
+def _ratio(r: float) -> str:
+  return f"{r:.0f}x" if r >= 100 else f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
+
+
 def summarize(cases, modes, raw, extra, peak_gflops) -> dict:
   table = {}
   for case in cases:
@@ -288,7 +292,7 @@ def markdown(table, modes, peak_gflops, fused) -> str:
            "|" + "---|" * (len(cols) + 6)]
   for cid, row in table.items():
     jit = med(row, "jit")
-    ratio = lambda m: (f"{med(row, m) / jit:.2f}x" if med(row, m) and jit else "-")  # noqa
+    ratio = lambda m: (_ratio(med(row, m) / jit) if med(row, m) and jit else "-")  # noqa
     flops = row.get("matmul_flops")
     util = row.get("utilisation")
     lines.append(
@@ -352,7 +356,11 @@ def main(argv=None):
   p.add_argument("--fused-steps", type=int, default=1000)
   p.add_argument("--matmul-size", type=int, default=0, help="peak matmul size (0: by device)")
   p.add_argument("--out", default=None, help="output stem (default benchmarks/results/<machine>)")
+  p.add_argument("--render", metavar="JSON", default=None,
+                 help="rewrite the .md and .png of an earlier run's JSON without measuring")
   args = p.parse_args(argv)
+  if args.render:
+    return render(args.render)
   if args.devices:
     from dlcore.train import set_host_devices
     set_host_devices(args.devices)
@@ -400,13 +408,26 @@ def main(argv=None):
          "matmul_peak_all": peaks, "matmul_size": size, "cases": table, "fused": fused}
   with open(stem + ".json", "w") as f:
     json.dump(out, f, indent=1)
+  _write_reports(stem, info, table, args.modes, peak, fused)
+  return out
+
+
+def _write_reports(stem, info, table, modes, peak, fused) -> None:
+  title = (f"{machine_name(info)}, jax {info['jax']}"
+           + (f", torch {info['torch']}" if "torch" in info else ""))
   with open(stem + ".md", "w") as f:
-    f.write(f"{info['date']}, {machine_name(info)}, jax {info['jax']}"
-            + (f", torch {info['torch']}" if "torch" in info else "") + "\n\n" + text + "\n")
-  chart(table, args.modes, stem + ".png",
-        f"dlcore training steps, {machine_name(info)}, jax {info['jax']}"
-        + (f", torch {info.get('torch')}" if "torch" in info else "") + f", {info['date']}")
+    f.write(f"{info['date']}, {title}\n\n{markdown(table, modes, peak, fused)}\n")
+  chart(table, modes, stem + ".png", f"dlcore training steps, {title}, {info['date']}")
   print(f"wrote {stem}.json, .md, .png")
+
+
+def render(path: str) -> dict:
+  """Rewrites `<stem>.md` and `<stem>.png` from `<stem>.json` (an earlier run's results)."""
+  with open(path) as f:
+    out = json.load(f)
+  stem, info = os.path.splitext(path)[0], out["machine"]
+  modes = [m for m in MODES if any(m in row["modes"] for row in out["cases"].values())]
+  _write_reports(stem, info, out["cases"], modes, out["matmul_peak_gflops"], out["fused"])
   return out
 
 

@@ -2,6 +2,7 @@
 PyTorch twin when torch is installed), FLOP counting by formula, and the outputs of a tiny
 run. Timing itself is not tested (benchmarks measure it)."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +79,9 @@ def test_tiny_run_writes_json_table_and_chart(tmp_path):
   assert open(stem + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert out["matmul_peak_gflops"] > 0
   assert len(models.names()) <= sum(len(c.models) for c in CASES.values())
+  # --render rewrites the table and chart from the JSON alone.
+  os.remove(stem + ".md")
+  os.remove(stem + ".png")
+  bench.main(["--render", stem + ".json"])
+  assert "| sequential_net (0.3, 400) |" in open(stem + ".md").read()
+  assert open(stem + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
