@@ -398,8 +398,6 @@ def main(argv=None):
   peak = statistics.median(peaks)
   fused = bench_fused([c for c in cases if "tiny" in c.tags], args.rounds, args.fused_steps)
   table = summarize(cases, args.modes, raw, extra, peak)
-  text = markdown(table, args.modes, peak, fused)
-  print(text)
   stem = args.out or os.path.join(os.path.dirname(__file__), "results", machine_name(info))
   os.makedirs(os.path.dirname(stem), exist_ok=True)
   out = {"machine": info, "command": "python -m benchmarks.jit_vs_eager "
@@ -415,8 +413,10 @@ def main(argv=None):
 def _write_reports(stem, info, table, modes, peak, fused) -> None:
   title = (f"{machine_name(info)}, jax {info['jax']}"
            + (f", torch {info['torch']}" if "torch" in info else ""))
+  text = markdown(table, modes, peak, fused)
+  print(text)
   with open(stem + ".md", "w") as f:
-    f.write(f"{info['date']}, {title}\n\n{markdown(table, modes, peak, fused)}\n")
+    f.write(f"{info['date']}, {title}\n\n{text}\n")
   chart(table, modes, stem + ".png", f"dlcore training steps, {title}, {info['date']}")
   print(f"wrote {stem}.json, .md, .png")
 

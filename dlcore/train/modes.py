@@ -80,26 +80,15 @@ class Runner:
     if self.mode == "jit":
       return jax.jit(fn, donate_argnums=donate)
     if self.mode == "pmap":
-      pfn = jax.pmap(fn, axis_name=self.axis_name, donate_argnums=donate,
-                     devices=jax.local_devices()[:self.devices])
-
-      @functools.wraps(fn)
-      def call(state, batch):
-        return jax.block_until_ready(pfn(state, batch))
-
-      return call
+      return _waiting(fn, jax.pmap(fn, axis_name=self.axis_name, donate_argnums=donate,
+                                   devices=jax.local_devices()[:self.devices]))
     # Inputs arrive committed (put_state / put_batch), and jit follows their shardings.
     jfn = jax.jit(fn, out_shardings=self._replicated(), donate_argnums=donate)
     if jax.default_backend() != "cpu" or self._mesh.devices.size == 1:
       return jfn
-
     # Host devices: the sharded step's all-reduce deadlocks like pmap's with several
     # calls in flight (seen in the 4-host-device benchmark), so wait here too.
-    @functools.wraps(fn)
-    def call(state, batch):
-      return jax.block_until_ready(jfn(state, batch))
-
-    return call
+    return _waiting(fn, jfn)
 
   def compile_eval(self, fn):
     """Wraps `fn(state, batch) -> metrics` (no state out). Evaluation of a host state runs
@@ -160,6 +149,16 @@ class Runner:
 
   def _replicated(self):
     return NamedSharding(self._mesh, P())
+
+
+def _waiting(fn, compiled):
+  """`compiled` (a compiled `fn`), returning only once its result is ready: several
+  multi-device calls in flight can deadlock the CPU all-reduce (DESIGN.md)."""
+  @functools.wraps(fn)
+  def call(*args):
+    return jax.block_until_ready(compiled(*args))
+
+  return call
 
 
 def _eager(fn):
