@@ -6,10 +6,11 @@ WORKDIR ?= runs
 
 .PHONY: install run test bench clean
 
+# PYTHONWARNINGS hides setuptools' "Editable installation" notice: nothing a user can act on.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tb,torch]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test,tb,torch]"
 	touch $@
 
 install: $(VENV)/.installed

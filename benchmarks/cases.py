@@ -18,7 +18,6 @@ import numpy as np
 
 from dlcore import losses, models, optim
 from dlcore.data import synthetic
-from dlcore.models.generative import vae_loss
 from dlcore.train import TrainState, create_train_state, make_train_step
 from dlcore.train.gan import create_gan_state, make_gan_step
 
@@ -83,7 +82,7 @@ def _weighted_ce(out, b):
 
 def _vae(out, b):
   logits, mu, log_var = out
-  return jnp.mean(vae_loss(logits, b["x"], mu, log_var)[0]), {}
+  return losses.vae_loss(logits, b["x"], mu, log_var)[0], {}
 
 
 # ---- the PyTorch side ----------------------------------------------------------------------

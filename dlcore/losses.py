@@ -1,4 +1,7 @@
-"""Losses with PyTorch's reductions, on top of Optax's numerically stable primitives."""
+"""Losses with PyTorch's reductions, on top of Optax's numerically stable primitives.
+
+One convention: a loss made of several terms returns `(scalar mean, {part: scalar mean})`,
+the shape `make_train_step`'s `loss_fn` returns; single-term losses return the scalar."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -44,3 +47,15 @@ def accuracy(logits, labels):
     pred = (logits[..., 0] > 0).astype(labels.dtype)
     return jnp.mean(pred == labels.reshape(pred.shape))
   return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def vae_loss(logits, x, mu, log_var):
+  """The VAE's negative ELBO per example, averaged over the batch: BCE summed over pixels
+  plus KL(q(z|x) || N(0, I)) = -1/2 sum(1 + log_var - mu^2 - exp(log_var)).
+
+  Returns (mean total, {"bce": mean BCE, "kl": mean KL}); logits (N, D) from the decoder,
+  x the targets in [0, 1] (any shape with N first)."""
+  target = x.reshape((x.shape[0], -1))
+  bce = optax.sigmoid_binary_cross_entropy(logits, target).sum(-1)
+  kl = -0.5 * jnp.sum(1 + log_var - mu ** 2 - jnp.exp(log_var), axis=-1)
+  return jnp.mean(bce + kl), {"bce": jnp.mean(bce), "kl": jnp.mean(kl)}

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, plots
-from dlcore.runs import RunDir
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import RunDir
+from dlcore.harness.writers import say
 
 SEED_PRINTED = {"numpy": {"w": 2.9586, "b": 2.1018}, "autograd": {"w": 2.9645, "b": 2.1146},
                 "tensorflow_2000_steps": {"w": 2.92, "b": 2.12, "loss": 0.0038}}
@@ -34,11 +36,18 @@ SEED_PRINTED = {"numpy": {"w": 2.9586, "b": 2.1018}, "autograd": {"w": 2.9645, "
 
 @dataclasses.dataclass
 class Config:
+  """basics shows the three ways side by side in one run (NumPy, eager, one jitted loop), so
+  it takes no --mode, --resume or --devices: there is no training state worth resuming."""
   workdir: str = "runs/basics"
-  seed: int = 100               # the book's np.random.seed(100)
-  steps: int = 800
-  lr: float = 1e-3
+  """Run directory for config, summary and the fitted-curve figure."""
+  seed: int = 100
+  """The book's np.random.seed(100): data noise and initial w, b."""
+  steps: cli.Positive[int] = 800
+  """Gradient-descent steps."""
+  lr: Annotated[float, cli.Between(0.0)] = 1e-3
+  """Learning rate."""
   progress: bool = True
+  """Show progress bars."""
 
 
 def make_data(seed: int):
@@ -113,11 +122,11 @@ def gradient_descent_three_ways(cfg: Config, run: RunDir) -> dict:
   for name, r in results.items():
     r["loss"] = float(loss_fn((r["w"], r["b"]), x, y))
     r["mse"] = float(np.mean((r["w"] * x ** 2 + r["b"] - y) ** 2))
-    print(f"  {name:<6} w={r['w']:.4f} b={r['b']:.4f} loss={r['loss']:.4f} "
+    say(f"  {name:<6} w={r['w']:.4f} b={r['b']:.4f} loss={r['loss']:.4f} "
           f"(MSE {r['mse']:.4f})  {r['ms_per_step']:.4f} ms/step")
-  print(f"  seed printed: numpy w=2.9586 b=2.1018; autograd w=2.9645 b=2.1146; TF (2000 "
+  say(f"  seed printed: numpy w=2.9586 b=2.1018; autograd w=2.9645 b=2.1146; TF (2000 "
         f"steps) w=2.92 b=2.12")
-  print(f"  eager / jit time per step: {results['eager']['ms_per_step'] / results['jit']['ms_per_step']:.0f}x"
+  say(f"  eager / jit time per step: {results['eager']['ms_per_step'] / results['jit']['ms_per_step']:.0f}x"
         f" (jit compile {results['jit']['compile_s']:.2f} s, once)")
   grid = np.linspace(-1, 1, 200)
   plots.scatter_fit(x[:, 0], y[:, 0], {k: (grid, r["w"] * grid ** 2 + r["b"])
@@ -135,7 +144,7 @@ def jacobian_demo() -> dict:
   rev, fwd = jax.jacrev(f)(x), jax.jacfwd(f)(x)
   _, vjp = jax.vjp(f, x)
   rows = jnp.stack([vjp(v)[0] for v in jnp.eye(2)])  # y.backward(v) for v = e1, e2
-  print(f"2.2.2 Jacobian at x = [2, 3]: jacrev {rev.tolist()}, jacfwd {fwd.tolist()}, "
+  say(f"2.2.2 Jacobian at x = [2, 3]: jacrev {rev.tolist()}, jacfwd {fwd.tolist()}, "
         f"VJP rows {rows.tolist()} (book: [[4, 3], [2, 6]])")
   return {"2.2.2": {"jacobian": rev.tolist(), "jacfwd": fwd.tolist(), "vjp_rows": rows.tolist(),
                     "seed": [[4, 3], [2, 6]]}}
@@ -145,7 +154,7 @@ def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   run = RunDir(cfg.workdir)
   run.write_config(cfg)
-  print(f"[basics] run directory: {run.path}\n2.2.1 gradient descent three ways "
+  say(f"[basics] run directory: {run.path}\n2.2.1 gradient descent three ways "
         f"({cfg.steps} steps, lr {cfg.lr}):")
   summary = gradient_descent_three_ways(cfg, run) | jacobian_demo()
   run.update_summary(summary)

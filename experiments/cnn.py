@@ -16,29 +16,42 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, optim
+from dlcore import optim
 from dlcore.data.transforms import ImagePipeline
+from dlcore.harness import cli
+from dlcore.harness.classify import classifier_experiment
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.models.custom import conv_matrix, conv_output_size
-from dlcore.runs import start_run
-from dlcore.train.classify import classifier_experiment
 
 
 @dataclasses.dataclass
-class Config(cli.Common, cli.ImageDataArgs):
-  epochs: int = 10
-  batch_size: int = 128
-  lr: float = 1e-3
-  channels: tuple[int, ...] = (32, 64)
-  hidden: int = 128
-  dropout: float = 0.5
-  demos: bool = True            # 2.6.1
-  train: bool = True            # 2.6.2
+class Config:
+  common: cli.Shared = cli.shared()
+  data: cli.ImageOptions = cli.image_data()
+  epochs: cli.Positive[int] = 10
+  """Training epochs."""
+  batch_size: cli.Positive[int] = 128
+  """Training batch size."""
+  lr: Annotated[float, cli.Between(0.0)] = 1e-3
+  """Adam learning rate."""
+  channels: tuple[cli.Positive[int], ...] = (32, 64)
+  """Output channels of the conv blocks."""
+  hidden: cli.Positive[int] = 128
+  """Width of the hidden fully connected layer."""
+  dropout: cli.Fraction[float] = 0.5
+  """Dropout rate before the classifier."""
+  demos: bool = True
+  """Run the 2.6.1 convolution shape demos."""
+  train: bool = True
+  """Train the 2.6.2 CNN."""
 
 
 SHAPE_CASES = [  # (description, nn.Conv keyword arguments) on an 8x8 single-channel input
@@ -59,7 +72,7 @@ def conv_demos(seed: int = 0) -> dict:
   key = jax.random.PRNGKey(seed)
   x = jax.random.uniform(key, (1, 8, 8, 1))
   shapes = {}
-  print("2.6.1 output shapes on an 8x8 input:")
+  say("2.6.1 output shapes on an 8x8 input:")
   for name, kw in SHAPE_CASES:
     conv = nn.Conv(**kw)
     y = conv.apply(conv.init(key, x), x)
@@ -72,7 +85,7 @@ def conv_demos(seed: int = 0) -> dict:
     else:
       expect = tuple(_formula(8, k, 0, 1) for k in kw["kernel_size"])
     shapes[name] = list(y.shape[1:3])
-    print(f"  {name:<22} -> {y.shape[1]}x{y.shape[2]} (formula {expect[0]}x{expect[1]})")
+    say(f"  {name:<22} -> {y.shape[1]}x{y.shape[2]} (formula {expect[0]}x{expect[1]})")
     assert tuple(y.shape[1:3]) == expect, (name, y.shape, expect)
   channels = {}
   for groups in (1, 2, 4):
@@ -80,7 +93,7 @@ def conv_demos(seed: int = 0) -> dict:
     params = conv.init(key, jnp.ones((1, 8, 8, 4)))["params"]
     channels[f"groups={groups}"] = {"kernel": list(params["kernel"].shape),
                                     "weights": int(params["kernel"].size)}
-    print(f"  4 -> 8 channels, 3x3, groups={groups}: kernel {params['kernel'].shape} "
+    say(f"  4 -> 8 channels, 3x3, groups={groups}: kernel {params['kernel'].shape} "
           f"({params['kernel'].size} weights: each output sees 4/{groups} input channels)")
   # Transposed convolution as C^T, for stride 1 and stride 2.
   errors = {}
@@ -104,7 +117,7 @@ def conv_demos(seed: int = 0) -> dict:
         "nn.ConvTranspose(transpose_kernel=True)": float(np.abs(by_flax - by_matrix).max()),
         "nn.ConvTranspose default (kernel not flipped)":
             float(np.abs(unflipped - by_matrix).max())}
-    print(f"  stride {stride}: C is {c.shape}; |conv_transpose(y) - C^T y| max: "
+    say(f"  stride {stride}: C is {c.shape}; |conv_transpose(y) - C^T y| max: "
           + ", ".join(f"{k} {v:.2e}" for k, v in errors[f'stride {stride}'].items()))
   return {"2.6.1": {"output_shapes_8x8": shapes, "groups_4_to_8": channels,
                     "transposed_conv_vs_matrix_max_error": errors}}
@@ -112,9 +125,9 @@ def conv_demos(seed: int = 0) -> dict:
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  data = cli.load_image_data(cfg) if cfg.train else None  # fail fast, before any work
+  data = cli.load_image_data(cfg.data) if cfg.train else None  # fail fast, before any work
   run, runner = start_run(cfg, "cnn")
-  summary = conv_demos(cfg.seed) if cfg.demos else {}
+  summary = conv_demos(cfg.common.seed) if cfg.demos else {}
   if cfg.train:
     c, h, w = data.image_shape[2], *data.image_shape[:2]
     size = None if (h, w) == (28, 28) else 28  # the CNN is built for 28x28 inputs

@@ -16,28 +16,51 @@ over the same batches computes (`--fuse 0`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import jax
 import numpy as np
 
-from dlcore import cli, data as dldata, losses, models, optim, plots
+from dlcore import data as dldata
+from dlcore import losses, models, optim
 from dlcore.checkpoint import Checkpointer
 from dlcore.data import synthetic
-from dlcore.runs import start_run
-from dlcore.train import (create_train_state, fit, fused_epoch, make_train_step, repeat_step,
-                          stack_states)
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
+from dlcore.train import (
+  create_train_state,
+  fit,
+  fused_epoch,
+  make_train_step,
+  repeat_step,
+  stack_states,
+)
 
 
 @dataclasses.dataclass
-class Config(cli.Common):
-  epochs: int = 10000
-  batch_size: int = 128
-  lr: float = 0.05
-  hidden: int = 100
-  num_digits: int = 10
-  seeds: int = 10            # nets trained side by side (seed, seed+1, ...); 1 = the seed's run
-  fuse: int = 100            # epochs per compiled call; 0 = a Python loop of jitted steps
-  drop_remainder: bool = False  # drop the last partial batch (needed for pmap/sharded)
+class Config:
+  common: cli.Shared = cli.shared()
+  epochs: cli.Positive[int] = 10000
+  """Training epochs (the seed's 10000)."""
+  batch_size: cli.Positive[int] = 128
+  """Training batch size."""
+  lr: Annotated[float, cli.Between(0.0)] = 0.05
+  """SGD learning rate."""
+  hidden: cli.Positive[int] = 100
+  """Width of the hidden layer."""
+  num_digits: cli.Positive[int] = 10
+  """Bits of the binary input encoding."""
+  seeds: cli.Positive[int] = 10
+  """Nets trained side by side (seed, seed+1, ...); 1 is the seed's single run."""
+  fuse: cli.Positive[int] | None = 100
+  """Epochs per compiled call (lax.scan); None: a Python loop of jitted steps."""
+  drop_remainder: bool = False
+  """Drop the last partial batch (needed for pmap/sharded)."""
+
+  def check(self):
+    if self.fuse and self.epochs % self.fuse:
+      raise cli.ConfigError(f"--epochs {self.epochs} must be a multiple of --fuse {self.fuse}")
 
 
 def loss_fn(logits, batch):
@@ -55,18 +78,16 @@ def main(argv=None) -> dict:
     train = {k: v[:keep] for k, v in train.items()}
   model = models.build("mlp", widths=(cfg.hidden, 4), activation="relu")
   tx = optim.make_optimizer("sgd", cfg.lr)
-  seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+  seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
   state = stack_states([create_train_state(model, tx, x[:2], s) for s in seeds])
 
   # The same batch goes to every member; each has its own parameters and init.
   step = jax.vmap(make_train_step(loss_fn, axis_name=runner.axis_name), in_axes=(0, None))
   n_batches = -(-len(train["x"]) // cfg.batch_size)
-  if cfg.fuse > 0:
-    if cfg.mode in ("pmap", "sharded"):
+  if cfg.fuse:
+    if cfg.common.mode in ("pmap", "sharded"):
       raise SystemExit("--fuse with pmap/sharded is not supported: pass --fuse 0 "
                        "--drop-remainder")
-    if cfg.epochs % cfg.fuse:
-      raise SystemExit(f"--epochs {cfg.epochs} must be a multiple of --fuse {cfg.fuse}")
     epoch_data = dldata.stacked_epoch(train, cfg.batch_size)
     call, batches = repeat_step(fused_epoch(step), cfg.fuse), (lambda e: [epoch_data])
     num_calls, steps_per_call = cfg.epochs // cfg.fuse, n_batches * cfg.fuse
@@ -78,7 +99,7 @@ def main(argv=None) -> dict:
                     save_every_steps=max(steps_per_call, n_batches * cfg.epochs // 10)) as ckpt:
     state, history = fit(state, runner.compile(call), batches, runner=runner,
                          num_epochs=num_calls, steps_per_call=steps_per_call, run=run,
-                         checkpointer=ckpt, resume=cfg.resume, progress=cfg.progress,
+                         checkpointer=ckpt, resume=cfg.common.resume, progress=cfg.common.progress,
                          desc=f"fizzbuzz x{cfg.seeds} seeds", log_every=10**9 if cfg.fuse else 500)
 
   test_x, test_y = synthetic.fizzbuzz(1, 101, cfg.num_digits)
@@ -88,11 +109,11 @@ def main(argv=None) -> dict:
   vote = np.array([np.bincount(col, minlength=4).argmax() for col in preds.T])
   best = int(np.argmax(per_seed == int(np.median(per_seed))))  # a member at the median
   words = [synthetic.fizz_buzz_decode(i, int(p)) for i, p in zip(range(1, 101), preds[best])]
-  print(" ".join(words))
+  say(" ".join(words))
   for s, c in zip(seeds, per_seed):
-    print(f"  seed {s}: {c} / 100 correct")
+    say(f"  seed {s}: {c} / 100 correct")
   median = float(np.median(per_seed))
-  print(f"  median {median} (min {per_seed.min()}, max {per_seed.max()}) over {len(seeds)} "
+  say(f"  median {median} (min {per_seed.min()}, max {per_seed.max()}) over {len(seeds)} "
         f"seeds; majority vote of the {len(seeds)} nets: {int((vote == test_y).sum())} / 100")
   epochs_per_point = cfg.fuse if cfg.fuse else 1
   plots.curves({"train loss (mean over seeds)": [h["train"]["loss"] for h in history]},

@@ -25,16 +25,20 @@ the cgan, the classifier's accuracy on samples against the labels asked for.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, data as dldata, models, optim, plots
+from dlcore import data as dldata
+from dlcore import models, optim
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.transforms import ImagePipeline
-from dlcore.runs import start_run
-from dlcore.scoring import load_or_train_scorer, to_uint8
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
+from dlcore.harness.writers import say
 from dlcore.train import fit
 from dlcore.train.gan import create_gan_state, generate, make_gan_step
 
@@ -46,16 +50,29 @@ VARIANTS = {  # variant -> (generator, discriminator, latent, epochs, SPEC id)
 
 
 @dataclasses.dataclass
-class Config(cli.Common, cli.ImageDataArgs):
-  variant: str = "gan"          # gan | cgan | dcgan
-  epochs: int = 0               # 0: the variant's default (gan/cgan 30, dcgan 10)
-  batch_size: int = 100
-  lr: float = 2e-4
-  beta1: float = 0.5            # Adam's b1 (the seed's PyTorch default is 0.9; see above)
-  base: int = 32                # dcgan width (channels of the last hidden conv)
-  classifier: str = ""          # scoring CNN (save_model dir); "": runs/classifier_<dataset>
-  classifier_epochs: int = 3
-  score_samples: int = 10000    # generated images for the scores (0: skip)
+class Config:
+  common: cli.Shared = cli.shared()
+  data: cli.ImageOptions = cli.image_data()
+  variant: Literal["gan", "cgan", "dcgan"] = "gan"
+  """Which GAN: fully connected, conditional, or convolutional (DCGAN)."""
+  epochs: cli.Positive[int] | None = None
+  """Training epochs; None: the variant's (gan/cgan 50, dcgan 10)."""
+  batch_size: cli.Positive[int] = 100
+  """Training batch size (the seed's 100)."""
+  lr: Annotated[float, cli.Between(0.0)] = 2e-4
+  """Adam learning rate of both players."""
+  beta1: cli.Fraction[float] = 0.5
+  """Adam's b1 (the seed's PyTorch default is 0.9; see the module docstring)."""
+  base: cli.Positive[int] = 32
+  """DCGAN width: channels of the last hidden conv."""
+  classifier: str | None = None
+  """Scoring CNN folder (save_model); None: the cached one, trained once if missing."""
+  classifier_epochs: cli.Positive[int] = 3
+  """Epochs of the scoring CNN when it has to be trained."""
+  score_samples: cli.NonNegative[int] = 10000
+  """Generated images scored (Frechet distance, cgan label accuracy); 0: no scoring."""
+  score_every: cli.Positive[int] | None = None
+  """Also score every N epochs; None: after the last epoch only."""
 
 
 def build_players(cfg: Config, data, axis_name=None):
@@ -73,9 +90,7 @@ def build_players(cfg: Config, data, axis_name=None):
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  if cfg.variant not in VARIANTS:
-    raise SystemExit(f"unknown --variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
-  data = cli.load_image_data(cfg)
+  data = cli.load_image_data(cfg.data)
   run, runner = start_run(cfg, f"gan_{cfg.variant}")
   *_, default_epochs, spec_id = VARIANTS[cfg.variant]
   epochs = cfg.epochs or default_epochs
@@ -83,12 +98,12 @@ def main(argv=None) -> dict:
   generator, discriminator, latent = build_players(cfg, data, runner.axis_name)
   tx = optim.make_optimizer("adam", cfg.lr, b1=cfg.beta1)
   state = create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
-                           image_shape=data.image_shape, seed=cfg.seed, conditional=conditional)
+                           image_shape=data.image_shape, seed=cfg.common.seed, conditional=conditional)
   step = runner.compile(make_gan_step(latent_size=latent, axis_name=runner.axis_name,
                                       preprocess=ImagePipeline("pm1"), conditional=conditional))
   # Fixed noise so epochs compare; the cgan grid has one row per class.
   n_show = 10 * data.num_classes if conditional else 64
-  fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.seed + 1), (n_show, latent))
+  fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.common.seed + 1), (n_show, latent))
   fixed_y = (jnp.repeat(jnp.arange(data.num_classes), 10) if conditional else None)
   sample = jax.jit(generate)
 
@@ -99,8 +114,23 @@ def main(argv=None) -> dict:
                      title=f"{cfg.variant} epoch {epoch + 1}" + (" (row = class)" if conditional
                                                                   else ""))
     t = record["train"]
-    print(f"epoch {epoch + 1}: d_loss {t['d_loss']:.3f} g_loss {t['g_loss']:.3f} D(x) "
-          f"{t['d_real']:.3f} D(G(z)) {t['d_fake']:.3f}", flush=True)
+    say(f"epoch {epoch + 1}: d_loss {t['d_loss']:.3f} g_loss {t['g_loss']:.3f} D(x) "
+          f"{t['d_real']:.3f} D(G(z)) {t['d_fake']:.3f}")
+
+  evaluators = []
+  if cfg.score_samples:
+    scorer = load_or_train_scorer(data, cfg.classifier, epochs=cfg.classifier_epochs,
+                                  seed=cfg.common.seed, progress=cfg.common.progress)
+
+    def samples(state, key, labels, n):
+      z = jax.random.normal(key, (n, latent))
+      return to_uint8(np.concatenate([
+          np.asarray(sample(state, z[i:i + 1000], None if labels is None else labels[i:i + 1000]))
+          for i in range(0, n, 1000)]), (-1, 1))
+
+    evaluators.append(sample_quality(scorer, samples, data, cfg.score_samples,
+                                     num_classes=data.num_classes if conditional else None,
+                                     every=cfg.score_every))
 
   steps_per_epoch = len(data.train_x) // cfg.batch_size
   if runner.mode in ("pmap", "sharded") and cfg.batch_size % runner.devices:
@@ -109,10 +139,11 @@ def main(argv=None) -> dict:
                     save_every_steps=steps_per_epoch) as ckpt:
     state, history = fit(
         state, step,
-        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.seed,
+        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.common.seed,
                                  epoch=e, drop_remainder=True),
-        runner=runner, num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.resume,
-        progress=cfg.progress, desc=cfg.variant, log_every=max(1, steps_per_epoch // 4),
+        runner=runner, num_epochs=epochs, evaluators=evaluators, eval_seed=cfg.common.seed + 2,
+        writer=run, checkpointer=ckpt, resume=cfg.common.resume,
+        progress=cfg.common.progress, desc=cfg.variant, log_every=max(1, steps_per_epoch // 4),
         on_epoch_end=on_epoch_end)
   if history:
     x = [h["epoch"] + 1 for h in history]
@@ -122,38 +153,23 @@ def main(argv=None) -> dict:
                       "D(G(z))": [h["train"]["d_fake"] for h in history]}},
                  run.file("curves.png"), x=x, title=f"{cfg.variant} on {data.name}")
   entry = {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
-           "mode": cfg.mode, "devices": runner.devices,
+           "mode": cfg.common.mode, "devices": runner.devices,
            "final": history[-1]["train"] if history else None}
-  if cfg.score_samples:
-    entry |= score(cfg, state, data, latent, conditional, sample)
+  if cfg.score_samples and history:
+    scores = history[-1]["eval"]
+    n = cfg.score_samples
+    entry |= scores | {
+        "frechet_distance_train_vs_test": scorer.frechet_distance(data.train_x[:n],
+                                                                  data.test_x[:n]),
+        "classifier": scorer.describe(), "scored_samples": n}
+    say(f"Frechet distance (CNN features), samples vs test: {entry['frechet_distance']:.3f}; "
+        f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")
+    if conditional:
+      say(f"classifier agrees with the requested label on {entry['label_accuracy']:.3f} of "
+          f"the samples (its accuracy on real test images: {scorer.test_accuracy:.3f})")
   summary = run.update_summary({spec_id: entry})
   run.close()
   return summary
-
-
-def score(cfg, state, data, latent, conditional, sample) -> dict:
-  scorer = load_or_train_scorer(data, cfg.classifier or f"runs/classifier_{data.name}",
-                                epochs=cfg.classifier_epochs, seed=cfg.seed,
-                                progress=cfg.progress)
-  n = cfg.score_samples
-  z = jax.random.normal(jax.random.PRNGKey(cfg.seed + 2), (n, latent))
-  labels = np.arange(n) % data.num_classes if conditional else None
-  imgs = np.concatenate([
-      np.asarray(sample(state, z[i:i + 1000], None if labels is None else labels[i:i + 1000]))
-      for i in range(0, n, 1000)])
-  imgs = to_uint8(imgs, (-1, 1))
-  out = {"frechet_distance": scorer.frechet_distance(imgs, data.test_x[:n]),
-         "frechet_distance_train_vs_test": scorer.frechet_distance(data.train_x[:n],
-                                                                   data.test_x[:n]),
-         "classifier_test_accuracy": scorer.test_accuracy, "classifier": scorer.source,
-         "scored_samples": n}
-  print(f"Frechet distance (CNN features), samples vs test: {out['frechet_distance']:.3f}; "
-        f"real train vs test: {out['frechet_distance_train_vs_test']:.3f}")
-  if conditional:
-    out["label_accuracy"] = float(np.mean(scorer.predict(imgs) == labels))
-    print(f"classifier agrees with the requested label on {out['label_accuracy']:.3f} of "
-          f"the samples (its accuracy on real test images: {scorer.test_accuracy:.3f})")
-  return out
 
 
 if __name__ == "__main__":

@@ -29,36 +29,53 @@ linear model (scikit-learn's LinearRegression).
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, data as dldata, losses, models, optim, plots
+from dlcore import data as dldata
+from dlcore import losses, models, optim
 from dlcore.checkpoint import Checkpointer
 from dlcore.data import series, text
-from dlcore.runs import start_run
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.train import create_train_state, fit, make_train_step, stack_states
 
 
 @dataclasses.dataclass
-class Config(cli.Common):
-  task: str = "tagger"          # tagger | timeseries
-  epochs: int = 0               # 0: the task's default (tagger 300, timeseries 60)
-  lr: float = 0.0               # 0: the task's default (tagger SGD 0.1, timeseries Adam 1e-3)
-  hidden: int = 0               # 0: the task's default (tagger 6, timeseries 32)
-  # tagger
-  embedding: int = 6
-  unk_prob: float = 0.1
-  seeds: int = 10
-  sentences: str = "book"       # book: the seed's own sentences | spec: SPEC's dog/apple ones
-  corpus: str = ""              # word/TAG file to train on instead (overrides --sentences)
-  # timeseries
-  csv: str = ""
-  value_column: str = ""
-  window: int = 30
-  batch_size: int = 20
-  test_fraction: float = 0.2
+class Config:
+  common: cli.Shared = cli.shared()
+  task: Literal["tagger", "timeseries"] = "tagger"
+  """7.1 part-of-speech tagger or 7.2 time-series regressor."""
+  epochs: cli.Positive[int] | None = None
+  """Training epochs; None: the task's (tagger 300, timeseries 60)."""
+  lr: Annotated[float | None, cli.Between(0.0)] = None
+  """Learning rate; None: the task's (tagger SGD 0.1, timeseries Adam 1e-3)."""
+  hidden: cli.Positive[int] | None = None
+  """LSTM hidden size; None: the task's (tagger 6, timeseries 32)."""
+  embedding: cli.Positive[int] = 6
+  """tagger: word embedding size."""
+  unk_prob: cli.Fraction[float] = 0.1
+  """tagger: probability of replacing a training word by <unk> (word dropout)."""
+  seeds: cli.Positive[int] = 10
+  """tagger: nets trained side by side (vmap), seeds seed..seed+N-1."""
+  sentences: Literal["book", "spec"] = "book"
+  """tagger: the seed's own training sentences, or SPEC's dog/apple ones."""
+  corpus: str | None = None
+  """tagger: a word/TAG file to train on instead of --sentences."""
+  csv: str | None = None
+  """timeseries: a CSV file (date, value columns) instead of the bundled GOOG prices."""
+  value_column: str | None = None
+  """timeseries: the CSV's value column; None: the last numeric one."""
+  window: cli.Positive[int] = 30
+  """timeseries: days of history per prediction."""
+  batch_size: cli.Positive[int] = 20
+  """timeseries: training batch size."""
+  test_fraction: Annotated[float, cli.Between(0.01, 0.99)] = 0.2
+  """timeseries: the last fraction of the series held out for testing."""
 
 
 def nll_loss(logp, batch):
@@ -68,8 +85,6 @@ def nll_loss(logp, batch):
 
 
 def run_tagger(cfg: Config, run, runner) -> dict:
-  if not cfg.corpus and cfg.sentences not in text.TRAINING_SETS:
-    raise SystemExit(f"unknown --sentences {cfg.sentences!r}; choose {list(text.TRAINING_SETS)}")
   data = text.read_tagged(cfg.corpus) if cfg.corpus else text.TRAINING_SETS[cfg.sentences]
   tag_to_ix = dict(text.TAG_TO_IX)
   for _, tags in data:
@@ -81,13 +96,13 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   epochs, lr = cfg.epochs or 300, cfg.lr or 0.1
   model = models.build("lstm_tagger", vocab_size=len(vocab), tagset_size=len(tag_to_ix),
                        embedding_dim=cfg.embedding, hidden_dim=cfg.hidden or 6)
-  seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+  seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
   tx = optim.make_optimizer("sgd", lr)
   state = stack_states([create_train_state(model, tx, sents[0][0][None], s) for s in seeds])
   step = jax.vmap(make_train_step(nll_loss, axis_name=runner.axis_name), in_axes=(0, None))
 
   def batches(epoch):  # one sentence per step, in order, as the seed; word dropout to <unk>
-    rng = np.random.default_rng([cfg.seed, epoch])
+    rng = np.random.default_rng([cfg.common.seed, epoch])
     for ids, tags in sents:
       ids = np.where(rng.random(len(ids)) < cfg.unk_prob, 0, ids).astype(np.int32)
       yield {"x": ids[None], "y": tags[None]}
@@ -95,8 +110,8 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=max(1, epochs * len(sents) // 5)) as ckpt:
     state, history = fit(state, runner.compile(step), batches, runner=runner,
-                         num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.resume,
-                         progress=cfg.progress, desc=f"tagger x{len(seeds)} seeds",
+                         num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.common.resume,
+                         progress=cfg.common.progress, desc=f"tagger x{len(seeds)} seeds",
                          log_every=10**9)
   apply = jax.jit(jax.vmap(model.apply, in_axes=(0, None)))
   tests = text.TEST_SENTENCES
@@ -109,9 +124,9 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   first = {k: v[0].tolist() for k, v in per_seed.items()}
   for k, tags in first.items():
     unknown = vocab.unknown(k.split())
-    print(f"  {k!r} -> {tags} {[ix_to_tag[t] for t in tags]}  (seed printed "
+    say(f"  {k!r} -> {tags} {[ix_to_tag[t] for t in tags]}  (seed printed "
           f"{text.SEED_PREDICTIONS.get(k)}; unknown words: {unknown or 'none'})")
-  print(f"  {sum(matches)} of {len(seeds)} seeds reproduce the seed's printed tags")
+  say(f"  {sum(matches)} of {len(seeds)} seeds reproduce the seed's printed tags")
   plots.curves({"NLL (mean over seeds)": [h["train"]["loss"] for h in history]},
                run.file("loss_curve.png"), xlabel="epoch", title="LSTM tagger", logy=True)
   return {"2.7.1": {
@@ -128,7 +143,7 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   from sklearn.linear_model import LinearRegression
 
   if cfg.csv:
-    dates, values = series.read_csv(cfg.csv, cfg.value_column or None)
+    dates, values = series.read_csv(cfg.csv, cfg.value_column)
     source = f"{cfg.csv} ({len(values)} rows)"
   else:
     dates, values = series.goog_daily_high()
@@ -143,10 +158,10 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   test = {"x": x[~is_train][..., None], "y": y[~is_train][:, None]}
   epochs, lr = cfg.epochs or 60, cfg.lr or 1e-3
   model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32)
-  state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2], cfg.seed)
+  state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2], cfg.common.seed)
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
   step = make_train_step(mse, axis_name=runner.axis_name)
-  drop = cfg.mode in ("pmap", "sharded")  # equal shards need full batches
+  drop = cfg.common.mode in ("pmap", "sharded")  # equal shards need full batches
   n = len(train["x"])
   steps_per_epoch = n // cfg.batch_size if drop else -(-n // cfg.batch_size)
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
@@ -154,8 +169,8 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
     state, history = fit(
         state, runner.compile(step),
         lambda e: dldata.batches(train, cfg.batch_size, drop_remainder=drop),
-        runner=runner, num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.resume,
-        progress=cfg.progress, desc="lstm timeseries")
+        runner=runner, num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.common.resume,
+        progress=cfg.common.progress, desc="lstm timeseries")
   pred = np.asarray(jax.jit(model.apply)({"params": state.params}, test["x"]))[:, 0]
   truth = test["y"][:, 0]
   persistence = test["x"][:, -1, 0]
@@ -165,8 +180,8 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
              for name, p in (("lstm", pred), ("persistence", persistence), ("linear", linear))}
   winner = min(results, key=results.get)
   for name, v in results.items():
-    print(f"  test MSE (normalised) {name}: {v:.5f}   RMSE in price units {np.sqrt(v) * std:.3f}")
-  print(f"  best on the test span: {winner}")
+    say(f"  test MSE (normalised) {name}: {v:.5f}   RMSE in price units {np.sqrt(v) * std:.3f}")
+  say(f"  best on the test span: {winner}")
   test_dates = dates[target_index[~is_train]]
   plots.prediction(test_dates, {"actual": truth * std + mean, "LSTM": pred * std + mean,
                                 "persistence": persistence * std + mean},
@@ -183,8 +198,6 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  if cfg.task not in ("tagger", "timeseries"):
-    raise SystemExit(f"unknown --task {cfg.task!r}; choose tagger or timeseries")
   run, runner = start_run(cfg, f"lstm_{cfg.task}")
   summary = run_tagger(cfg, run, runner) if cfg.task == "tagger" else run_timeseries(
       cfg, run, runner)

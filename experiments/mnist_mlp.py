@@ -23,17 +23,21 @@ optimizer comparison.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, data as dldata, losses, models, optim, plots
+from dlcore import data as dldata
+from dlcore import losses, models, optim
 from dlcore.data.transforms import ImagePipeline
+from dlcore.harness import cli, plots
+from dlcore.harness.classify import classifier_experiment
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.models.summary import count_params, param_table
-from dlcore.runs import start_run
 from dlcore.train import create_train_state, make_train_step
-from dlcore.train.classify import classifier_experiment
 
 SEED_REFERENCE = "MNIST, book's run: test accuracy 0.9836-0.9839 over the last 5 of 20 epochs"
 COMPARED = {  # name -> make_optimizer arguments (SPEC 2.3.3, plus AdaGrad)
@@ -46,20 +50,35 @@ COMPARED = {  # name -> make_optimizer arguments (SPEC 2.3.3, plus AdaGrad)
 
 
 @dataclasses.dataclass
-class Config(cli.Common, cli.ImageDataArgs):
-  epochs: int = 20
-  batch_size: int = 64
-  lr: float = 0.01
-  momentum: float = 0.9
-  decay_every: int = 5          # epochs between lr x decay_factor
-  decay_factor: float = 0.1
+class Config:
+  common: cli.Shared = cli.shared()
+  data: cli.ImageOptions = cli.image_data()
+  epochs: cli.Positive[int] = 20
+  """Training epochs of the 2.3.1 classifier."""
+  batch_size: cli.Positive[int] = 64
+  """Training batch size."""
+  lr: Annotated[float, cli.Between(0.0)] = 0.01
+  """SGD learning rate."""
+  momentum: Annotated[float, cli.Between(0.0, 1.0)] = 0.9
+  """SGD momentum (the book's code uses 0.5; see the module docstring)."""
+  decay_every: cli.Positive[int] = 5
+  """Epochs between learning-rate decays."""
+  decay_factor: Annotated[float, cli.Between(0.0, 1.0)] = 0.1
+  """Learning-rate multiplier at each decay."""
   batchnorm: bool = True
-  hidden: tuple[int, ...] = (300, 100)
-  classifier: bool = True       # run 2.3.1 / 2.3.2
-  compare: bool = True          # run 2.3.3
-  compare_epochs: int = 10
-  compare_batch_size: int = 32
-  compare_lr: float = 0.01
+  """Batch norm after each hidden layer (2.3.1); off gives 2.3.2's plain MLP."""
+  hidden: tuple[cli.Positive[int], cli.Positive[int]] = (300, 100)
+  """Widths of the two hidden layers."""
+  classifier: bool = True
+  """Run 2.3.1 / 2.3.2 (train and evaluate the classifier)."""
+  compare: bool = True
+  """Run 2.3.3 (the optimizer comparison)."""
+  compare_epochs: cli.Positive[int] = 10
+  """2.3.3: epochs per optimizer."""
+  compare_batch_size: cli.Positive[int] = 32
+  """2.3.3: batch size."""
+  compare_lr: Annotated[float, cli.Between(0.0)] = 0.01
+  """2.3.3: learning rate of every optimizer."""
 
 
 def run_classifier(cfg: Config, run, runner, data) -> dict:
@@ -77,7 +96,7 @@ def run_classifier(cfg: Config, run, runner, data) -> dict:
                                                  pipeline(jnp.zeros((2, *data.image_shape),
                                                                     jnp.uint8))))
   table = param_table(variables["params"], "2.3.2 named layers (params):")
-  print(table)
+  say(table)
   with open(run.file("layers.txt"), "w") as f:
     f.write(table + "\n")
 
@@ -100,17 +119,17 @@ def regression_data(seed: int = 0):
 def compare_optimizers(cfg: Config, run, *, names=tuple(COMPARED)) -> dict:
   """Trains the same 1-20-1 net with each optimizer on identical batches; one jit call
   steps all of them, so they also see the same data at the same time."""
-  train = regression_data(cfg.seed)
+  train = regression_data(cfg.common.seed)
   model = models.build("mlp", widths=(20, 1), activation="relu")
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
   states = tuple(create_train_state(model, optim.make_optimizer(COMPARED[n][0], cfg.compare_lr,
                                                                 **COMPARED[n][1]),
-                                    train["x"][:2], cfg.seed) for n in names)
+                                    train["x"][:2], cfg.common.seed) for n in names)
   step = make_train_step(mse)
   step_all = jax.jit(lambda ss, b: tuple(zip(*[step(s, b) for s in ss])))
   history = {n: [] for n in names}
   for epoch in range(cfg.compare_epochs):
-    for batch in dldata.batches(train, cfg.compare_batch_size, shuffle=True, seed=cfg.seed,
+    for batch in dldata.batches(train, cfg.compare_batch_size, shuffle=True, seed=cfg.common.seed,
                                 epoch=epoch):
       states, metrics = step_all(states, batch)
       for n, m in zip(names, jax.device_get(metrics)):
@@ -121,14 +140,14 @@ def compare_optimizers(cfg: Config, run, *, names=tuple(COMPARED)) -> dict:
   steps_per_epoch = len(history[names[0]]) // max(1, cfg.compare_epochs)
   final = {n: float(np.mean(h[-steps_per_epoch:])) for n, h in history.items()}
   for n, v in sorted(final.items(), key=lambda kv: kv[1]):
-    print(f"  {n:<20} mean loss over the last epoch {v:.5f}")
+    say(f"  {n:<20} mean loss over the last epoch {v:.5f}")
   return {"2.3.3": {"last_epoch_mean_loss": final, "steps": len(history[names[0]]),
                     "figure": "optimizer_comparison.png"}}
 
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  data = cli.load_image_data(cfg) if cfg.classifier else None  # fail fast, before any work
+  data = cli.load_image_data(cfg.data) if cfg.classifier else None  # fail fast, before any work
   run, runner = start_run(cfg, "mnist_mlp")
   summary = {}
   if cfg.classifier:

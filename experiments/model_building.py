@@ -16,6 +16,7 @@ Adam 1e-3, batch 128, 20 epochs) or `--train alexnet` (images resized to 224x224
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 import flax.linen as nn
 import jax
@@ -23,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlcore import cli, models, optim
+from dlcore import models, optim
 from dlcore.data.transforms import ImagePipeline
+from dlcore.harness import cli
+from dlcore.harness.classify import classifier_experiment
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.models.custom import corr2d, pool2d
 from dlcore.models.layers import Conv2d
 from dlcore.models.summary import count_params, param_table
-from dlcore.runs import start_run
-from dlcore.train.classify import classifier_experiment
 
 TRAINING = {  # model -> (pipeline size, resize, optimizer, lr, epochs, cosine decay)
     "lenet": (32, "pad", "adam", 1e-3, 20, True),
@@ -38,15 +41,25 @@ TRAINING = {  # model -> (pipeline size, resize, optimizer, lr, epochs, cosine d
 
 
 @dataclasses.dataclass
-class Config(cli.Common, cli.ImageDataArgs):
-  train: str = "lenet"          # lenet | alexnet | none
-  epochs: int = 0               # 0: the model's default (LeNet 20, AlexNet 10)
-  batch_size: int = 128
-  optimizer: str = ""           # "": the model's default (LeNet adam, AlexNet sgd)
-  cosine: int = -1              # cosine lr decay to 0: 1 on, 0 off, -1 the model's default
-  lr: float = 0.0               # 0: the model's default (LeNet 1e-3, AlexNet 0.01)
-  image_size: int = 0           # 0: the model's input size (LeNet 32, AlexNet 224)
-  resize: str = ""              # pad | bilinear; "": the model's default
+class Config:
+  common: cli.Shared = cli.shared()
+  data: cli.ImageOptions = cli.image_data()
+  train: Literal["lenet", "alexnet", "none"] = "lenet"
+  """Which network to train after the seed 004 demos (none: demos only)."""
+  epochs: cli.Positive[int] | None = None
+  """Training epochs; None: the model's (LeNet 20, AlexNet 10)."""
+  batch_size: cli.Positive[int] = 128
+  """Training batch size."""
+  optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"] | None = None
+  """Optimizer; None: the model's (LeNet adam, AlexNet sgd)."""
+  cosine: bool | None = None
+  """Cosine learning-rate decay to 0; None: the model's (on for LeNet, off for AlexNet)."""
+  lr: Annotated[float | None, cli.Between(0.0)] = None
+  """Learning rate; None: the model's (LeNet 1e-3, AlexNet 0.01)."""
+  image_size: cli.Positive[int] | None = None
+  """Input side length; None: the model's (LeNet 32, AlexNet 224)."""
+  resize: Literal["pad", "bilinear"] | None = None
+  """How 28x28 images reach --image-size; None: the model's (LeNet pad, AlexNet bilinear)."""
 
 
 def _init(model, x, key):
@@ -61,37 +74,37 @@ def demos(seed: int) -> dict:
   x = jax.random.uniform(key, (2, 784))
   v = _init(mlp, x, key)
   y = mlp.apply(v, x)
-  print("4.1 BasicMLP(hidden=Linear(784, 256), act=ReLU, output=Linear(256, 10))")
-  print(param_table(v["params"]))
-  print(f"  forward of a (2, 784) batch -> {y.shape}: {np.round(np.asarray(y[0, :4]), 4)} ...")
+  say("4.1 BasicMLP(hidden=Linear(784, 256), act=ReLU, output=Linear(256, 10))")
+  say(param_table(v["params"]))
+  say(f"  forward of a (2, 784) batch -> {y.shape}: {np.round(np.asarray(y[0, :4]), 4)} ...")
   out["4.1"] = {"output_shape": list(y.shape), "parameters": count_params(v["params"]),
                 "seed_parameters": 203530}
   # 4.2 a layer without parameters
   layer = models.build("centered_layer")
   centered = layer.apply({}, jnp.array([1.0, 2, 3, 4, 5]))
-  print(f"4.2 CenteredLayer([1, 2, 3, 4, 5]) -> {centered.tolist()} (seed: [-2, -1, 0, 1, 2])")
+  say(f"4.2 CenteredLayer([1, 2, 3, 4, 5]) -> {centered.tolist()} (seed: [-2, -1, 0, 1, 2])")
   net = nn.Sequential([nn.Dense(128), layer])
   xs = jax.random.uniform(key, (4, 8))
   mean = float(net.apply(net.init(key, xs), xs).mean())
-  print(f"  Dense(128) then CenteredLayer: output mean {mean:.2e} (0 up to rounding)")
+  say(f"  Dense(128) then CenteredLayer: output mean {mean:.2e} (0 up to rounding)")
   out["4.2"] = {"output": centered.tolist(), "mean_after_dense": mean}
   # 4.3 list and dict of parameters
   ld, dd = models.build("list_dense"), models.build("dict_dense")
   ones = jnp.ones((1, 4))
   vl, vd = _init(ld, ones, key), _init(dd, ones, key)
-  print("4.3 ListDense (ParameterList):\n" + param_table(vl["params"]))
-  print("    DictDense (ParameterDict):\n" + param_table(vd["params"]))
+  say("4.3 ListDense (ParameterList):\n" + param_table(vl["params"]))
+  say("    DictDense (ParameterDict):\n" + param_table(vd["params"]))
   shapes = {c: list(dd.apply(vd, ones, c).shape) for c in ("linear1", "linear2", "linear3")}
-  print(f"  ListDense(ones(1, 4)) -> {ld.apply(vl, ones).shape}; DictDense by choice: {shapes}")
+  say(f"  ListDense(ones(1, 4)) -> {ld.apply(vl, ones).shape}; DictDense by choice: {shapes}")
   out["4.3"] = {"list_dense": {k: list(s) for k, s in
                                jax.tree.map(jnp.shape, vl["params"]).items()},
                 "dict_dense_output_shapes": shapes}
   # 4.4 corr2d, Conv2D, conv shapes, pool2d
   X = jnp.arange(9.0).reshape(3, 3)
   K = jnp.array([[0.0, 1.0], [2.0, 3.0]])
-  print(f"4.4 corr2d([[0,1,2],[3,4,5],[6,7,8]], [[0,1],[2,3]]) -> {corr2d(X, K).tolist()}")
+  say(f"4.4 corr2d([[0,1,2],[3,4,5],[6,7,8]], [[0,1],[2,3]]) -> {corr2d(X, K).tolist()}")
   learned = learn_edge_kernel()
-  print(f"  Conv2D((1, 2)) trained to find vertical edges: weight {learned['weight']} "
+  say(f"  Conv2D((1, 2)) trained to find vertical edges: weight {learned['weight']} "
         f"(true [[1, -1]]), loss {learned['loss_first']:.3f} -> {learned['loss_last']:.2e}")
   x8 = jax.random.uniform(key, (1, 8, 8, 1))
   conv_shapes = {}
@@ -100,10 +113,10 @@ def demos(seed: int) -> dict:
                      ("k(3,5) p(0,1) s(3,4)", Conv2d(1, 1, (3, 5), stride=(3, 4),
                                                      padding=(0, 1)))):
     conv_shapes[name] = list(conv.apply(conv.init(key, x8), x8).shape[1:3])
-  print(f"  Conv2d output shapes on 8x8 (seed: 8x8, 8x8, 2x2): {conv_shapes}")
+  say(f"  Conv2d output shapes on 8x8 (seed: 8x8, 8x8, 2x2): {conv_shapes}")
   P = jnp.arange(9.0).reshape(3, 3)
   pmax, pavg = pool2d(P, (2, 2)), pool2d(P, (2, 2), "avg")
-  print(f"  pool2d max -> {pmax.tolist()} (seed [[4, 5], [7, 8]]); avg -> {pavg.tolist()} "
+  say(f"  pool2d max -> {pmax.tolist()} (seed [[4, 5], [7, 8]]); avg -> {pavg.tolist()} "
         f"(seed [[2, 3], [5, 6]])")
   out["4.4"] = {"corr2d": corr2d(X, K).tolist(), "conv2d_learned": learned,
                 "conv_output_shapes_8x8": conv_shapes, "pool2d_max": pmax.tolist(),
@@ -111,9 +124,9 @@ def demos(seed: int) -> dict:
   # 4.5 LeNet
   lenet = models.build("lenet")
   v = _init(lenet, jnp.zeros((1, 32, 32, 1)), key)
-  print("4.5 LeNet:\n" + param_table(v["params"]))
+  say("4.5 LeNet:\n" + param_table(v["params"]))
   logits = lenet.apply(v, jax.random.normal(key, (1, 32, 32, 1)))
-  print(f"  {len(jax.tree.leaves(v['params']))} parameter arrays (seed: 10); conv1 kernel "
+  say(f"  {len(jax.tree.leaves(v['params']))} parameter arrays (seed: 10); conv1 kernel "
         f"{v['params']['conv1']['kernel'].shape} (HWIO; PyTorch's (6, 1, 5, 5) is OIHW); "
         f"forward of a random 32x32 image -> {logits.shape}")
   out["4.5"] = {"parameter_arrays": len(jax.tree.leaves(v["params"])),
@@ -129,8 +142,8 @@ def demos(seed: int) -> dict:
                   key=order)
   layer_shapes = {k: list(shapes["intermediates"][k]["__call__"][0].shape) for k in layers}
   params = jax.eval_shape(lambda x: _init(alex, x, key), x224)["params"]
-  print("4.6 AlexNet output shapes: " + ", ".join(f"{k} {s}" for k, s in layer_shapes.items()))
-  print(f"  {count_params(params):,} parameters (PyTorch: 46,764,746)")
+  say("4.6 AlexNet output shapes: " + ", ".join(f"{k} {s}" for k, s in layer_shapes.items()))
+  say(f"  {count_params(params):,} parameters (PyTorch: 46,764,746)")
   out["4.6"] = {"layer_output_shapes": layer_shapes, "parameters": count_params(params),
                 "seed_parameters": 46764746}
   return out
@@ -159,17 +172,16 @@ def learn_edge_kernel(steps: int = 60, lr: float = 0.01) -> dict:
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  if cfg.train not in ("lenet", "alexnet", "none"):
-    raise SystemExit(f"unknown --train {cfg.train!r}; choose lenet, alexnet or none")
-  data = cli.load_image_data(cfg) if cfg.train != "none" else None  # fail fast
+  data = cli.load_image_data(cfg.data) if cfg.train != "none" else None  # fail fast
   run, runner = start_run(cfg, "model_building")
-  summary = demos(cfg.seed)
+  summary = demos(cfg.common.seed)
   if cfg.train != "none":
     size, resize, opt, lr, epochs, cosine = TRAINING[cfg.train]
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or epochs)
-    cosine = cosine if cfg.cosine < 0 else bool(cfg.cosine)
+    cosine = cosine if cfg.cosine is None else cfg.cosine
     steps = cfg.epochs * -(-len(data.train_x) // cfg.batch_size)
-    schedule = optax.cosine_decay_schedule(cfg.lr or lr, steps) if cosine else (cfg.lr or lr)
+    lr = cfg.lr if cfg.lr is not None else lr
+    schedule = optax.cosine_decay_schedule(lr, steps) if cosine else lr
     pipeline = ImagePipeline("pm1", size=cfg.image_size or size, resize=cfg.resize or resize)
     kwargs = dict(in_channels=data.image_shape[2], num_classes=data.num_classes)
     entry, _ = classifier_experiment(
@@ -178,7 +190,7 @@ def main(argv=None) -> dict:
         tx=optim.make_optimizer(cfg.optimizer or opt, schedule),
         title="LeNet" if cfg.train == "lenet" else "AlexNet",
         extra={"input": f"{pipeline.size}x{pipeline.size} ({pipeline.resize})",
-               "optimizer": cfg.optimizer or opt, "lr": cfg.lr or lr,
+               "optimizer": cfg.optimizer or opt, "lr": lr,
                "lr_schedule": "cosine" if cosine else "constant"})
     for k, v in entry.items():
       summary[k] = summary.get(k, {}) | v

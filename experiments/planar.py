@@ -10,13 +10,16 @@ checking that the reloaded nets give identical outputs.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 import jax
 import numpy as np
 
-from dlcore import checkpoint, cli, losses, models, optim, plots
+from dlcore import checkpoint, losses, models, optim
 from dlcore.data import synthetic
-from dlcore.runs import start_run
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.train import create_train_state, fit, make_eval_step, make_train_step, repeat_step
 
 # id -> (registered model, constructor kwargs, optimizer lr, steps); the seed's settings.
@@ -32,11 +35,16 @@ TITLES = {"0.1": "logistic regression", "0.2": "2 layer network (raw parameters)
 
 
 @dataclasses.dataclass
-class Config(cli.Common):
-  nets: tuple[str, ...] = tuple(NETS)
-  steps_scale: float = 1.0   # multiply every net's step count (e.g. 0.1 for a quick run)
-  fuse: int = 100            # optimizer steps per compiled call (lax.scan); 1 = a Python loop
-  data_seed: int = 1         # the seed's np.random.seed(1)
+class Config:
+  common: cli.Shared = cli.shared()
+  nets: tuple[Literal["0.1", "0.2", "0.3", "0.4", "0.5"], ...] = tuple(NETS)
+  """Which of the seed's nets to train (SPEC ids)."""
+  steps_scale: Annotated[float, cli.Between(1e-6)] = 1.0
+  """Multiply every net's step count (e.g. 0.1 for a quick run)."""
+  fuse: cli.Positive[int] = 100
+  """Optimizer steps per compiled call (lax.scan); 1 is a Python loop of jitted steps."""
+  data_seed: int = 1
+  """Seed of the planar data (the seed's np.random.seed(1))."""
 
 
 def loss_fn(logits, batch):
@@ -55,7 +63,7 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
   if steps % chunk:
     raise ValueError(f"{net_id}: {steps} steps do not divide into --fuse {chunk} chunks")
   model = models.build(name, **kwargs)
-  state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.seed)
+  state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.common.seed)
   step = make_train_step(loss_fn, axis_name=runner.axis_name)
   if chunk > 1:
     step = repeat_step(step, chunk)
@@ -65,8 +73,8 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
         state, runner.compile(step), lambda epoch: [data], runner=runner,
         num_epochs=steps // chunk, steps_per_call=chunk,
         eval_step=runner.compile_eval(make_eval_step(metrics_fn)),
-        eval_batches=lambda: [data], run=run, checkpointer=ckpt, resume=cfg.resume,
-        progress=cfg.progress, desc=f"{net_id} {name}", log_every=10**9)
+        eval_batches=lambda: [data], run=run, checkpointer=ckpt, resume=cfg.common.resume,
+        progress=cfg.common.progress, desc=f"{net_id} {name}", log_every=10**9)
   final = history[-1]["eval"] if history else metrics_fn(
       model.apply({"params": state.params}, data["x"]), data)
   variables = {"params": state.params}
@@ -98,10 +106,10 @@ def show_layers(net_id: str, model, variables) -> None:
   """The seed's layer access: `seq_net[0].weight`, `mo_net.layer1.weight`."""
   params = variables["params"]
   if net_id == "0.3":
-    print(f"  model.layers[0] = {model.layers[0]!r}".replace("\n", " "))
-    print(f"  params['layers_0']['kernel'] (PyTorch weight.T):\n{params['layers_0']['kernel']}")
+    say(f"  model.layers[0] = {model.layers[0]!r}".replace("\n", " "))
+    say(f"  params['layers_0']['kernel'] (PyTorch weight.T):\n{params['layers_0']['kernel']}")
   elif net_id == "0.4":
-    print(f"  params['layer1']['kernel'] (PyTorch layer1.weight.T):\n{params['layer1']['kernel']}")
+    say(f"  params['layer1']['kernel'] (PyTorch layer1.weight.T):\n{params['layer1']['kernel']}")
 
 
 def main(argv=None) -> dict:
@@ -122,7 +130,7 @@ def main(argv=None) -> dict:
                        "dataset": "planar_flower(m=400, seed=1)"}
     curves[net_id] = [h["eval"]["loss"] for h in history]
     xs[net_id] = [h["step"] for h in history]
-    print(f"  {net_id} {TITLES[net_id]}: loss {final['loss']:.4f} accuracy "
+    say(f"  {net_id} {TITLES[net_id]}: loss {final['loss']:.4f} accuracy "
           f"{final['accuracy']:.3f} reload identical {reload}")
   plots.curves(curves, run.file("loss_curves.png"), xs=xs, title="planar: BCE loss",
                logy=False)

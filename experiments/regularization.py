@@ -11,7 +11,7 @@ statistics, so an MSE of 1 is "predicts the mean".
 2.5.1-2.5.3  a 10-256-256-1 ReLU MLP (big for 353 training rows, so it overfits), Adam 1e-3,
              batch 32, 300 epochs: without and with weight decay (coupled L2 through the
              optimizer, 0.1 here), dropout (0.5) and batch norm. Train and test MSE per
-             epoch, one figure per pair, TensorBoard logs under <run>/variants/<variant>/tb.
+             epoch, one figure per pair (with --tensorboard, logs under <run>/variants/*/tb).
 2.5.4        activation statistics per layer of a 10-layer, 256-wide tanh net and ReLU net on
              N(0, 1) inputs, for Xavier, Kaiming and PyTorch's default init.
 2.5.5        MSE with reduction mean / sum / none and class-weighted cross entropy, each
@@ -26,32 +26,46 @@ statistics, so an MSE of 1 is "predicts the mean".
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, data as dldata, losses, models, optim, plots
+from dlcore import data as dldata
+from dlcore import losses, models, optim
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import RunDir, start_run
+from dlcore.harness.writers import say
 from dlcore.models.init import torch_kernel_init
 from dlcore.models.layers import Linear, Sequential
-from dlcore.runs import RunDir, start_run
 from dlcore.train import Runner, create_train_state, fit, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass
-class Config(cli.Common):
-  epochs: int = 300
-  batch_size: int = 32
-  lr: float = 1e-3
-  hidden: int = 256
-  weight_decay: float = 0.1
-  dropout: float = 0.5
-  optimizer_epochs: int = 100
-  optimizer_lr: float = 0.01
-  parallel_epochs: int = 50
-  parallel_batch_size: int = 128
-  tensorboard: bool = True
+class Config:
+  common: cli.Shared = cli.shared()
+  epochs: cli.Positive[int] = 300
+  """2.5.1-2.5.3: training epochs of each variant."""
+  batch_size: cli.Positive[int] = 32
+  """2.5.1-2.5.3: batch size."""
+  lr: Annotated[float, cli.Between(0.0)] = 1e-3
+  """2.5.1-2.5.3: Adam learning rate."""
+  hidden: cli.Positive[int] = 256
+  """Width of the MLP's two hidden layers."""
+  weight_decay: Annotated[float, cli.Between(0.0)] = 0.1
+  """2.5.1: coupled L2 weight decay."""
+  dropout: cli.Fraction[float] = 0.5
+  """2.5.2: dropout rate."""
+  optimizer_epochs: cli.Positive[int] = 100
+  """2.5.6: epochs per optimizer."""
+  optimizer_lr: Annotated[float, cli.Between(0.0)] = 0.01
+  """2.5.6: learning rate of every optimizer."""
+  parallel_epochs: cli.Positive[int] = 50
+  """2.5.7: epochs of the data-parallel Net1."""
+  parallel_batch_size: cli.Positive[int] = 128
+  """2.5.7: global batch size split over the devices."""
 
 
 def load_diabetes(seed: int = 0):
@@ -79,20 +93,20 @@ def mse_metrics(out, batch):
 def train_regressor(cfg, model, tx, train, test, *, epochs, batch_size, runner=None, run=None,
                     desc="", drop_remainder=False, state=None):
   runner = runner or Runner("jit")
-  state = state or create_train_state(model, tx, train["x"][:2], cfg.seed)
+  state = state or create_train_state(model, tx, train["x"][:2], cfg.common.seed)
   step = runner.compile(make_train_step(mse_loss, axis_name=runner.axis_name))
   evaluate = runner.compile_eval(make_eval_step(mse_metrics))
   state, history = fit(
-      state, step, lambda e: dldata.batches(train, batch_size, shuffle=True, seed=cfg.seed,
+      state, step, lambda e: dldata.batches(train, batch_size, shuffle=True, seed=cfg.common.seed,
                                             epoch=e, drop_remainder=drop_remainder),
       runner=runner, num_epochs=epochs, eval_step=evaluate,
-      eval_batches=lambda: dldata.batches(test, 1000), run=run, progress=cfg.progress,
+      eval_batches=lambda: dldata.batches(test, 1000), run=run, progress=cfg.common.progress,
       desc=desc, log_every=10**9)
   return state, history
 
 
 def regularizers(cfg, run) -> dict:
-  train, test = load_diabetes(cfg.seed)
+  train, test = load_diabetes(cfg.common.seed)
   widths = (cfg.hidden, cfg.hidden, 1)
   pairs = {
       "2.5.1": ("weight decay", {}, {"weight_decay": cfg.weight_decay}, {}, {}),
@@ -106,7 +120,7 @@ def regularizers(cfg, run) -> dict:
       model = models.build("mlp", widths=widths, activation="relu", **model_kw)
       tx = optim.make_optimizer("adam", cfg.lr, **opt_kw)
       # One run directory per variant: `tensorboard --logdir <run>/variants` shows them all.
-      sub = RunDir(run.file("variants", f"{spec_id}_{label}"), tensorboard=cfg.tensorboard)
+      sub = RunDir(run.file("variants", f"{spec_id}_{label}"), tensorboard=cfg.common.tensorboard)
       _, hist = train_regressor(cfg, model, tx, train, test, epochs=cfg.epochs,
                                 batch_size=cfg.batch_size, run=sub,
                                 desc=f"{spec_id} {label} {what}")
@@ -120,7 +134,7 @@ def regularizers(cfg, run) -> dict:
                  title=f"{spec_id}: {what} on diabetes, 10-{cfg.hidden}-{cfg.hidden}-1 ReLU")
     out[spec_id] = {"final": finals, "data": "scikit-learn diabetes, 80/20 split",
                     "epochs": cfg.epochs}
-    print(f"{spec_id} {what}: final test MSE without {finals['without']['test_mse']:.3f}, with "
+    say(f"{spec_id} {what}: final test MSE without {finals['without']['test_mse']:.3f}, with "
           f"{finals['with']['test_mse']:.3f} (train {finals['without']['train_mse']:.3f} vs "
           f"{finals['with']['train_mse']:.3f})")
   return out
@@ -146,19 +160,19 @@ class DeepNet(nn.Module):
 
 
 def init_statistics(cfg, run) -> dict:
-  x = jax.random.normal(jax.random.PRNGKey(cfg.seed), (1024, 256))
+  x = jax.random.normal(jax.random.PRNGKey(cfg.common.seed), (1024, 256))
   out, groups = {}, {}
   for act in ("tanh", "relu"):
     series = {}
     for scheme in ("xavier", "kaiming", "default"):
       net = DeepNet(activation=act, init_scheme=scheme)
-      v = net.init(jax.random.PRNGKey(cfg.seed + 1), x)
+      v = net.init(jax.random.PRNGKey(cfg.common.seed + 1), x)
       _, inter = net.apply(v, x, mutable=["intermediates"])
       stds = [float(jnp.std(inter["intermediates"][f"layer{i + 1}"][0])) for i in range(10)]
       series[scheme] = stds
     groups[f"{act}: activation std per layer"] = series
     out[act] = series
-    print(f"2.5.4 {act}: last-layer activation std " +
+    say(f"2.5.4 {act}: last-layer activation std " +
           ", ".join(f"{k} {v[-1]:.3g}" for k, v in series.items()))
   plots.panels(groups, run.file("2.5.4_init_activation_std.png"), x=np.arange(1, 11),
                xlabel="layer", logy=list(groups),
@@ -182,14 +196,14 @@ def loss_checks() -> dict:
             "mse_sum": float(abs(mse["sum"] - sq.sum())),
             "mse_none": float(np.abs(mse["none"] - sq).max()),
             "weighted_cross_entropy": abs(ours - by_hand)}
-  print("2.5.5 losses vs hand computation, max abs error: " +
+  say("2.5.5 losses vs hand computation, max abs error: " +
         ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
   return {"2.5.5": {"max_abs_error": errors, "weighted_cross_entropy": ours,
                     "mse": {"mean": float(mse["mean"]), "sum": float(mse["sum"])}}}
 
 
 def compare_optimizers(cfg, run) -> dict:
-  train, test = load_diabetes(cfg.seed)
+  train, test = load_diabetes(cfg.common.seed)
   model = models.build("mlp", widths=(64, 64, 1), activation="relu")
   curves, finals = {}, {}
   for name in optim.NAMES:
@@ -217,7 +231,7 @@ def compare_optimizers(cfg, run) -> dict:
                ylabel="train MSE (standardised target)",
                title=f"2.5.6: six optimizers, lr {cfg.optimizer_lr}, 10-64-64-1 on diabetes")
   for k, v in finals.items():
-    print(f"2.5.6 {k:<14} train MSE {v['train_mse']:.4f}, test MSE {v['test_mse']:.4f}")
+    say(f"2.5.6 {k:<14} train MSE {v['train_mse']:.4f}, test MSE {v['test_mse']:.4f}")
   return {"2.5.6": {"final": finals, "epochs": cfg.optimizer_epochs, "lr": cfg.optimizer_lr}}
 
 
@@ -228,14 +242,14 @@ def net1(in_features: int = 10) -> Sequential:
 
 
 def data_parallel(cfg, run) -> dict:
-  train, test = load_diabetes(cfg.seed)
+  train, test = load_diabetes(cfg.common.seed)
   devices = jax.local_device_count()
   bs = cfg.parallel_batch_size - cfg.parallel_batch_size % devices
   model = net1(train["x"].shape[1])
   tx = optim.make_optimizer("sgd", 0.01)
   pm = Runner("pmap", devices=devices)
   shard = pm.put_batch({"x": train["x"][:bs]})["x"]
-  print(f"2.5.7 data parallel over {devices} device(s): global batch {(bs, train['x'].shape[1])}"
+  say(f"2.5.7 data parallel over {devices} device(s): global batch {(bs, train['x'].shape[1])}"
         f" -> per device {tuple(shard.shape[1:])} on each of {shard.shape[0]}")
   results = {}
   for mode, runner in (("pmap", pm), ("single", Runner("jit"))):
@@ -245,7 +259,7 @@ def data_parallel(cfg, run) -> dict:
     full = float(losses.mse(model.apply({"params": state.params}, train["x"]), train["y"]))
     results[mode] = {"final_train_mse": full, "test_mse": hist[-1]["eval"]["loss"]}
   diff = abs(results["pmap"]["final_train_mse"] - results["single"]["final_train_mse"])
-  print(f"2.5.7 final train MSE: pmap {results['pmap']['final_train_mse']:.6f}, single device "
+  say(f"2.5.7 final train MSE: pmap {results['pmap']['final_train_mse']:.6f}, single device "
         f"{results['single']['final_train_mse']:.6f} (difference {diff:.1e})")
   return {"2.5.7": {"final_loss": results["pmap"]["final_train_mse"],
                     "single_device_final_loss": results["single"]["final_train_mse"],

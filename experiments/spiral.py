@@ -16,6 +16,7 @@ dropout, and an overfitting demonstration.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import jax
 import numpy as np
@@ -23,24 +24,36 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from dlcore import cli, losses, models, optim, plots
+from dlcore import losses, models, optim
 from dlcore.data import synthetic
-from dlcore.runs import start_run
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.train import create_train_state, fit, make_train_step
 from dlcore.train.state import variables_of
 
 
 @dataclasses.dataclass
-class Config(cli.Common):
-  csv: str = ""                 # Made With ML's spiral.csv; "": generate the spiral
-  num_per_class: int = 500
-  hidden: int = 100
-  lr: float = 1e-2
-  epochs: int = 100
-  dropout: float = 0.1
-  split_seed: int = 1234        # the notebook's SEED
-  overfit_epochs: int = 500
-  overfit_lr: float = 0.1
+class Config:
+  common: cli.Shared = cli.shared()
+  csv: str | None = None
+  """Made With ML's spiral.csv (X1, X2, color columns); default: generate the spiral."""
+  num_per_class: cli.Positive[int] = 500
+  """Points per class when the spiral is generated."""
+  hidden: cli.Positive[int] = 100
+  """Width of the hidden layer."""
+  lr: Annotated[float, cli.Between(0.0)] = 1e-2
+  """Adam learning rate."""
+  epochs: cli.Positive[int] = 100
+  """Full-batch training epochs (3.2)."""
+  dropout: cli.Fraction[float] = 0.1
+  """Dropout rate."""
+  split_seed: int = 1234
+  """Seed of the 70/15/15 split (the notebook's SEED)."""
+  overfit_epochs: cli.Positive[int] = 500
+  """3.4: epochs of the overfitting demo."""
+  overfit_lr: Annotated[float, cli.Between(0.0)] = 0.1
+  """3.4: learning rate of the overfitting demo."""
 
 
 def split(x, y, seed):
@@ -62,7 +75,7 @@ def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, 
   model = models.build("spiral_mlp", input_dim=x_train.shape[1], hidden_dim=hidden,
                        num_classes=num_classes, dropout_p=dropout,
                        init_scheme=init_scheme)
-  state = create_train_state(model, optim.make_optimizer("adam", lr), x_train[:2], cfg.seed)
+  state = create_train_state(model, optim.make_optimizer("adam", lr), x_train[:2], cfg.common.seed)
 
   def loss_fn(logits, batch):
     return losses.cross_entropy(logits, batch["y"], weight=weights), {
@@ -71,7 +84,7 @@ def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, 
   step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name))
   full = {"x": x_train, "y": y_train}
   state, history = fit(state, step, lambda e: [full], runner=runner, num_epochs=epochs,
-                       run=run, progress=cfg.progress, desc=name, log_every=10)
+                       run=run, progress=cfg.common.progress, desc=name, log_every=10)
   predict = jax.jit(lambda s, x: s.apply_fn(variables_of(s), x).argmax(-1))
   pred = {k: np.asarray(predict(state, x)) for k, (x, _) in data.items()}
   return state, history, pred, predict
@@ -95,7 +108,7 @@ def main(argv=None) -> dict:
     source = f"generated spiral, {cfg.num_per_class} per class, seed {cfg.split_seed}"
   run, runner = start_run(cfg, "spiral")
   data = split(x, y, cfg.split_seed)
-  print(f"data: {source}; train/val/test {[len(v[1]) for v in data.values()]}")
+  say(f"data: {source}; train/val/test {[len(v[1]) for v in data.values()]}")
   summary = {}
   for spec_id, name, kw in (("3.1", "default init", {}),
                             ("3.2", "xavier relu init", {"init_scheme": "xavier_relu"}),
@@ -110,14 +123,14 @@ def main(argv=None) -> dict:
              "final_train_loss": history[-1]["train"]["loss"], "data": source,
              "epochs": cfg.epochs}
     summary[spec_id] = entry
-    print(f"{spec_id} {name}: test accuracy {entry['test_accuracy']:.3f} (train "
+    say(f"{spec_id} {name}: test accuracy {entry['test_accuracy']:.3f} (train "
           f"{entry['train_accuracy']:.3f}, val {entry['val_accuracy']:.3f})")
     for split_name in ("train", "test"):
       xs, ys = data[split_name]
       plots.decision_boundary(lambda p: predict(state, p), xs, ys,
                               run.file(f"boundary_{spec_id}_{split_name}.png"),
                               title=f"{spec_id} {name}: {split_name}")
-  print("3.1 per class (test):", {c: {k: round(v, 3) for k, v in m.items()}
+  say("3.1 per class (test):", {c: {k: round(v, 3) for k, v in m.items()}
                                    for c, m in summary["3.1"]["per_class"].items()})
   summary["3.4"] = overfit(cfg, run, runner)
   run.update_summary(summary)
@@ -146,7 +159,7 @@ def overfit(cfg, run, runner) -> dict:
     plots.decision_boundary(lambda p: predict(state, p), xs, ys,
                             run.file(f"boundary_3.4_{split_name}.png"),
                             title=f"3.4 overfitting: {split_name}")
-  print(f"3.4 overfitting: train accuracy {train_acc:.3f}, test accuracy {test_acc:.3f} "
+  say(f"3.4 overfitting: train accuracy {train_acc:.3f}, test accuracy {test_acc:.3f} "
         f"(chance 0.333)")
   return {"train_accuracy": train_acc, "test_accuracy": test_acc, "hidden": 2 * n * c + d,
           "epochs": cfg.overfit_epochs}

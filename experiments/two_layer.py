@@ -12,27 +12,43 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, losses, manual, models, optim, plots
+from dlcore import losses, manual, models, optim
 from dlcore.data import synthetic
-from dlcore.runs import start_run
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.writers import say
 from dlcore.train import create_train_state, fit, make_train_step, repeat_step
 
 
 @dataclasses.dataclass
-class Config(cli.Common):
-  steps: int = 500
-  n: int = 64
-  d_in: int = 1000
-  hidden: int = 100
-  d_out: int = 10
-  lr_manual: float = 1e-6   # 1.1-1.3, weights ~ N(0, 1)
-  lr_module: float = 1e-4   # 1.4-1.6, PyTorch-default init
-  fuse: int = 100           # steps per compiled call for 1.4-1.6; 1 = Python loop
+class Config:
+  common: cli.Shared = cli.shared()
+  steps: cli.Positive[int] = 500
+  """Training steps of every variant."""
+  n: cli.Positive[int] = 64
+  """Batch size (the seed's N)."""
+  d_in: cli.Positive[int] = 1000
+  """Input size."""
+  hidden: cli.Positive[int] = 100
+  """Hidden size."""
+  d_out: cli.Positive[int] = 10
+  """Output size."""
+  lr_manual: Annotated[float, cli.Between(0.0)] = 1e-6
+  """1.1-1.3: learning rate (weights ~ N(0, 1))."""
+  lr_module: Annotated[float, cli.Between(0.0)] = 1e-4
+  """1.4-1.6: learning rate (PyTorch-default init)."""
+  fuse: cli.Positive[int] = 100
+  """1.4-1.6: steps per compiled call (lax.scan); 1 is a Python loop."""
+
+  def check(self):
+    if self.steps % min(self.fuse, self.steps):
+      raise cli.ConfigError(f"--steps {self.steps} must be a multiple of --fuse {self.fuse}")
 
 
 def scalar_autograd() -> dict:
@@ -42,7 +58,7 @@ def scalar_autograd() -> dict:
 
 
 def manual_runs(cfg: Config, x, y) -> tuple[dict, dict]:
-  rng = np.random.RandomState(cfg.seed + 1)
+  rng = np.random.RandomState(cfg.common.seed + 1)
   w1 = rng.randn(cfg.d_in, cfg.hidden)
   w2 = rng.randn(cfg.hidden, cfg.d_out)
   x64, y64 = x.astype(np.float64), y.astype(np.float64)
@@ -58,7 +74,7 @@ def manual_runs(cfg: Config, x, y) -> tuple[dict, dict]:
 
   # 1.2 the same hand-written code on JAX arrays (float32); jitted unless --mode eager.
   step12 = jax.jit(manual.two_layer_sgd_step, static_argnums=5)
-  if cfg.mode == "eager":
+  if cfg.common.mode == "eager":
     step12 = lambda *args: manual.two_layer_sgd_step(*args)  # noqa: E731
   a, b = jnp.asarray(w1, jnp.float32), jnp.asarray(w2, jnp.float32)
   xj, yj, hist, t0 = jnp.asarray(x), jnp.asarray(y), [], time.perf_counter()
@@ -109,7 +125,7 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
   results, curves = {}, {}
   for sid, (name, opt) in variants.items():
     model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out)
-    state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.seed)
+    state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.common.seed)
     step = make_train_step(lambda out, b: (losses.mse(out, b["y"], "sum"), {}),
                            axis_name=runner.axis_name)
     if chunk > 1:
@@ -117,7 +133,7 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     state, history = fit(state, runner.compile(step), lambda e: [data], runner=runner,
                          num_epochs=cfg.steps // chunk, steps_per_call=chunk, run=run,
-                         progress=cfg.progress, desc=f"{sid} {name} {opt}", log_every=10**9)
+                         progress=cfg.common.progress, desc=f"{sid} {name} {opt}", log_every=10**9)
     seconds = time.perf_counter() - t0
     final = float(losses.mse(model.apply({"params": state.params}, x), y, "sum"))
     results[sid] = {"loss": final, "model": name, "optimizer": opt,
@@ -129,7 +145,7 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   run, runner = start_run(cfg, "two_layer")
-  x, y = synthetic.random_regression(cfg.n, cfg.d_in, cfg.d_out, seed=cfg.seed)
+  x, y = synthetic.random_regression(cfg.n, cfg.d_in, cfg.d_out, seed=cfg.common.seed)
   manual_res, manual_curves = manual_runs(cfg, x, y)
   gradcheck = manual_curves.pop("_gradcheck")
   module_res, module_curves = module_runs(cfg, run, runner, x, y)
@@ -143,7 +159,7 @@ def main(argv=None) -> dict:
              "1.1-gradcheck": {"max_relative_error": gradcheck, "passed": gradcheck < 1e-10},
              "1.0-scalar": scalar_autograd()}
   for k, v in summary.items():
-    print(f"  {k}: {v}")
+    say(f"  {k}: {v}")
   run.update_summary(summary)
   run.close()
   return summary

@@ -22,78 +22,87 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import cli, data as dldata, models, optim, plots
+from dlcore import data as dldata
+from dlcore import losses, models, optim
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.transforms import ImagePipeline
-from dlcore.models.generative import vae_loss
-from dlcore.runs import start_run
-from dlcore.scoring import load_or_train_scorer, to_uint8
-from dlcore.train import create_train_state, fit, make_train_step
+from dlcore.harness import cli, plots
+from dlcore.harness.rundir import start_run
+from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
+from dlcore.harness.writers import say
+from dlcore.train import batch_evaluator, create_train_state, fit, make_train_step
 from dlcore.train.state import variables_of
 
 FALLBACK = ("fashion_mnist", "digits")
 
 
 @dataclasses.dataclass
-class Config(cli.Common, cli.ImageDataArgs):
-  epochs: int = 30
-  batch_size: int = 128
-  lr: float = 1e-3
-  hidden: int = 400
-  latent_dim: int = 20
-  classifier: str = ""          # scoring CNN (save_model dir); "": runs/classifier_<dataset>
-  classifier_epochs: int = 3    # when the scoring CNN has to be trained first
-  score_samples: int = 10000    # generated images for the Frechet distance (0: skip)
+class Config:
+  common: cli.Shared = cli.shared()
+  data: cli.ImageOptions = cli.image_data()
+  epochs: cli.Positive[int] = 30
+  """Training epochs (the seed's 30)."""
+  batch_size: cli.Positive[int] = 128
+  """Training batch size."""
+  lr: Annotated[float, cli.Between(0.0)] = 1e-3
+  """Adam learning rate."""
+  hidden: cli.Positive[int] = 400
+  """Width of the encoder's and decoder's hidden layer."""
+  latent_dim: cli.Positive[int] = 20
+  """Size of z; 2 also draws the 2-D latent manifold (figure 8-8)."""
+  classifier: str | None = None
+  """Scoring CNN folder (save_model); None: the cached one, trained once if missing."""
+  classifier_epochs: cli.Positive[int] = 3
+  """Epochs of the scoring CNN when it has to be trained."""
+  score_samples: cli.NonNegative[int] = 10000
+  """Generated images scored by the Frechet distance (0: no scoring)."""
+
+
+def elbo_metrics(pipe: ImagePipeline):
+  """Evaluation step: the test set's negative ELBO with z sampled (as in training)."""
+
+  def metrics(state, batch, key):
+    x = pipe(batch["x"])
+    logits, mu, log_var = state.apply_fn(variables_of(state), x, sample=True,
+                                         rngs={"noise": key})
+    loss, parts = losses.vae_loss(logits, x, mu, log_var)
+    return {"loss": loss, **parts, "count": jnp.asarray(x.shape[0], jnp.float32)}
+
+  return metrics
 
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  data = cli.load_image_data(cfg, fallback=FALLBACK)
+  data = cli.load_image_data(cfg.data, fallback=FALLBACK)
   run, runner = start_run(cfg, "vae")
   shape = data.image_shape
   model = models.build("vae", image_size=math.prod(shape), h_dim=cfg.hidden,
                        z_dim=cfg.latent_dim, image_shape=shape)
   pipe = ImagePipeline("unit")
   state = create_train_state(model, optim.make_optimizer("adam", cfg.lr),
-                             pipe(jnp.asarray(data.train_x[:2])), cfg.seed)
+                             pipe(jnp.asarray(data.train_x[:2])), cfg.common.seed)
 
   def loss_fn(out, batch):
     logits, mu, log_var = out
-    total, bce, kl = vae_loss(logits, pipe(batch["x"]), mu, log_var)
-    return jnp.mean(total), {"bce": jnp.mean(bce), "kl": jnp.mean(kl)}
+    return losses.vae_loss(logits, pipe(batch["x"]), mu, log_var)
 
-  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name,
-                                        rng_streams=("noise",), preprocess=pipe))
-
-  @jax.jit
-  def test_sums(state, x, key):  # negative ELBO with sampled z, summed over the batch
-    logits, mu, log_var = state.apply_fn(variables_of(state), pipe(x), sample=True,
-                                         rngs={"noise": key})
-    total, bce, kl = vae_loss(logits, pipe(x), mu, log_var)
-    return jnp.sum(total), jnp.sum(bce), jnp.sum(kl)
-
+  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name, preprocess=pipe))
+  test = data.test()
+  elbo = batch_evaluator(runner.compile_eval(elbo_metrics(pipe)),
+                         lambda: dldata.batches(test, 1000), uses_key=True)
   decode = jax.jit(lambda s, z: s.apply_fn(variables_of(s), z, method=model.decode))
   reconstruct = jax.jit(lambda s, x: jax.nn.sigmoid(
       s.apply_fn(variables_of(s), pipe(x))[0]).reshape(x.shape))
-  fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.seed + 1), (64, cfg.latent_dim))
+  fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.common.seed + 1), (64, cfg.latent_dim))
   originals = data.test_x[:32]
-  test = data.test()
-
-  def evaluate(state) -> dict:
-    key = jax.random.PRNGKey(10_000 + cfg.seed)
-    sums = np.zeros(3)
-    for i, b in enumerate(dldata.batches(test, 1000)):
-      sums += np.asarray(jax.device_get(test_sums(state, b["x"], jax.random.fold_in(key, i))))
-    return dict(zip(("loss", "bce", "kl"), (sums / len(test["x"])).tolist()))
 
   def on_epoch_end(epoch, host_state, record):
-    record["eval"] = evaluate(host_state)
-    run.log("eval", record["step"], record["eval"], epoch=epoch)
     rec = np.asarray(reconstruct(host_state, originals))
     pairs = np.stack([originals / 255.0, rec], 1).reshape(-1, *shape)  # original, recon, ...
     plots.image_grid(pairs, run.file("reconstructions", f"epoch_{epoch + 1:03d}.png"), nrow=16,
@@ -101,9 +110,21 @@ def main(argv=None) -> dict:
     plots.image_grid(np.asarray(decode(host_state, fixed_z)),
                      run.file("samples", f"epoch_{epoch + 1:03d}.png"), nrow=8,
                      title=f"epoch {epoch + 1}: decoded from N(0, I)")
-    print(f"epoch {epoch + 1}: train loss {record['train']['loss']:.2f}, test loss "
-          f"{record['eval']['loss']:.2f} (BCE {record['eval']['bce']:.2f} + KL "
-          f"{record['eval']['kl']:.2f}) per sample", flush=True)
+    say(f"epoch {epoch + 1}: train loss {record['train']['loss']:.2f}, test loss "
+        f"{record['eval']['loss']:.2f} (BCE {record['eval']['bce']:.2f} + KL "
+        f"{record['eval']['kl']:.2f}) per sample")
+
+  evaluators = [elbo]
+  if cfg.score_samples:  # sample quality, after the last epoch
+    scorer = load_or_train_scorer(data, cfg.classifier, epochs=cfg.classifier_epochs,
+                                  seed=cfg.common.seed, progress=cfg.common.progress)
+
+    def sample(state, key, labels, n):
+      z = jax.random.normal(key, (n, cfg.latent_dim))
+      return to_uint8(np.concatenate([np.asarray(decode(state, z[i:i + 1000]))
+                                      for i in range(0, n, 1000)]))
+
+    evaluators.append(sample_quality(scorer, sample, data, cfg.score_samples))
 
   drop = runner.mode in ("pmap", "sharded")
   n = len(data.train_x)
@@ -112,12 +133,13 @@ def main(argv=None) -> dict:
                     save_every_steps=steps_per_epoch) as ckpt:
     state, history = fit(
         state, step,
-        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.seed,
+        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.common.seed,
                                  epoch=e, drop_remainder=drop),
-        runner=runner, num_epochs=cfg.epochs, run=run, checkpointer=ckpt, resume=cfg.resume,
-        progress=cfg.progress, desc="VAE", log_every=max(1, steps_per_epoch // 4),
-        on_epoch_end=on_epoch_end)
-  final = evaluate(state)
+        runner=runner, num_epochs=cfg.epochs, evaluators=evaluators,
+        eval_seed=10_000 + cfg.common.seed, writer=run, checkpointer=ckpt,
+        resume=cfg.common.resume, progress=cfg.common.progress, desc="VAE",
+        log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end)
+  final = history[-1]["eval"] if history else elbo(state, jax.random.PRNGKey(10_000 + cfg.common.seed))
   epochs = [h["epoch"] + 1 for h in history]
   plots.panels({"loss per sample": {"train": [h["train"]["loss"] for h in history],
                                     "test": [h["eval"]["loss"] for h in history]}},
@@ -125,7 +147,7 @@ def main(argv=None) -> dict:
   entry = {"test_loss": final["loss"], "test_bce": final["bce"], "test_kl": final["kl"],
            "train_loss": history[-1]["train"]["loss"] if history else None,
            "dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
-           "latent_dim": cfg.latent_dim, "mode": cfg.mode,
+           "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
            "loss": "per sample: BCE summed over pixels + KL, z sampled"}
   if cfg.latent_dim == 2:
     from scipy.stats import norm
@@ -135,20 +157,13 @@ def main(argv=None) -> dict:
     plots.image_grid(np.asarray(decode(state, z)), run.file("latent_manifold.png"), nrow=20,
                      title="2-D latent manifold (figure 8-8)")
   if cfg.score_samples:
-    scorer = load_or_train_scorer(data, cfg.classifier or f"runs/classifier_{data.name}",
-                                  epochs=cfg.classifier_epochs, seed=cfg.seed,
-                                  progress=cfg.progress)
-    z = jax.random.normal(jax.random.PRNGKey(cfg.seed + 2), (cfg.score_samples, cfg.latent_dim))
-    samples = np.concatenate([np.asarray(decode(state, z[i:i + 1000]))
-                              for i in range(0, len(z), 1000)])
-    fd = scorer.frechet_distance(to_uint8(samples), data.test_x[:cfg.score_samples])
-    fd_train = scorer.frechet_distance(data.train_x[:cfg.score_samples],
-                                       data.test_x[:cfg.score_samples])
-    entry |= {"frechet_distance": fd, "frechet_distance_train_vs_test": fd_train,
-              "classifier_test_accuracy": scorer.test_accuracy, "classifier": scorer.source}
-    print(f"Frechet distance (CNN features), samples vs test: {fd:.3f}; real train vs test: "
-          f"{fd_train:.3f}")
-  print(f"VAE on {data.name}: test loss {final['loss']:.2f} per sample")
+    entry |= {"frechet_distance": final["frechet_distance"],
+              "frechet_distance_train_vs_test": scorer.frechet_distance(
+                  data.train_x[:cfg.score_samples], data.test_x[:cfg.score_samples]),
+              "classifier": scorer.describe()}
+    say(f"Frechet distance (CNN features), samples vs test: {entry['frechet_distance']:.3f}; "
+        f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")
+  say(f"VAE on {data.name}: test loss {final['loss']:.2f} per sample")
   summary = run.update_summary({"2.8.1": entry})
   run.close()
   return summary

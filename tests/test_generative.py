@@ -13,7 +13,7 @@ import pytest
 from dlcore import metrics, models
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.transforms import ImagePipeline
-from dlcore.models.generative import vae_loss
+from dlcore.losses import vae_loss
 from dlcore.models.layers import UpConv2x
 from dlcore.train import Runner, create_train_state, make_train_step
 from dlcore.train.gan import create_gan_state, generate, make_gan_step
@@ -76,12 +76,17 @@ def test_reparameterisation_uses_the_standard_deviation():
 def test_vae_loss_terms():
   logits = jnp.array([[0.0, 2.0]])
   x = jnp.array([[1.0, 0.0]])
-  total, bce, kl = vae_loss(logits, x, jnp.zeros((1, 3)), jnp.zeros((1, 3)))
+  total, parts = vae_loss(logits, x, jnp.zeros((1, 3)), jnp.zeros((1, 3)))
   want_bce = -np.log(0.5) - np.log(1 - 1 / (1 + np.exp(-2.0)))
-  np.testing.assert_allclose(bce, [want_bce], rtol=1e-5)
-  np.testing.assert_allclose(kl, [0.0], atol=1e-7)  # q = N(0, I) is the prior
-  _, _, kl = vae_loss(logits, x, jnp.ones((1, 3)), jnp.zeros((1, 3)))
-  np.testing.assert_allclose(kl, [1.5], rtol=1e-6)  # 1/2 * sum(mu^2)
+  np.testing.assert_allclose(parts["bce"], want_bce, rtol=1e-5)
+  np.testing.assert_allclose(parts["kl"], 0.0, atol=1e-7)  # q = N(0, I) is the prior
+  np.testing.assert_allclose(total, want_bce, rtol=1e-5)
+  _, parts = vae_loss(logits, x, jnp.ones((1, 3)), jnp.zeros((1, 3)))
+  np.testing.assert_allclose(parts["kl"], 1.5, rtol=1e-6)  # 1/2 * sum(mu^2)
+  # The batch mean of per-example totals: two copies of the same example change nothing.
+  total2, _ = vae_loss(jnp.tile(logits, (2, 1)), jnp.tile(x, (2, 1)), jnp.ones((2, 3)),
+                       jnp.zeros((2, 3)))
+  np.testing.assert_allclose(total2, want_bce + 1.5, rtol=1e-5)
 
 
 def vae_step(mode, devices=None):
@@ -91,11 +96,11 @@ def vae_step(mode, devices=None):
   state = create_train_state(vae, optax.sgd(0.01), pipe(image_batch(2)["x"]), 0)
 
   def loss_fn(out, batch):
-    total, _, _ = vae_loss(*out[:1], pipe(batch["x"]), *out[1:])
-    return jnp.mean(total), {}
+    logits, mu, log_var = out
+    return vae_loss(logits, pipe(batch["x"]), mu, log_var)
 
-  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name,
-                                        rng_streams=("noise",), preprocess=pipe))
+  # The "noise" stream the VAE samples with is found by the step itself.
+  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name, preprocess=pipe))
   state, metrics = step(runner.put_state(state), runner.put_batch(image_batch()))
   return runner.get_state(state), float(runner.get_output(metrics)["loss"])
 

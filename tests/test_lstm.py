@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlcore import data as dldata, losses, models
+from dlcore import data as dldata
+from dlcore import losses, models
 from dlcore.data import series, text
 from dlcore.train import Runner, create_train_state, make_train_step
 from experiments import lstm

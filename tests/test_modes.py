@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from dlcore.train import Runner, make_train_step
-from dlcore.train.steps import repeat_step, fused_epoch, scan_steps
 from dlcore import data as dldata
+from dlcore.train import Runner, make_train_step
+from dlcore.train.steps import fused_epoch, repeat_step, scan_steps
 from tests.helpers import bce_loss, max_abs_diff, planar_batch, small_state
 
 

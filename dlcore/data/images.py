@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -231,6 +232,11 @@ def _from_tfds(ds: DatasetInfo, tfds_data_dir: str | None) -> tuple[dict | None,
   import tensorflow_datasets as tfds
 
   out = {}
+  # TFDS warns through absl about the empty version folder an unprepared dataset leaves; the
+  # outcome is reported in our own message, so that warning is noise to the user.
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)
   try:
     for split in ("train", "test"):
       source = tfds.data_source(ds.tfds_name, split=split, data_dir=tfds_data_dir,
@@ -240,6 +246,8 @@ def _from_tfds(ds: DatasetInfo, tfds_data_dir: str | None) -> tuple[dict | None,
       out[f"{split}_y"] = np.asarray([r["label"] for r in rows], np.int32)
   except Exception as e:  # not prepared, prepared as TFRecord, missing files, ...
     return None, f"not prepared ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+  finally:
+    absl_log.setLevel(level)
   where = tfds_data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
   return out, f"TFDS {ds.tfds_name} prepared in {where} (tfds.data_source)"
 

@@ -180,6 +180,17 @@ def _mlp(sd, kw):
   return {"params": params, **({"batch_stats": stats} if stats else {})}
 
 
+# pytorch/examples' VAE (vae/main.py) names its layers fc1, fc21 (mu), fc22 (log_var), fc3,
+# fc4; the seed's (and dlcore's) are fc1..fc5 in the same order.
+_VAE_EXAMPLES_NAMES = {"fc1": "fc1", "fc2": "fc21", "fc3": "fc22", "fc4": "fc3", "fc5": "fc4"}
+
+
+def _vae(sd, kw):
+  names = _VAE_EXAMPLES_NAMES if "fc21.weight" in sd.arrays else {f"fc{i}": f"fc{i}"
+                                                                    for i in range(1, 6)}
+  return _named(names)(sd, kw)
+
+
 def _lenet(sd, kw):
   return {"params": {"conv1": conv(sd, "conv1"), "conv2": conv(sd, "conv2"),
                      "fc1": linear_after_flatten(sd, "fc1", (16, 5, 5)),
@@ -269,7 +280,7 @@ CONVERTERS: dict[str, Callable[[StateDict, dict], dict]] = {
     "cnn": _cnn,
     "lstm_tagger": _lstm_tagger,
     "lstm_regressor": _lstm_regressor,
-    "vae": _named({f"fc{i}": f"fc{i}" for i in range(1, 6)}),
+    "vae": _vae,
     "gan_discriminator": _gan_player,
     "gan_generator": _gan_player,
     "cgan_discriminator": _cgan_discriminator,
@@ -282,8 +293,9 @@ CONVERTERS: dict[str, Callable[[StateDict, dict], dict]] = {
 def convert(name: str, state_dict: dict, example_input=None, **model_kwargs) -> dict:
   """Flax variables for registered model `name` (built with `model_kwargs`) from a PyTorch
   `state_dict`. The result is checked against the model's own variables: structure and
-  shapes must match (`example_input`, default the registry's example shape, is used for
-  that check only)."""
+  shapes must match (`example_input`, default `models.example_inputs(name)`, is used for
+  that check only). The VAE takes the seed's layer names (fc1..fc5) or pytorch/examples'
+  (fc1, fc21, fc22, fc3, fc4)."""
   from dlcore import models
 
   if name not in CONVERTERS:
@@ -293,12 +305,8 @@ def convert(name: str, state_dict: dict, example_input=None, **model_kwargs) -> 
   variables = CONVERTERS[name](sd, model_kwargs)
   sd.finish()
   model = models.build(name, **model_kwargs)
-  if example_input is None:
-    shape = models.example_shape(name)
-    example_input = np.zeros((2, *shape), np.int32 if name == "lstm_tagger" else np.float32)
-    if name == "corr2d_conv":
-      example_input = np.zeros(shape, np.float32)
-  want = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), example_input)
+  inputs = models.example_inputs(name) if example_input is None else (example_input,)
+  want = jax.eval_shape(lambda args: model.init(jax.random.PRNGKey(0), *args), inputs)
   _check(want, variables)
   return jax.tree.map(np.asarray, variables)
 

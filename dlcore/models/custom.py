@@ -110,7 +110,7 @@ def pool2d(x: jax.Array, pool_size: tuple[int, int], mode: str = "max") -> jax.A
   return windows.max(0) if mode == "max" else windows.astype(jnp.float32).mean(0)
 
 
-@register("corr2d_conv", example_shape=(6, 8))
+@register("corr2d_conv", example_shape=(6, 8), batched=False)
 class Conv2D(nn.Module):
   """SPEC 4.4: the seed's `Conv2D(kernel_size)` built on `corr2d`: weight ~ N(0, 1) of
   `kernel_size`, a scalar bias ~ N(0, 1); input one (H, W) array (no batch, no channels)."""

@@ -71,13 +71,11 @@ class VAE(nn.Module):
 
 
 def vae_loss(logits, x, mu, log_var):
-  """Per-example negative ELBO: BCE summed over pixels plus KL(q(z|x) || N(0, I)) =
-  -1/2 sum(1 + log_var - mu^2 - exp(log_var)); returns (total, bce, kl), each (N,)."""
-  import optax
+  """Moved to `dlcore.losses.vae_loss` (the mean negative ELBO and its parts); kept here so
+  older imports keep working."""
+  from dlcore.losses import vae_loss as loss
 
-  bce = optax.sigmoid_binary_cross_entropy(logits, _flat(x)).sum(-1)
-  kl = -0.5 * jnp.sum(1 + log_var - mu ** 2 - jnp.exp(log_var), axis=-1)
-  return bce + kl, bce, kl
+  return loss(logits, x, mu, log_var)
 
 
 @register("gan_discriminator", example_shape=(28, 28, 1))
@@ -112,7 +110,7 @@ class Generator(nn.Module):
     return x.reshape((z.shape[0], *self.image_shape))
 
 
-@register("cgan_discriminator", example_shape=(28, 28, 1))
+@register("cgan_discriminator", example_shape=(28, 28, 1), labels=True)
 class ConditionalDiscriminator(nn.Module):
   """SPEC 2.8.3 D(x, y): the GAN discriminator on the image concatenated with an embedding of
   its label (Mirza & Osindero, "Conditional Generative Adversarial Nets", 2014), plus a
@@ -142,7 +140,7 @@ class ConditionalDiscriminator(nn.Module):
     return out
 
 
-@register("cgan_generator", example_shape=(64,))
+@register("cgan_generator", example_shape=(64,), labels=True)
 class ConditionalGenerator(nn.Module):
   """SPEC 2.8.3 G(z, y): the GAN generator on z concatenated with a label embedding."""
   latent_size: int = 64

@@ -9,20 +9,29 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import numpy as np
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # Small example input shape (without batch) per model, used for init, tests and benchmarks.
 _EXAMPLE_SHAPES: dict[str, tuple[int, ...]] = {}
+# name -> (dtype of the example input, whether the model takes integer labels second)
+_EXAMPLE_KINDS: dict[str, tuple[str, bool, bool]] = {}
 
 
-def register(name: str, *, example_shape: tuple[int, ...]):
-  """Class/function decorator adding a constructor to the registry under `name`."""
+def register(name: str, *, example_shape: tuple[int, ...], dtype: str = "float32",
+             labels: bool = False, batched: bool = True):
+  """Class/function decorator adding a constructor to the registry under `name`.
+
+  `example_shape` (without batch) and `dtype` describe a valid input; `labels`: the model
+  takes integer class labels as its second argument (conditional GANs); `batched=False`: the
+  model takes one unbatched example (the seed's corr2d layer)."""
 
   def deco(ctor):
     if name in _REGISTRY:
       raise ValueError(f"model name {name!r} is registered twice")
     _REGISTRY[name] = ctor
     _EXAMPLE_SHAPES[name] = tuple(example_shape)
+    _EXAMPLE_KINDS[name] = (dtype, labels, batched)
     return ctor
 
   return deco
@@ -35,6 +44,15 @@ def names() -> list[str]:
 def example_shape(name: str) -> tuple[int, ...]:
   _check(name)
   return _EXAMPLE_SHAPES[name]
+
+
+def example_inputs(name: str, batch: int = 2) -> tuple[np.ndarray, ...]:
+  """Positional inputs the model `name` accepts with its default constructor: a batch of
+  zeros of `example_shape(name)`, and integer labels for conditional models."""
+  _check(name)
+  dtype, labels, batched = _EXAMPLE_KINDS[name]
+  x = np.zeros(((batch,) if batched else ()) + _EXAMPLE_SHAPES[name], dtype)
+  return (x, np.zeros((batch,), np.int32)) if labels else (x,)
 
 
 def _check(name: str) -> None:

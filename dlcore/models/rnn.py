@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from dlcore.models.registry import register
 
 
-@register("lstm_tagger", example_shape=(5,))
+@register("lstm_tagger", example_shape=(5,), dtype="int32")
 class LSTMTagger(nn.Module):
   """SPEC 2.7.1: Embedding -> LSTM -> Linear -> log_softmax over tags, for every word.
 

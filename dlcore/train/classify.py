@@ -1,5 +1,6 @@
 """Image classification on top of `fit`: the loop the chapter 3 MLP, LeNet, AlexNet and the
 chapter 6 CNN share (and the classifier that scores generated samples in chapter 8).
+`dlcore.harness.classify` adds the experiments' curves, confusion matrix and saved model.
 
 Batches are uint8 images; `pipeline` (an `ImagePipeline`) normalises, pads or resizes them
 inside the compiled step. Evaluation is exact: batches are weighted by their size.
@@ -14,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlcore import data as dldata, losses, plots
+from dlcore import data as dldata
+from dlcore import losses
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
-from dlcore.runs import RunDir
-from dlcore.train.loop import fit
+from dlcore.train.loop import MetricWriter, fit
 from dlcore.train.modes import Runner
 from dlcore.train.state import TrainState, create_train_state, variables_of
 from dlcore.train.steps import make_eval_step, make_train_step
@@ -48,13 +49,13 @@ class ClassifierRun:
 
 def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *,
                      pipeline: ImagePipeline, batch_size: int, epochs: int, runner: Runner,
-                     run: RunDir | None = None, seed: int = 0, resume: bool = False,
+                     writer: MetricWriter | None = None, seed: int = 0, resume: bool = False,
                      progress: bool = True, desc: str = "train", eval_batch_size: int = 1000,
                      checkpoint_dir: str | None = None,
                      on_epoch_end: Callable | None = None) -> ClassifierRun:
   """Trains `model` on `data.train()` for `epochs` (shuffled each epoch, deterministic in
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
-  into `checkpoint_dir` (default `<run>/checkpoints`) and resumes from there."""
+  into `checkpoint_dir` (none: no checkpoints) and resumes from there."""
   example = pipeline(jnp.asarray(data.train_x[:2]))
   state = create_train_state(model, tx, example, seed)
   step = runner.compile(make_train_step(xent_loss, axis_name=runner.axis_name,
@@ -72,14 +73,13 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
     return dldata.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch,
                           drop_remainder=drop)
 
-  ckpt_dir = checkpoint_dir or (run.file("checkpoints") if run is not None else None)
-  ckpt = (Checkpointer(ckpt_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
-          if ckpt_dir else None)
+  ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
+          if checkpoint_dir else None)
   try:
     state, history = fit(state, step, batches, runner=runner, num_epochs=epochs,
                          eval_step=evaluate,
                          eval_batches=lambda: dldata.batches(test, eval_batch_size),
-                         run=run, checkpointer=ckpt, resume=resume, progress=progress,
+                         writer=writer, checkpointer=ckpt, resume=resume, progress=progress,
                          desc=desc, log_every=max(1, steps_per_epoch // 4),
                          on_epoch_end=on_epoch_end)
   finally:
@@ -105,60 +105,3 @@ def predict_logits(state: TrainState, x: np.ndarray, pipeline: ImagePipeline,
   apply = jax.jit(lambda s, xb: s.apply_fn(variables_of(s), pipeline(xb), train=False))
   return np.concatenate([np.asarray(apply(state, x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)])
-
-
-def plot_history(history: list[dict], path: str, title: str = "") -> str:
-  """Train and test loss and accuracy per epoch, two panels in one PNG."""
-  epochs = [h["epoch"] + 1 for h in history]
-  series = {}
-  for split, key in (("train", "train"), ("test", "eval")):
-    for metric in ("loss", "accuracy"):
-      series[f"{split} {metric}"] = [h.get(key, {}).get(metric, np.nan) for h in history]
-  return plots.panels(
-      {"loss": {k: v for k, v in series.items() if k.endswith("loss")},
-       "accuracy": {k: v for k, v in series.items() if k.endswith("accuracy")}},
-      path, x=epochs, xlabel="epoch", title=title)
-
-
-def print_epoch(epoch: int, state, record: dict) -> None:
-  """The book's per-epoch line: epoch, train loss/acc, test loss/acc."""
-  ev = record.get("eval", {})
-  print(f"epoch: {epoch}, Train Loss: {record['train']['loss']:.4f}, Train Acc: "
-        f"{record['train']['accuracy']:.4f}, Test Loss: {ev.get('loss', np.nan):.4f}, "
-        f"Test Acc: {ev.get('accuracy', np.nan):.4f}", flush=True)
-
-
-def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, model_name: str,
-                          model_kwargs: dict, data: ImageData, pipeline: ImagePipeline,
-                          tx: optax.GradientTransformation, title: str,
-                          extra: dict | None = None) -> tuple[dict, ClassifierRun]:
-  """What the image experiments share: train `model_name` on `data`, write the curves, the
-  confusion matrix and the model (`save_model`: reload with `load_model(<run>/model)`),
-  and return the summary entry under `spec_id` (SPEC ids; with test_accuracy, dataset,
-  epochs). `cfg` has the fields of `cli.Common` plus `epochs` and `batch_size`."""
-  from dlcore import models
-  from dlcore.checkpoint import save_model
-
-  model = models.build(model_name, **model_kwargs)
-  result = train_classifier(model, data, tx, pipeline=pipeline, batch_size=cfg.batch_size,
-                            epochs=cfg.epochs, runner=runner, run=run, seed=cfg.seed,
-                            resume=cfg.resume, progress=cfg.progress, desc=title,
-                            on_epoch_end=print_epoch)
-  plot_history(result.history, run.file(f"{model_name}_curves.png"),
-               f"{title} on {data.name} ({cfg.mode})")
-  pred = predict_logits(result.state, data.test_x, pipeline).argmax(-1)
-  plots.confusion(data.test_y, pred, data.class_names, run.file(f"{model_name}_confusion.png"),
-                  title=f"{title}: test accuracy {result.test_accuracy:.4f}")
-  input_shape = pipeline(jnp.zeros((1, *data.image_shape), jnp.uint8)).shape[1:]
-  kwargs = {k: v for k, v in model_kwargs.items() if k != "axis_name"}
-  save_model(run.file("model"), model_name, variables_of(result.state),
-             input_shape=input_shape, kwargs=kwargs)
-  print(f"{title}: test accuracy {result.test_accuracy:.4f} on {data.name} after "
-        f"{cfg.epochs} epochs; model saved to {run.file('model')}")
-  entry = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-           "train_accuracy": result.train_accuracy, "dataset": data.source,
-           "dataset_name": data.name, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-           "mode": cfg.mode, "devices": runner.devices, "model": model_name,
-           "test_accuracy_per_epoch": [h.get("eval", {}).get("accuracy")
-                                       for h in result.history], **(extra or {})}
-  return {spec_id: entry}, result

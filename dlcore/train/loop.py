@@ -1,17 +1,30 @@
-"""`fit`: epochs of batches through a compiled step, with evaluation, logging, a progress
-bar, periodic checkpoints, resume, and a guard that stops on a NaN/inf loss."""
+"""`fit`: epochs of batches through a compiled step, with evaluation, metric writing, a
+progress bar, periodic checkpoints, resume, and a guard that stops on a NaN/inf loss.
+
+The engine knows nothing of run directories or consoles: metrics leave through a
+`MetricWriter` (anything with `write(split, step, metrics, **extra)`); dlcore's harness
+provides JSON-lines, console and TensorBoard writers.
+"""
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from dlcore.checkpoint import Checkpointer
-from dlcore.runs import RunDir
 from dlcore.train.modes import Runner
+
+# evaluator(host_state, key) -> {metric: float}. `key` is the same at every evaluation of a
+# run (fold_in(PRNGKey(eval_seed), evaluator index)), so sampled metrics compare across epochs.
+Evaluator = Callable[[Any, jax.Array], Mapping[str, float]]
+
+
+class MetricWriter(Protocol):
+  def write(self, split: str, step: int, metrics: Mapping[str, Any], **extra: Any) -> None:
+    ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -23,7 +36,7 @@ def step_of(state) -> int:
   return int(np.ravel(jax.device_get(state.step))[0])
 
 
-def _host_mean(rows: list[dict]) -> dict:
+def host_mean(rows: list[dict]) -> dict:
   """Mean of each metric over the rows; weighted by a "count" metric when there is one."""
   rows = jax.device_get(rows)
   if "count" in rows[0]:
@@ -34,10 +47,27 @@ def _host_mean(rows: list[dict]) -> dict:
   return {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]}
 
 
+def batch_evaluator(eval_step, batches: Callable[[], Iterable], *,
+                    uses_key: bool = False) -> Evaluator:
+  """An evaluator from a per-batch `eval_step(state, batch[, key]) -> metrics` (e.g.
+  `runner.compile_eval(make_eval_step(...))`): the metrics' mean over `batches()`, exact
+  when the step reports a "count". With `uses_key`, batch i gets `fold_in(key, i)`."""
+
+  def evaluate(state, key):
+    if uses_key:
+      rows = [eval_step(state, b, jax.random.fold_in(key, i)) for i, b in enumerate(batches())]
+    else:
+      rows = [eval_step(state, b) for b in batches()]
+    return host_mean(rows)
+
+  return evaluate
+
+
 def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner,
         num_epochs: int, steps_per_call: int = 1, stacked: bool = False,
         eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
-        eval_every: int = 1, run: RunDir | None = None,
+        evaluators: Sequence[Evaluator] = (), eval_every: int = 1, eval_seed: int = 0,
+        writer: MetricWriter | None = None, run: MetricWriter | None = None,
         checkpointer: Checkpointer | None = None, resume: bool = False,
         log_every: int = 50, progress: bool = True, desc: str = "train",
         on_epoch_end: Callable[[int, object, dict], None] | None = None):
@@ -49,8 +79,21 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   for fused `repeat_step`/`scan_steps`; `stacked` batches carry a leading steps axis).
   Metrics are fetched every `log_every` calls, at checkpoints and at epoch ends; a non-finite
   loss then raises NonFiniteLossError before anything is saved from the bad state.
+
+  Evaluation runs every `eval_every` epochs (an evaluator's own `every` attribute overrides
+  it; None: after the last epoch only) and after the last: `eval_step` over `eval_batches()`
+  (see `batch_evaluator`) and each of `evaluators`, whose metrics are merged into the
+  epoch's "eval" record. Evaluators get the host state and a key derived from
+  `eval_seed`, so sampled metrics (a VAE's ELBO, a GAN's sample scores) are deterministic.
+  `writer` (or its older name `run`) receives "train" and "eval" rows.
   history: one dict per epoch {"epoch", "step", "train": {...}, "eval": {...}}.
   """
+  writer = writer if writer is not None else run
+  evaluators = list(evaluators)
+  if eval_step is not None:
+    if eval_batches is None:
+      raise ValueError("fit: eval_step needs eval_batches (a function returning the batches)")
+    evaluators.insert(0, batch_evaluator(eval_step, eval_batches))
   if resume and checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
   start_step = step_of(state)
@@ -64,7 +107,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     nonlocal pending
     if not pending:
       return None
-    means = _host_mean(pending)
+    means = host_mean(pending)
     pending = []
     if "loss" in means and not math.isfinite(means["loss"]):
       kept = (f"the last good checkpoint (step {last_good}) is kept in "
@@ -72,9 +115,17 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       raise NonFiniteLossError(
           f"loss became {means['loss']} by step {step} (epoch {epoch}); {kept}. Lower the "
           "learning rate, check the inputs for NaN/inf, or resume from the checkpoint.")
-    if run is not None:
-      run.log("train", step, means, epoch=epoch)
+    if writer is not None:
+      writer.write("train", step, means, epoch=epoch)
     return means
+
+  def evaluate(host_state, epoch: int) -> dict:
+    out: dict = {}
+    for i, ev in enumerate(evaluators):
+      every = getattr(ev, "every", eval_every)  # None: after the last epoch only
+      if epoch == num_epochs - 1 or (every and (epoch + 1) % every == 0):
+        out |= dict(ev(host_state, jax.random.fold_in(jax.random.PRNGKey(eval_seed), i)))
+    return out
 
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress, unit="epoch",
              dynamic_ncols=True)
@@ -102,17 +153,18 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         bar.update(1)
         continue
       flush(step, epoch)
-      record = {"epoch": epoch, "step": step, "train": _host_mean(epoch_rows)}
-      if eval_step is not None and ((epoch + 1) % eval_every == 0 or epoch == num_epochs - 1):
-        rows = [eval_step(state, b) for b in eval_batches()]
-        record["eval"] = _host_mean(rows)
-        if run is not None:
-          run.log("eval", step, record["eval"], epoch=epoch)
+      record = {"epoch": epoch, "step": step, "train": host_mean(epoch_rows)}
+      host_state = runner.get_state(state)
+      if evaluators and (scores := evaluate(host_state, epoch)):
+        record["eval"] = scores
+        if writer is not None:
+          writer.write("eval", step, record["eval"], epoch=epoch)
       history.append(record)
       if on_epoch_end is not None:
-        on_epoch_end(epoch, runner.get_state(state), record)
+        on_epoch_end(epoch, host_state, record)
       bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
-                      | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()})
+                      | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
+                         if np.ndim(v) == 0 and k != "count"})
       bar.update(1)
   finally:
     bar.close()

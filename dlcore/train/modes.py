@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 from flax import jax_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MODES = ("eager", "python", "jit", "pmap", "sharded")
 
@@ -91,14 +92,14 @@ class Runner:
     return _waiting(fn, jfn)
 
   def compile_eval(self, fn):
-    """Wraps `fn(state, batch) -> metrics` (no state out). Evaluation of a host state runs
-    on one device under jit (eager under eager); batches of any size are accepted."""
+    """Wraps `fn(state, batch[, key]) -> metrics` (no state out) for a host state (one copy,
+    as `get_state` returns and `fit` passes to evaluators): it runs on one device under jit
+    (eager under eager); batches of any size are accepted."""
     if self.mode == "eager":
       return _eager(fn)
     if self.mode == "python":
       return fn
-    jfn = jax.jit(fn)
-    return lambda state, batch: jfn(self.get_state(state), batch)
+    return jax.jit(fn)
 
   # ---- placing data ----------------------------------------------------------------------
   def put_state(self, state):

@@ -8,8 +8,10 @@ Batches are dicts; the model's input is `batch["x"]`, passed through `preprocess
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -21,6 +23,8 @@ LossFn = Callable[[jax.Array, dict], tuple[jax.Array, dict]]
 
 def step_rngs(state: TrainState, streams: Sequence[str], axis_name: str | None = None) -> dict:
   """Per-step keys: fold_in(rng, step) (and the device index under pmap), one per stream."""
+  if not streams:
+    return {}
   key = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -35,12 +39,45 @@ def _inputs(batch: dict, preprocess):
   return batch["x"] if preprocess is None else preprocess(batch["x"])
 
 
-def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
-                    rng_streams: Sequence[str] = ("dropout",), preprocess=None):
-  """One optimizer step on `batch`: forward in train mode, grads, update, batch stats."""
+def _missing_stream(error: Exception) -> str | None:
+  m = re.search(r'needs PRNG for "([^"]+)"', str(error))
+  return m.group(1) if m else None
 
-  def step(state: TrainState, batch: dict):
-    rngs = step_rngs(state, rng_streams, axis_name)
+
+def learning_streams(step_fn, streams: Sequence[str] | None):
+  """`step_fn(state, batch, streams)` with the random streams found on first use when
+  `streams` is None: the model asks for a stream it lacks (flax's InvalidRngError names it),
+  the stream is added and the step traced again. Streams are kept sorted, so the keys a step
+  draws do not depend on the order they were found in."""
+  found = None if streams is None else tuple(streams)
+
+  def step(state, batch):
+    nonlocal found
+    current = found or ()
+    while True:
+      try:
+        out = step_fn(state, batch, current)
+      except flax.errors.InvalidRngError as e:
+        name = _missing_stream(e)
+        if found is not None or name is None or name in current:
+          raise
+        current = tuple(sorted((*current, name)))
+        continue
+      found = current
+      return out
+
+  return step
+
+
+def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
+                    rng_streams: Sequence[str] | None = None, preprocess=None):
+  """One optimizer step on `batch`: forward in train mode, grads, update, batch stats.
+
+  `rng_streams`: the random streams the model draws from in training ("dropout", a VAE's
+  "noise"); by default they are found on the first call (see `learning_streams`)."""
+
+  def step(state: TrainState, batch: dict, streams: Sequence[str]):
+    rngs = step_rngs(state, streams, axis_name)
     has_bn = state.batch_stats is not None
     x = _inputs(batch, preprocess)
 
@@ -65,7 +102,7 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
       new_state = new_state.replace(batch_stats=batch_stats)
     return new_state, metrics
 
-  return step
+  return learning_streams(step, rng_streams)
 
 
 def make_eval_step(metrics_fn: Callable[[jax.Array, dict], dict], *,

@@ -1,0 +1,145 @@
+"""Command lines from config dataclasses, built with tyro.
+
+An experiment declares `@dataclass class Config` whose defaults are the seed's settings, with
+a description of every field (a comment or docstring beside it: tyro turns it into the help),
+and calls `cfg = cli.parse(Config, argv, description)`. The options every experiment takes
+live in `Common` and appear as one group, without a prefix:
+
+    @dataclasses.dataclass
+    class Config:
+      common: cli.Shared = cli.shared()         # --workdir --mode --devices --seed --resume ...
+      data: cli.ImageOptions = cli.image_data()  # --dataset --data-dir --train-limit ...
+      epochs: cli.Positive[int] = 30            # epochs to train
+
+Ranges are declared with `Positive` / `NonNegative` / `Between(lo, hi)` and choices with
+`Literal[...]`; both are checked when the command line is parsed, and a bad value stops with
+one line naming the option and what it accepts. A Config may add `check(self)`, raising
+`ConfigError` for rules that involve several options.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from typing import Annotated, Literal, TypeVar
+
+import tyro
+
+from dlcore.harness.writers import TB_MISSING, say, tensorboard_available
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; the message names the option and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Between:
+  """Annotated[...] marker: lo <= value <= hi (either bound may be None)."""
+  lo: float | None = None
+  hi: float | None = None
+
+  def check(self, flag: str, value) -> None:
+    if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+      bounds = (f">= {self.lo}" if self.hi is None else f"<= {self.hi}" if self.lo is None
+                else f"between {self.lo} and {self.hi}")
+      raise ConfigError(f"{flag} must be {bounds} (got {value})")
+
+
+Positive = Annotated[T, Between(1)]       # ints: >= 1
+NonNegative = Annotated[T, Between(0)]
+Fraction = Annotated[T, Between(0.0, 1.0)]
+Mode = Literal["eager", "python", "jit", "pmap", "sharded"]  # = dlcore.train.MODES (tested)
+
+
+@dataclasses.dataclass
+class Common:
+  """Options every experiment takes."""
+  workdir: str = "runs/{name}"
+  """Run directory (config, metrics, summary, figures, checkpoints); {name}: the experiment."""
+  mode: Mode = "jit"
+  """How the step runs: op by op (eager), unjitted, jit, or data parallel over --devices."""
+  devices: Annotated[int | None, Between(1)] = None
+  """pmap/sharded: devices per batch; None: all local ones (CPU: host devices are made)."""
+  seed: int = 0
+  """Seed of parameter init, data order, dropout and sampling."""
+  resume: bool = False
+  """Continue from the latest checkpoint in the run directory."""
+  progress: bool = True
+  """Show progress bars."""
+  tensorboard: bool = False
+  """Also write TensorBoard logs to <workdir>/tb (needs the tb extra: tensorboardX)."""
+
+
+@dataclasses.dataclass
+class ImageDataArgs:
+  """Dataset options (see dlcore.data.images.load for where data is looked for)."""
+  dataset: Literal["mnist", "fashion_mnist", "cifar10", "digits"] = "mnist"
+  """Image dataset; digits is scikit-learn's bundled 8x8 set (works offline)."""
+  data_dir: str | None = None
+  """Folder with the dataset's files (IDX .gz or CIFAR-10 binary batches), searched first."""
+  train_limit: Annotated[int | None, Between(1)] = None
+  """Use only the first N training images; None: all."""
+  test_limit: Annotated[int | None, Between(1)] = None
+  """Use only the first N test images; None: all."""
+
+
+# Nested groups whose flags carry no prefix (--mode, not --common.mode).
+Shared = Annotated[Common, tyro.conf.OmitArgPrefixes]
+ImageOptions = Annotated[ImageDataArgs, tyro.conf.OmitArgPrefixes]
+
+
+def shared(**defaults) -> Common:
+  """The `common` field of a Config, with experiment-specific defaults (e.g. seed=100)."""
+  return dataclasses.field(default_factory=lambda: Common(**defaults))
+
+
+def image_data(**defaults) -> ImageDataArgs:
+  return dataclasses.field(default_factory=lambda: ImageDataArgs(**defaults))
+
+
+def _flag(path: str) -> str:
+  return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def check(cfg, prefix: str = "") -> None:
+  """Checks every `Between` range in `cfg` (recursively) and each `check()` method."""
+  hints = typing.get_type_hints(type(cfg), include_extras=True)
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    if dataclasses.is_dataclass(value):
+      check(value, f"{prefix}{f.name}.")
+      continue
+    for marker in getattr(hints[f.name], "__metadata__", ()):
+      if isinstance(marker, Between) and value is not None:
+        for v in (value if isinstance(value, tuple) else (value,)):
+          marker.check(_flag(f.name), v)
+  if hasattr(cfg, "check"):
+    cfg.check()
+
+
+def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
+  """Parses argv (default: sys.argv[1:]) into `config_cls`; `--help` lists every option with
+  its description, type and default. Invalid values stop with one line and exit code 2."""
+  cfg = tyro.cli(config_cls, args=argv, description=description)
+  try:
+    check(cfg)
+    common = getattr(cfg, "common", None)
+    if common is not None and common.tensorboard and not tensorboard_available():
+      raise ConfigError(TB_MISSING.removeprefix("error: "))
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+  return cfg
+
+
+def load_image_data(args: ImageDataArgs, fallback: str | tuple[str, ...] | None = None):
+  """Loads `args.dataset`, trimmed to the limits; says what it got."""
+  from dlcore.data import images
+
+  data = images.load(args.dataset, data_dir=args.data_dir, fallback=fallback)
+  if args.train_limit or args.test_limit:
+    data = data.subset(args.train_limit, args.test_limit)
+  say(f"data: {data.describe()}")
+  return data
