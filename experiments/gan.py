@@ -53,6 +53,7 @@ VARIANTS = {  # variant -> (generator, discriminator, latent, epochs, SPEC id)
 class Config:
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
+  score: cli.ScoreOptions = cli.scoring()
   variant: Literal["gan", "cgan", "dcgan"] = "gan"
   """Which GAN: fully connected, conditional, or convolutional (DCGAN)."""
   epochs: cli.Positive[int] | None = None
@@ -65,12 +66,6 @@ class Config:
   """Adam's b1 (the seed's PyTorch default is 0.9; see the module docstring)."""
   base: cli.Positive[int] = 32
   """DCGAN width: channels of the last hidden conv."""
-  classifier: str | None = None
-  """Scoring CNN folder (save_model); None: the cached one, trained once if missing."""
-  classifier_epochs: cli.Positive[int] = 3
-  """Epochs of the scoring CNN when it has to be trained."""
-  score_samples: cli.NonNegative[int] = 10000
-  """Generated images scored (Frechet distance, cgan label accuracy); 0: no scoring."""
   score_every: cli.Positive[int] | None = None
   """Also score every N epochs; None: after the last epoch only."""
 
@@ -98,7 +93,8 @@ def main(argv=None) -> dict:
   generator, discriminator, latent = build_players(cfg, data, runner.axis_name)
   tx = optim.make_optimizer("adam", cfg.lr, b1=cfg.beta1)
   state = create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
-                           image_shape=data.image_shape, seed=cfg.common.seed, conditional=conditional)
+                           image_shape=data.image_shape, seed=cfg.common.seed,
+                           conditional=conditional)
   step = runner.compile(make_gan_step(latent_size=latent, axis_name=runner.axis_name,
                                       preprocess=ImagePipeline("pm1"), conditional=conditional))
   # Fixed noise so epochs compare; the cgan grid has one row per class.
@@ -118,9 +114,10 @@ def main(argv=None) -> dict:
           f"{t['d_real']:.3f} D(G(z)) {t['d_fake']:.3f}")
 
   evaluators = []
-  if cfg.score_samples:
-    scorer = load_or_train_scorer(data, cfg.classifier, epochs=cfg.classifier_epochs,
-                                  seed=cfg.common.seed, progress=cfg.common.progress)
+  if cfg.score.score_samples:
+    scorer = load_or_train_scorer(data, cfg.score.classifier,
+                                  epochs=cfg.score.classifier_epochs, seed=cfg.common.seed,
+                                  progress=cfg.common.progress)
 
     def samples(state, key, labels, n):
       z = jax.random.normal(key, (n, latent))
@@ -128,7 +125,7 @@ def main(argv=None) -> dict:
           np.asarray(sample(state, z[i:i + 1000], None if labels is None else labels[i:i + 1000]))
           for i in range(0, n, 1000)]), (-1, 1))
 
-    evaluators.append(sample_quality(scorer, samples, data, cfg.score_samples,
+    evaluators.append(sample_quality(scorer, samples, data, cfg.score.score_samples,
                                      num_classes=data.num_classes if conditional else None,
                                      every=cfg.score_every))
 
@@ -155,9 +152,9 @@ def main(argv=None) -> dict:
   entry = {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
            "mode": cfg.common.mode, "devices": runner.devices,
            "final": history[-1]["train"] if history else None}
-  if cfg.score_samples and history:
+  if cfg.score.score_samples and history:
     scores = history[-1]["eval"]
-    n = cfg.score_samples
+    n = cfg.score.score_samples
     entry |= scores | {
         "frechet_distance_train_vs_test": scorer.frechet_distance(data.train_x[:n],
                                                                   data.test_x[:n]),

@@ -158,7 +158,8 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   test = {"x": x[~is_train][..., None], "y": y[~is_train][:, None]}
   epochs, lr = cfg.epochs or 60, cfg.lr or 1e-3
   model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32)
-  state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2], cfg.common.seed)
+  state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2],
+                             cfg.common.seed)
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
   step = make_train_step(mse, axis_name=runner.axis_name)
   drop = cfg.common.mode in ("pmap", "sharded")  # equal shards need full batches

@@ -36,7 +36,8 @@ from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
-from dlcore.train import batch_evaluator, create_train_state, fit, make_train_step
+from dlcore.train import (batch_evaluator, create_train_state, fit, make_train_step,
+                          run_evaluators)
 from dlcore.train.state import variables_of
 
 FALLBACK = ("fashion_mnist", "digits")
@@ -46,6 +47,7 @@ FALLBACK = ("fashion_mnist", "digits")
 class Config:
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
+  score: cli.ScoreOptions = cli.scoring()
   epochs: cli.Positive[int] = 30
   """Training epochs (the seed's 30)."""
   batch_size: cli.Positive[int] = 128
@@ -56,12 +58,6 @@ class Config:
   """Width of the encoder's and decoder's hidden layer."""
   latent_dim: cli.Positive[int] = 20
   """Size of z; 2 also draws the 2-D latent manifold (figure 8-8)."""
-  classifier: str | None = None
-  """Scoring CNN folder (save_model); None: the cached one, trained once if missing."""
-  classifier_epochs: cli.Positive[int] = 3
-  """Epochs of the scoring CNN when it has to be trained."""
-  score_samples: cli.NonNegative[int] = 10000
-  """Generated images scored by the Frechet distance (0: no scoring)."""
 
 
 def elbo_metrics(pipe: ImagePipeline):
@@ -115,16 +111,17 @@ def main(argv=None) -> dict:
         f"{record['eval']['kl']:.2f}) per sample")
 
   evaluators = [elbo]
-  if cfg.score_samples:  # sample quality, after the last epoch
-    scorer = load_or_train_scorer(data, cfg.classifier, epochs=cfg.classifier_epochs,
-                                  seed=cfg.common.seed, progress=cfg.common.progress)
+  if cfg.score.score_samples:  # sample quality, after the last epoch
+    scorer = load_or_train_scorer(data, cfg.score.classifier,
+                                  epochs=cfg.score.classifier_epochs, seed=cfg.common.seed,
+                                  progress=cfg.common.progress)
 
     def sample(state, key, labels, n):
       z = jax.random.normal(key, (n, cfg.latent_dim))
       return to_uint8(np.concatenate([np.asarray(decode(state, z[i:i + 1000]))
                                       for i in range(0, n, 1000)]))
 
-    evaluators.append(sample_quality(scorer, sample, data, cfg.score_samples))
+    evaluators.append(sample_quality(scorer, sample, data, cfg.score.score_samples))
 
   drop = runner.mode in ("pmap", "sharded")
   n = len(data.train_x)
@@ -139,7 +136,9 @@ def main(argv=None) -> dict:
         eval_seed=10_000 + cfg.common.seed, writer=run, checkpointer=ckpt,
         resume=cfg.common.resume, progress=cfg.common.progress, desc="VAE",
         log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end)
-  final = history[-1]["eval"] if history else elbo(state, jax.random.PRNGKey(10_000 + cfg.common.seed))
+  # The last epoch is always evaluated; a resumed, finished run evaluates what it restored.
+  final = (history[-1]["eval"] if history
+           else run_evaluators(evaluators, state, 10_000 + cfg.common.seed))
   epochs = [h["epoch"] + 1 for h in history]
   plots.panels({"loss per sample": {"train": [h["train"]["loss"] for h in history],
                                     "test": [h["eval"]["loss"] for h in history]}},
@@ -156,10 +155,10 @@ def main(argv=None) -> dict:
     z = np.stack(np.meshgrid(grid, grid[::-1]), -1).reshape(-1, 2)
     plots.image_grid(np.asarray(decode(state, z)), run.file("latent_manifold.png"), nrow=20,
                      title="2-D latent manifold (figure 8-8)")
-  if cfg.score_samples:
+  if cfg.score.score_samples:
     entry |= {"frechet_distance": final["frechet_distance"],
               "frechet_distance_train_vs_test": scorer.frechet_distance(
-                  data.train_x[:cfg.score_samples], data.test_x[:cfg.score_samples]),
+                  data.train_x[:cfg.score.score_samples], data.test_x[:cfg.score.score_samples]),
               "classifier": scorer.describe()}
     say(f"Frechet distance (CNN features), samples vs test: {entry['frechet_distance']:.3f}; "
         f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")

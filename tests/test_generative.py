@@ -215,3 +215,23 @@ def test_vae_flagship_falls_back_offline(isolated_home, tmp_path, monkeypatch): 
   for f in ("loss_curves.png", "latent_manifold.png", "samples/epoch_001.png",
             "reconstructions/epoch_001.png"):
     assert os.path.exists(os.path.join(workdir, f)), f
+
+
+def test_gan_scores_inside_fit_with_a_recorded_classifier(tmp_path, monkeypatch):
+  """The sample scores are an evaluator of `fit` (in metrics.jsonl's eval rows), and the
+  summary names the scoring classifier by its weights' hash; a second run reuses it."""
+  from experiments import gan
+
+  monkeypatch.setenv("DLCORE_CACHE", str(tmp_path / "cache"))
+  args = ["--variant", "cgan", "--dataset", "digits", "--epochs", "2", "--train-limit", "400",
+          "--score-samples", "200", "--classifier-epochs", "1", "--score-every", "1", *QUIET]
+  first = gan.main(["--workdir", str(tmp_path / "a"), *args])["2.8.3"]
+  assert np.isfinite(first["frechet_distance"]) and 0 <= first["label_accuracy"] <= 1
+  assert first["classifier"]["trained_in_this_run"]
+  rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+  scored = [r for r in rows if r["split"] == "eval"]
+  assert len(scored) == 2 and all("frechet_distance" in r for r in scored)
+  second = gan.main(["--workdir", str(tmp_path / "b"), *args])["2.8.3"]
+  assert not second["classifier"]["trained_in_this_run"]
+  assert second["classifier"]["weights_sha256"] == first["classifier"]["weights_sha256"]
+  assert second["frechet_distance"] == first["frechet_distance"]  # same run, same score

@@ -1,12 +1,16 @@
 """Chapter 5 (SPEC 2.5.1-2.5.7) on a small budget: figures, hand-checked losses, init
 statistics, and the data-parallel run equal to the single-device run over 4 host devices."""
+import sys
+
 import jax
 import numpy as np
 
 
-def test_regularization_experiment_small(tmp_path):
+def test_regularization_experiment_small(tmp_path, monkeypatch):
+  """Also: a default run needs no optional extra (tensorboardX is made unimportable)."""
   from experiments import regularization
 
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)
   assert jax.local_device_count() == 4  # tests/conftest.py
   summary = regularization.main([
       "--workdir", str(tmp_path), "--epochs", "15", "--hidden", "32", "--optimizer-epochs", "6",
@@ -29,4 +33,5 @@ def test_regularization_experiment_small(tmp_path):
   for f in ("2.5.1_weight_decay.png", "2.5.2_dropout.png", "2.5.3_batch_norm.png",
             "2.5.4_init_activation_std.png", "2.5.6_optimizers.png"):
     assert (tmp_path / f).exists(), f
-  assert list((tmp_path / "variants" / "2.5.1_with" / "tb").iterdir())  # TensorBoard events
+  assert (tmp_path / "variants" / "2.5.1_with" / "metrics.jsonl").exists()
+  assert not (tmp_path / "variants" / "2.5.1_with" / "tb").exists()  # --tensorboard is opt-in

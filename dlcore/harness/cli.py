@@ -85,9 +85,21 @@ class ImageDataArgs:
   """Use only the first N test images; None: all."""
 
 
+@dataclasses.dataclass
+class ScoreArgs:
+  """Sample quality: a chapter 6 CNN scores generated images (dlcore.harness.scoring)."""
+  classifier: str | None = None
+  """Scoring CNN folder (save_model); None: the cached one, trained once if missing."""
+  classifier_epochs: Annotated[int, Between(1)] = 3
+  """Epochs of the scoring CNN when it has to be trained."""
+  score_samples: Annotated[int, Between(0)] = 10000
+  """Generated images scored (Frechet distance; cgan: label accuracy); 0: no scoring."""
+
+
 # Nested groups whose flags carry no prefix (--mode, not --common.mode).
 Shared = Annotated[Common, tyro.conf.OmitArgPrefixes]
 ImageOptions = Annotated[ImageDataArgs, tyro.conf.OmitArgPrefixes]
+ScoreOptions = Annotated[ScoreArgs, tyro.conf.OmitArgPrefixes]
 
 
 def shared(**defaults) -> Common:
@@ -97,6 +109,10 @@ def shared(**defaults) -> Common:
 
 def image_data(**defaults) -> ImageDataArgs:
   return dataclasses.field(default_factory=lambda: ImageDataArgs(**defaults))
+
+
+def scoring(**defaults) -> ScoreArgs:
+  return dataclasses.field(default_factory=lambda: ScoreArgs(**defaults))
 
 
 def _flag(path: str) -> str:

@@ -10,6 +10,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str, *, dpi: int = 110) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
+def _legend_grid(ax) -> None:
+  ax.legend()
+  ax.grid(alpha=0.3)
+
+
 def decision_boundary(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
                       y: np.ndarray, path: str, *, title: str = "", h: float = 0.02) -> str:
   """The seed's `plot_decision_boundary`: predicted class over a grid, data on top.
@@ -26,10 +38,7 @@ def decision_boundary(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray
   ax.set_xlabel("x1")
   ax.set_ylabel("x2")
   ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def curves(series: dict[str, Sequence[float]], path: str, *, xs: dict | None = None,
@@ -45,12 +54,8 @@ def curves(series: dict[str, Sequence[float]], path: str, *, xs: dict | None = N
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  _legend_grid(ax)
+  return _save(fig, path)
 
 
 def prediction(dates, series: dict[str, Sequence[float]], path: str, *, title: str = "") -> str:
@@ -60,13 +65,9 @@ def prediction(dates, series: dict[str, Sequence[float]], path: str, *, title: s
   for name, ys in series.items():
     ax.plot(x, ys, label=name, lw=1.2 if name == "actual" else 1.0)
   ax.set_title(title)
-  ax.legend()
-  ax.grid(alpha=0.3)
+  _legend_grid(ax)
   fig.autofmt_xdate()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def panels(groups: dict[str, dict[str, Sequence[float]]], path: str, *, x=None,
@@ -84,10 +85,7 @@ def panels(groups: dict[str, dict[str, Sequence[float]]], path: str, *, x=None,
     ax.grid(alpha=0.3)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title: str = "",
@@ -131,10 +129,7 @@ def confusion(y_true, y_pred, class_names: Sequence[str], path: str, *, title: s
                                           values_format=".2f", ax=ax, colorbar=False,
                                           xticks_rotation=45)
   ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def scatter_fit(x, y, fits: dict[str, tuple], path: str, *, title: str = "") -> str:
@@ -144,9 +139,5 @@ def scatter_fit(x, y, fits: dict[str, tuple], path: str, *, title: str = "") -> 
   for i, (name, (xs, ys)) in enumerate(fits.items()):
     ax.plot(xs, ys, label=name, lw=1.5, ls=("-", "--", ":", "-.")[i % 4])
   ax.set_title(title)
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  _legend_grid(ax)
+  return _save(fig, path)

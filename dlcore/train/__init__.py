@@ -27,5 +27,6 @@ from dlcore.train.steps import (
 
 __all__ = ["MODES", "Evaluator", "MetricWriter", "NonFiniteLossError", "Runner", "TrainState",
            "batch_evaluator", "create_train_state", "fit", "fused_epoch", "host_mean",
-           "make_eval_step", "make_train_step", "mean_metrics", "repeat_step", "scan_steps",
-           "set_host_devices", "stack_states", "step_of", "unstack_state", "variables_of"]
+           "make_eval_step", "make_train_step", "mean_metrics", "repeat_step", "run_evaluators",
+           "scan_steps", "set_host_devices", "stack_states", "step_of", "unstack_state",
+           "variables_of"]

@@ -63,6 +63,15 @@ def batch_evaluator(eval_step, batches: Callable[[], Iterable], *,
   return evaluate
 
 
+def run_evaluators(evaluators: Sequence[Evaluator], state, eval_seed: int = 0) -> dict:
+  """All of `evaluators` on `state` with the keys `fit` gives them: evaluator i gets
+  fold_in(PRNGKey(eval_seed), i)."""
+  out: dict = {}
+  for i, ev in enumerate(evaluators):
+    out |= dict(ev(state, jax.random.fold_in(jax.random.PRNGKey(eval_seed), i)))
+  return out
+
+
 def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner,
         num_epochs: int, steps_per_call: int = 1, stacked: bool = False,
         eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
@@ -120,12 +129,13 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     return means
 
   def evaluate(host_state, epoch: int) -> dict:
-    out: dict = {}
-    for i, ev in enumerate(evaluators):
+    def due(ev):
       every = getattr(ev, "every", eval_every)  # None: after the last epoch only
-      if epoch == num_epochs - 1 or (every and (epoch + 1) % every == 0):
-        out |= dict(ev(host_state, jax.random.fold_in(jax.random.PRNGKey(eval_seed), i)))
-    return out
+      return epoch == num_epochs - 1 or bool(every and (epoch + 1) % every == 0)
+
+    # Skipped evaluators stay in the list (as no-ops) so each keeps its index, hence its key.
+    return run_evaluators([ev if due(ev) else (lambda s, k: {}) for ev in evaluators],
+                          host_state, eval_seed)
 
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress, unit="epoch",
              dynamic_ncols=True)

@@ -1,0 +1,139 @@
+"""fit's keyed evaluators and writers, random streams found by the step, the cached and
+hashed scoring classifier."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dlcore import data as dldata
+from dlcore import losses, models
+from dlcore.data import images
+from dlcore.harness import scoring
+from dlcore.harness.writers import ConsoleWriter, JsonlWriter
+from dlcore.train import (Runner, batch_evaluator, create_train_state, fit, make_eval_step,
+                          make_train_step)
+from tests.helpers import bce_loss, planar_batch, small_state
+
+
+class Recorder:
+  def __init__(self):
+    self.rows = []
+
+  def write(self, split, step, metrics, **extra):
+    self.rows.append((split, step, dict(metrics), extra))
+
+
+def _fit(evaluators, num_epochs=3, writer=None):
+  runner = Runner("jit")
+  data = planar_batch(64)
+  return fit(small_state(), runner.compile(make_train_step(bce_loss)), lambda e: [data],
+             runner=runner, num_epochs=num_epochs, evaluators=evaluators, eval_seed=7,
+             writer=writer, progress=False)
+
+
+def test_evaluators_get_a_fixed_key_and_run_when_due():
+  seen = []
+
+  def sampled(state, key):
+    seen.append(np.asarray(key))
+    return {"noise": float(jax.random.normal(key))}
+
+  def at_end(state, key):
+    return {"final_only": 1.0}
+
+  at_end.every = None
+  writer = Recorder()
+  _, history = _fit([sampled, at_end], writer=writer)
+  assert [sorted(h["eval"]) for h in history] == [["noise"], ["noise"], ["final_only", "noise"]]
+  assert all(np.array_equal(k, seen[0]) for k in seen)  # the same key every epoch
+  assert history[0]["eval"]["noise"] == history[2]["eval"]["noise"]
+  _, again = _fit([sampled, at_end])
+  assert again[-1]["eval"] == history[-1]["eval"]  # deterministic across runs
+  evals = [r for r in writer.rows if r[0] == "eval"]
+  assert [r[1] for r in evals] == [1, 2, 3] and evals[-1][3] == {"epoch": 2}
+
+
+def test_batch_evaluator_weights_by_count_and_folds_the_key_per_batch():
+  runner = Runner("jit")
+  state = small_state()
+  x = planar_batch(10)
+  metrics = lambda out, b: {"accuracy": losses.accuracy(out, b["y"]),  # noqa: E731
+                            "count": jnp.asarray(b["y"].shape[0], jnp.float32)}
+  ev = batch_evaluator(runner.compile_eval(make_eval_step(metrics)),
+                       lambda: dldata.batches(x, 3))
+  whole = float(losses.accuracy(state.apply_fn({"params": state.params}, x["x"], train=False),
+                                x["y"]))
+  assert ev(state, jax.random.PRNGKey(0))["accuracy"] == pytest.approx(whole, abs=1e-6)
+  keys = []
+  keyed = batch_evaluator(lambda s, b, k: keys.append(np.asarray(k)) or {"n": 1.0},
+                          lambda: dldata.batches(x, 5), uses_key=True)
+  keyed(state, jax.random.PRNGKey(0))
+  assert len(keys) == 2 and not np.array_equal(keys[0], keys[1])
+
+
+class Noisy(nn.Module):
+  """Draws from two streams in training: dropout and its own "jitter"."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = nn.Dense(1)(x)
+    if train:
+      x = x + 0.1 * jax.random.normal(self.make_rng("jitter"), x.shape)
+    return nn.Dropout(0.5, deterministic=not train)(x)
+
+
+def test_the_step_finds_the_random_streams_a_model_needs():
+  batch = planar_batch(32)
+  state = create_train_state(Noisy(), optax.sgd(0.1), batch["x"][:2])
+  learned = jax.jit(make_train_step(bce_loss))
+  explicit = jax.jit(make_train_step(bce_loss, rng_streams=("dropout", "jitter")))
+  a, ma = learned(state, batch)
+  b, mb = explicit(state, batch)
+  assert float(ma["loss"]) == float(mb["loss"])
+  with pytest.raises(Exception, match='needs PRNG for "jitter"'):
+    jax.jit(make_train_step(bce_loss, rng_streams=("dropout",)))(state, batch)
+
+
+def test_the_vae_trains_without_naming_its_noise_stream():
+  model = models.build("vae")
+  x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+  state = create_train_state(model, optax.adam(1e-3), x[:2])
+
+  def loss_fn(out, batch):
+    logits, mu, log_var = out
+    return losses.vae_loss(logits, batch["x"], mu, log_var)
+
+  state, metrics = jax.jit(make_train_step(loss_fn))(state, {"x": x})
+  assert set(metrics) == {"loss", "bce", "kl"} and np.isfinite(float(metrics["loss"]))
+
+
+def test_console_writer_prints_one_line_per_row(capsys):
+  ConsoleWriter(("eval",)).write("eval", 120, {"loss": 0.123456, "acc": 0.5}, epoch=2)
+  ConsoleWriter(("eval",)).write("train", 120, {"loss": 1.0})
+  assert capsys.readouterr().out == "[eval] step 120 (epoch 3): loss 0.1235, acc 0.5\n"
+
+
+def test_jsonl_writer_rows(tmp_path):
+  w = JsonlWriter(str(tmp_path / "m.jsonl"))
+  w.write("train", 3, {"loss": np.float32(0.5)}, epoch=0)
+  row = (tmp_path / "m.jsonl").read_text()
+  assert '"split": "train", "step": 3, "epoch": 0, "loss": 0.5' in row
+
+
+def test_the_scorer_is_trained_once_cached_and_identified(tmp_path, monkeypatch):
+  monkeypatch.setenv("DLCORE_CACHE", str(tmp_path))
+  data = images.load("digits").subset(300, 200)
+  first = scoring.load_or_train_scorer(data, epochs=1, progress=False)
+  assert first.trained_here and first.path.startswith(str(tmp_path / "scorers" / "cnn-digits-"))
+  second = scoring.load_or_train_scorer(data, epochs=1, progress=False)
+  assert not second.trained_here and second.sha256 == first.sha256
+  assert second.test_accuracy == first.test_accuracy
+  # Trained again from scratch elsewhere: the same weights (deterministic training).
+  other = scoring.load_or_train_scorer(data, str(tmp_path / "again"), epochs=1, progress=False)
+  assert other.trained_here and other.sha256 == first.sha256
+  changed = jax.tree.map(lambda a: a, first.variables)
+  changed["params"]["fc2"]["bias"] = np.asarray(changed["params"]["fc2"]["bias"]) + 1e-3
+  assert scoring.weights_hash(changed) != first.sha256
+  assert first.describe()["weights_sha256"] == first.sha256

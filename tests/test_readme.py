@@ -1,0 +1,32 @@
+"""The README's python snippets run as written (those that import torch skip without it)."""
+import contextlib
+import importlib.util
+import io
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md")).read()
+SNIPPETS = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_the_readme_is_a_front_page():
+  assert len(README.splitlines()) <= 300
+  assert len(SNIPPETS) >= 4
+  for link in re.findall(r"\]\(([^)#]+)\)", README):
+    if not link.startswith("http"):
+      assert os.path.exists(os.path.join(ROOT, link)), f"README links to missing {link}"
+
+
+@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+def test_snippet_runs_as_written(index):
+  code = SNIPPETS[index]
+  if re.search(r"^import torch|^from torch", code, re.M) and not importlib.util.find_spec(
+      "torch"):
+    pytest.skip("needs PyTorch: pip install -e '.[torch]'")
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    exec(compile(code, f"README.md snippet {index}", "exec"), {"__name__": "readme"})
+  assert out.getvalue().strip(), "every snippet prints what it shows"
