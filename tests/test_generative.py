@@ -192,7 +192,8 @@ def test_gan_experiment_resumes_both_players(tmp_path):
   summary = gan.main(args + ["--epochs", "2", "--resume"])
   entry = summary["2.8.3"]
   assert entry["epochs"] == 2 and 0 <= entry["label_accuracy"] <= 1
-  assert entry["frechet_distance"] > 0 and "loaded from" in entry["classifier"]
+  assert entry["frechet_distance"] > 0 and not entry["classifier"]["trained_in_this_run"]
+  assert entry["classifier"]["path"] == str(tmp_path / "clf")
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   epochs = sorted({r["epoch"] for r in rows if r["split"] == "train"})
   assert epochs == [0, 1]

@@ -1,13 +1,6 @@
 """Training engine: state, pure steps, the eager/jit/pmap/sharded switch, and `fit`."""
-from dlcore.train.loop import (
-                               Evaluator,
-                               MetricWriter,
-                               NonFiniteLossError,
-                               batch_evaluator,
-                               fit,
-                               host_mean,
-                               step_of,
-)
+from dlcore.train.loop import (Evaluator, MetricWriter, NonFiniteLossError, batch_evaluator, fit,
+                               host_mean, run_evaluators, step_of)
 from dlcore.train.modes import MODES, Runner, set_host_devices
 from dlcore.train.state import (
                                TrainState,
