@@ -28,14 +28,8 @@ from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.writers import say
-from dlcore.train import (
-  create_train_state,
-  fit,
-  fused_epoch,
-  make_train_step,
-  repeat_step,
-  stack_states,
-)
+from dlcore.train import (create_train_state, fit, fused_epoch, make_train_step, repeat_step,
+                          stack_states)
 
 
 @dataclasses.dataclass

@@ -4,14 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from dlcore.harness.writers import (
-  ConsoleWriter,
-  JsonlWriter,
-  MultiWriter,
-  TensorBoardWriter,
-  jsonable,
-  say,
-)
+from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
+                                    jsonable, say)
 
 
 class RunDir:

@@ -4,34 +4,12 @@
 """
 from dlcore.models import cnn, custom, generative, mlp, rnn  # noqa: F401  (registers the models)
 from dlcore.models.cnn import CNN, AlexNet, LeNet
-from dlcore.models.custom import (
-                                  BasicMLP,
-                                  CenteredLayer,
-                                  Conv2D,
-                                  DictDense,
-                                  ListDense,
-                                  corr2d,
-                                  pool2d,
-)
-from dlcore.models.generative import (
-                                  VAE,
-                                  ConditionalDiscriminator,
-                                  ConditionalGenerator,
-                                  DCGANDiscriminator,
-                                  DCGANGenerator,
-                                  Discriminator,
-                                  Generator,
-)
-from dlcore.models.mlp import (
-                                  MLP,
-                                  LogisticRegression,
-                                  ModuleNet,
-                                  RawTwoLayer,
-                                  TwoLayerNet,
-                                  mnist_mlp,
-                                  sequential_net,
-                                  two_layer_sequential,
-)
+from dlcore.models.custom import (BasicMLP, CenteredLayer, Conv2D, DictDense, ListDense, corr2d,
+                                  pool2d)
+from dlcore.models.generative import (VAE, ConditionalDiscriminator, ConditionalGenerator,
+                                      DCGANDiscriminator, DCGANGenerator, Discriminator, Generator)
+from dlcore.models.mlp import (MLP, LogisticRegression, ModuleNet, RawTwoLayer, TwoLayerNet,
+                               mnist_mlp, sequential_net, two_layer_sequential)
 from dlcore.models.registry import build, example_inputs, example_shape, names, register
 from dlcore.models.rnn import LSTMRegressor, LSTMTagger
 

@@ -2,21 +2,10 @@
 from dlcore.train.loop import (Evaluator, MetricWriter, NonFiniteLossError, batch_evaluator, fit,
                                host_mean, run_evaluators, step_of)
 from dlcore.train.modes import MODES, Runner, set_host_devices
-from dlcore.train.state import (
-                               TrainState,
-                               create_train_state,
-                               stack_states,
-                               unstack_state,
-                               variables_of,
-)
-from dlcore.train.steps import (
-                               fused_epoch,
-                               make_eval_step,
-                               make_train_step,
-                               mean_metrics,
-                               repeat_step,
-                               scan_steps,
-)
+from dlcore.train.state import (TrainState, create_train_state, stack_states, unstack_state,
+                                variables_of)
+from dlcore.train.steps import (fused_epoch, make_eval_step, make_train_step, mean_metrics,
+                                repeat_step, scan_steps)
 
 __all__ = ["MODES", "Evaluator", "MetricWriter", "NonFiniteLossError", "Runner", "TrainState",
            "batch_evaluator", "create_train_state", "fit", "fused_epoch", "host_mean",
