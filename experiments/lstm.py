@@ -93,7 +93,7 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   ix_to_tag = {i: t for t, i in tag_to_ix.items()}
   vocab = text.Vocab(s for s, _ in data)
   sents = [(vocab.encode(s), np.array([tag_to_ix[t] for t in tags], np.int32)) for s, tags in data]
-  epochs, lr = cfg.epochs or 300, cfg.lr or 0.1
+  epochs, lr = cfg.epochs or 300, 0.1 if cfg.lr is None else cfg.lr
   model = models.build("lstm_tagger", vocab_size=len(vocab), tagset_size=len(tag_to_ix),
                        embedding_dim=cfg.embedding, hidden_dim=cfg.hidden or 6)
   seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
@@ -156,7 +156,7 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   is_train = target_index < len(train_vals)
   train = {"x": x[is_train][..., None], "y": y[is_train][:, None]}
   test = {"x": x[~is_train][..., None], "y": y[~is_train][:, None]}
-  epochs, lr = cfg.epochs or 60, cfg.lr or 1e-3
+  epochs, lr = cfg.epochs or 60, 1e-3 if cfg.lr is None else cfg.lr
   model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32)
   state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2],
                              cfg.common.seed)
