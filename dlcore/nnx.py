@@ -32,8 +32,9 @@ def to_nnx(model: nn.Module | str, *example_inputs, variables: dict | None = Non
   if not example_inputs:
     raise ValueError("to_nnx needs example inputs for a module that is not a registered name")
   wrapped = bridge.ToNNX(model, rngs=nnx.Rngs(seed, dropout=seed + 1, noise=seed + 2))
-  bridge.lazy_init(wrapped, *example_inputs, train=False)
-  if variables is not None:
+  if variables is None:
+    bridge.lazy_init(wrapped, *example_inputs, train=False)
+  else:  # no real init (AlexNet's would take seconds): check the shapes, then take them
     _load(wrapped, model, example_inputs, variables)
   return wrapped
 

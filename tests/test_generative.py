@@ -224,8 +224,9 @@ def test_gan_scores_inside_fit_with_a_recorded_classifier(tmp_path, monkeypatch)
   from experiments import gan
 
   monkeypatch.setenv("DLCORE_CACHE", str(tmp_path / "cache"))
-  args = ["--variant", "cgan", "--dataset", "digits", "--epochs", "2", "--train-limit", "400",
-          "--score-samples", "200", "--classifier-epochs", "1", "--score-every", "1", *QUIET]
+  args = ["--variant", "cgan", "--dataset", "digits", "--epochs", "2", "--train-limit", "200",
+          "--test-limit", "100", "--score-samples", "100", "--classifier-epochs", "1",
+          "--score-every", "1", *QUIET]
   first = gan.main(["--workdir", str(tmp_path / "a"), *args])["2.8.3"]
   assert np.isfinite(first["frechet_distance"]) and 0 <= first["label_accuracy"] <= 1
   assert first["classifier"]["trained_in_this_run"]

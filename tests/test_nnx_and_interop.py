@@ -24,11 +24,13 @@ def _inputs(name, batch=3):
 def test_every_model_runs_from_nnx_with_the_same_outputs(name):
   model = models.build(name)
   inputs = _inputs(name, batch=1 if name == "alexnet" else 3)  # AlexNet: 224x224 inputs
-  variables = model.init({"params": jax.random.PRNGKey(1)}, *inputs, train=False)
+  # Compiled on both sides: AlexNet's op-by-op init and forward would take seconds.
+  variables = jax.jit(lambda *a: model.init({"params": jax.random.PRNGKey(1)}, *a,
+                                            train=False))(*inputs)
   net = dlnnx.to_nnx(name, *inputs, variables=variables)
   assert isinstance(net, nnx.Module)
-  want = model.apply(variables, *inputs, train=False)
-  got = net(*inputs, train=False)
+  want = jax.jit(lambda v, *a: model.apply(v, *a, train=False))(variables, *inputs)
+  got = nnx.jit(lambda m, *a: m(*a, train=False))(net, *inputs)
   for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
   count = lambda tree: sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(tree))  # noqa: E731
