@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m experiments.vae --workdir $(WORKDIR)/vae
+	$(PY) -m experiments.vae --workdir $(WORKDIR)/vae --overwrite
 
 test: install
 	$(PY) -m pytest tests

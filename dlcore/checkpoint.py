@@ -9,8 +9,10 @@ never executes code from the files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -59,20 +61,75 @@ def _check_compatible(saved_meta, target, where: str) -> None:
         "Use the same model and optimizer settings as the saved run, or a fresh --workdir.")
 
 
+MANIFEST = "dlcore_manifest.json"
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (read-only folder, full disk, ...)."""
+
+
+def _file_hashes(folder: str) -> dict[str, str]:
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      if name == MANIFEST:
+        continue
+      path = os.path.join(root, name)
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+      out[os.path.relpath(path, folder)] = h.hexdigest()
+  return out
+
+
+def verify_step(folder: str) -> str | None:
+  """None if the step folder matches its manifest (or predates manifests), else what
+  differs."""
+  manifest = os.path.join(folder, MANIFEST)
+  if not os.path.exists(manifest):
+    return None
+  try:
+    with open(manifest) as f:
+      want = json.load(f)["sha256"]
+  except (OSError, ValueError, KeyError) as e:
+    return f"unreadable manifest ({e})"
+  got = _file_hashes(folder)
+  for name, digest in sorted(want.items()):
+    if name not in got:
+      return f"{name} is missing"
+    if got[name] != digest:
+      return f"{name} does not match its checksum"
+  return None
+
+
 class Checkpointer:
   """Saves and restores a training-state pytree with an Orbax `CheckpointManager`.
 
-  Saving is asynchronous; `close()` (or the context manager) waits until the last save is
-  finalised, which must happen before the process exits.
+  Saves are synchronous, so a save that cannot be written fails at once
+  (`CheckpointWriteError`, naming the path and the OS error) and earlier steps stay intact.
+  Each step gets a manifest of its files' SHA-256; `restore` verifies it and, if the newest
+  step is damaged, warns in one line and falls back to the newest good one. Temporary
+  folders of interrupted saves are removed when the directory is opened.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every_steps: int = 1):
     self.directory = os.path.abspath(directory)  # Orbax needs absolute paths
+    try:
+      os.makedirs(self.directory, exist_ok=True)
+      probe = os.path.join(self.directory, ".write_test")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as e:
+      raise CheckpointWriteError(f"cannot write checkpoints to {self.directory}: "
+                                 f"{e.strerror or e}") from None
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              save_interval_steps=max(1, save_every_steps),
-                                             create=True),
+                                             create=True, cleanup_tmp_directories=True,
+                                             enable_async_checkpointing=False),
         # Declared up front so a fresh manager can read metadata before any save.
         item_handlers=ocp.StandardCheckpointHandler())
 
@@ -85,18 +142,44 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return self.manager.should_save(step)
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state, *, force: bool = False) -> bool:
     """Saves the (unreplicated) state at `step` if the interval says so, or if `force`."""
-    return self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+    try:
+      saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+      if saved:
+        folder = self._step_dir(int(step))
+        with open(os.path.join(folder, MANIFEST), "w") as f:
+          json.dump({"step": int(step), "sha256": _file_hashes(folder)}, f)
+    except OSError as e:
+      raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory}: "
+                                 f"{e.strerror or e}") from None
+    return saved
 
   def restore(self, target, step: int | None = None):
-    """Restores into the structure, shapes and dtypes of `target` (a fresh state)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """Restores into the structure, shapes and dtypes of `target` (a fresh state): the given
+    step, or the newest step whose files pass verification."""
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    _check_compatible(self.manager.item_metadata(step).tree, target,
-                      f"{self.directory}/{step}")
-    return self.manager.restore(step, args=ocp.args.StandardRestore(_abstract(target)))
+    problems = []
+    for s in steps:
+      bad = verify_step(self._step_dir(s))
+      if bad is None:
+        _check_compatible(self.manager.item_metadata(s).tree, target,
+                          f"{self.directory}/{s}")
+        try:
+          restored = self.manager.restore(s, args=ocp.args.StandardRestore(_abstract(target)))
+        except (OSError, ValueError) as e:  # damage the manifest could not see
+          bad = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+        else:
+          if problems:
+            sys.stderr.write(f"warning: checkpoint {problems[0]}; resumed from step {s}\n")
+          return restored
+      problems.append(f"step {s} in {self.directory} is damaged ({bad})")
+    raise CheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(problems))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -128,24 +211,84 @@ def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int,
   return path
 
 
+class ModelFolderError(ValueError):
+  """A save_model folder whose model.json or arrays fail validation; names the field."""
+
+
+MAX_INPUT_SIDE = 4096           # per dimension of model.json's input_shape
+MAX_INPUT_ELEMENTS = 1 << 24    # per example
+
+
+def _validate_meta(meta, meta_path: str) -> None:
+  def bad(field, why):
+    raise ModelFolderError(f"{meta_path}: {field} {why}")
+
+  if not isinstance(meta, dict):
+    bad("the file", "is not a JSON object")
+  for field in ("format", "name", "kwargs", "input_shape"):
+    if field not in meta:
+      bad(field, "is missing")
+  if meta["format"] != FORMAT_VERSION:
+    bad("format", f"is {meta['format']!r}, expected {FORMAT_VERSION}")
+  if not isinstance(meta["name"], str) or meta["name"] not in registry.names():
+    bad("name", f"{meta['name']!r} is not a registered model")
+  if not isinstance(meta["kwargs"], dict) or not all(isinstance(k, str) for k in meta["kwargs"]):
+    bad("kwargs", "is not an object of keyword arguments")
+  shape = meta["input_shape"]
+  if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+      or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_INPUT_SIDE
+                 for d in shape)
+      or int(np.prod(shape)) > MAX_INPUT_ELEMENTS):
+    bad("input_shape", f"{shape!r} is not 1-4 positive sizes of at most {MAX_INPUT_SIDE} "
+        f"({MAX_INPUT_ELEMENTS} elements at most)")
+
+
 def load_model(path: str):
-  """Returns `(model, variables)` saved by `save_model`; the caller declares no class."""
+  """Returns `(model, variables)` saved by `save_model`; the caller declares no class.
+
+  model.json is validated (a registered name, keyword arguments, a small positive input
+  shape) and so are the arrays (the model's structure and shapes, floating point, finite);
+  a folder that fails raises `ModelFolderError` (a ValueError) naming the field."""
   path = os.path.abspath(path)
   meta_path = os.path.join(path, "model.json")
   if not os.path.exists(meta_path):
     raise FileNotFoundError(f"{meta_path} not found: {path} was not written by save_model")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  if meta.get("format") != FORMAT_VERSION:
-    raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected "
-                          f"{FORMAT_VERSION}")
-  model = registry.build(meta["name"], **meta["kwargs"])
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ModelFolderError(f"{meta_path}: not valid JSON ({e})") from None
+  _validate_meta(meta, meta_path)
+  try:
+    model = registry.build(meta["name"], **meta["kwargs"])
+  except TypeError as e:
+    raise ModelFolderError(f"{meta_path}: kwargs do not fit {meta['name']}: {e}") from None
   x = jnp.zeros((1, *meta["input_shape"]), jnp.float32)
-  target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  try:
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  except Exception as e:  # noqa: BLE001 - any failure means the shape does not fit the model
+    raise ModelFolderError(f"{meta_path}: input_shape {meta['input_shape']} does not fit "
+                           f"{meta['name']} ({type(e).__name__})") from None
+  vpath = os.path.join(path, "variables")
   with ocp.StandardCheckpointer() as ckptr:
-    vpath = os.path.join(path, "variables")
-    _check_compatible(ckptr.metadata(vpath).item_metadata.tree, target, vpath)
+    try:
+      saved = ckptr.metadata(vpath).item_metadata.tree
+    except Exception as e:  # noqa: BLE001 - missing or unreadable array folder
+      raise ModelFolderError(f"{vpath}: unreadable ({type(e).__name__})") from None
+    try:
+      _check_compatible(saved, target, vpath)
+    except CheckpointError as e:
+      raise ModelFolderError(str(e)) from None
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]:
+      dtype = getattr(leaf, "dtype", None)
+      if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ModelFolderError(f"{vpath}: {jax.tree_util.keystr(keypath)} has dtype {dtype}, "
+                               "expected floating point")
     variables = ckptr.restore(vpath, target)
+  for keypath, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    name = jax.tree_util.keystr(keypath)
+    if not bool(jnp.all(jnp.isfinite(leaf))):
+      raise ModelFolderError(f"{vpath}: {name} holds NaN or infinite values")
   return model, variables
 
 

@@ -48,6 +48,8 @@ class Config:
   """Learning rate."""
   progress: bool = True
   """Show progress bars."""
+  overwrite: bool = False
+  """Start over in a --workdir that holds a run: its contents are deleted first."""
 
 
 def make_data(seed: int):
@@ -152,14 +154,14 @@ def jacobian_demo() -> dict:
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  run = RunDir(cfg.workdir)
-  run.write_config(cfg)
+  run = RunDir(cfg.workdir, config=cfg, overwrite=cfg.overwrite)
   say(f"[basics] run directory: {run.path}\n2.2.1 gradient descent three ways "
         f"({cfg.steps} steps, lr {cfg.lr}):")
   summary = gradient_descent_three_ways(cfg, run) | jacobian_demo()
   run.update_summary(summary)
+  run.close()
   return summary
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry(main)

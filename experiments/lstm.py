@@ -148,8 +148,12 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   else:
     dates, values = series.goog_daily_high()
     source = f"GOOG daily high {dates[0]}..{dates[-1]} ({len(values)} days, matplotlib sample)"
+  dldata.check_finite(values, f"time series {source}")
   train_vals, _ = series.chronological_split(values, cfg.test_fraction)
   mean, std = train_vals.mean(), train_vals.std()
+  if not std > 0:
+    raise dldata.DataError(f"time series {source}: the training span is constant "
+                           f"({mean}); there is nothing to learn")
   norm = ((values - mean) / std).astype(np.float32)
   x, y = series.windows(norm, cfg.window)
   target_index = np.arange(cfg.window, len(values))
@@ -208,4 +212,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry(main)

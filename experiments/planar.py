@@ -73,7 +73,8 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
         state, runner.compile(step), lambda epoch: [data], runner=runner,
         num_epochs=steps // chunk, steps_per_call=chunk,
         eval_step=runner.compile_eval(make_eval_step(metrics_fn)),
-        eval_batches=lambda: [data], run=run, checkpointer=ckpt, resume=cfg.common.resume,
+        eval_batches=lambda: [data], writer=run.scoped(net_id), checkpointer=ckpt,
+        resume=cfg.common.resume,
         progress=cfg.common.progress, desc=f"{net_id} {name}", log_every=10**9)
   final = history[-1]["eval"] if history else metrics_fn(
       model.apply({"params": state.params}, data["x"]), data)
@@ -140,4 +141,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry(main)

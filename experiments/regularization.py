@@ -120,7 +120,9 @@ def regularizers(cfg, run) -> dict:
       model = models.build("mlp", widths=widths, activation="relu", **model_kw)
       tx = optim.make_optimizer("adam", cfg.lr, **opt_kw)
       # One run directory per variant: `tensorboard --logdir <run>/variants` shows them all.
-      sub = RunDir(run.file("variants", f"{spec_id}_{label}"), tensorboard=cfg.common.tensorboard)
+      # Variants are recomputed on every run of the experiment, so each starts over.
+      sub = RunDir(run.file("variants", f"{spec_id}_{label}"), overwrite=True,
+                   tensorboard=cfg.common.tensorboard)
       _, hist = train_regressor(cfg, model, tx, train, test, epochs=cfg.epochs,
                                 batch_size=cfg.batch_size, run=sub,
                                 desc=f"{spec_id} {label} {what}")
@@ -282,4 +284,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry(main)

@@ -24,6 +24,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from dlcore import data as dldata
 from dlcore import losses, models, optim
 from dlcore.data import synthetic
 from dlcore.harness import cli, plots
@@ -102,6 +103,7 @@ def main(argv=None) -> dict:
   if cfg.csv:
     x, y, class_names = synthetic.read_spiral_csv(cfg.csv)
     source = f"{cfg.csv} ({len(x)} points)"
+    dldata.check_finite(x, source)
   else:
     x, y = synthetic.spiral(cfg.num_per_class, 3, seed=cfg.split_seed)
     class_names = ["c1", "c2", "c3"]
@@ -166,4 +168,4 @@ def overfit(cfg, run, runner) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry(main)

@@ -61,7 +61,7 @@ def test_load_model_with_unknown_name_fails_without_executing_anything(tmp_path)
   (path / "model.json").write_text(json.dumps(
       {"format": 1, "name": "os.system", "kwargs": {"command": "touch pwned"},
        "input_shape": [2]}))
-  with pytest.raises(KeyError, match="unknown model 'os.system'"):
+  with pytest.raises(checkpoint.ModelFolderError, match="name 'os.system' is not a registered"):
     checkpoint.load_model(str(path))
   assert not os.path.exists("pwned")
 

@@ -8,6 +8,24 @@ import numpy as np
 from dlcore.data import synthetic  # noqa: F401
 
 
+class DataError(ValueError):
+  """Data that cannot be trained on as it is: labels out of range, NaN/inf, a constant
+  series. Raised before training, so it is not mistaken for divergence."""
+
+
+def check_labels(labels, num_classes: int, where: str) -> None:
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise DataError(f"{where}: labels must lie in 0..{num_classes - 1}, found "
+                    f"{int(labels.min())}..{int(labels.max())}")
+
+
+def check_finite(values, where: str) -> None:
+  values = np.asarray(values)
+  if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+    raise DataError(f"{where}: {int(np.sum(~np.isfinite(values)))} NaN or infinite values")
+
+
 def batches(arrays: dict, batch_size: int, *, shuffle: bool = False, seed: int = 0,
             epoch: int = 0, drop_remainder: bool = False) -> Iterator[dict]:
   """Yields dicts of aligned slices of `arrays`.

@@ -364,14 +364,17 @@ def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = 
         tried.append(f"download: {note}")
   if arrays is not None:
     return _assemble(ds, arrays, source)
+  others = [o for o in ("--dataset fashion_mnist (apt-get install dataset-fashion-mnist)",
+                        "--dataset digits (bundled with scikit-learn)")
+            if f" {name} " not in o]
   message = (f"dataset {name!r} is not available here. Tried: {'; '.join(tried)}. "
-             f"Fix: {ds.hint}; or run once with network access; or choose a dataset that is "
-             f"here, e.g. --dataset fashion_mnist (apt-get install dataset-fashion-mnist) or "
-             f"--dataset digits (bundled with scikit-learn).")
+             f"Fix: {ds.hint}; or run once with network access; or choose another dataset, "
+             f"e.g. {' or '.join(others)}.")
   chain = [fallback] if isinstance(fallback, str) else list(fallback or [])
   chain = [f for f in chain if f != name]
   if chain:
-    print(f"WARNING: {message}\nFalling back to {chain[0]!r}.", file=sys.stderr)
+    print(f"note: {name} is not here; using {chain[0]} instead (name one with --dataset)",
+          file=sys.stderr)
     data = load(chain[0], sources=sources, fallback=chain[1:])
     return dataclasses.replace(data, source=f"{data.source} (fallback: {name} unavailable)")
   raise DatasetUnavailableError(message)

@@ -65,7 +65,11 @@ class Common:
   seed: int = 0
   """Seed of parameter init, data order, dropout and sampling."""
   resume: bool = False
-  """Continue from the latest checkpoint in the run directory."""
+  """Continue the run in --workdir from its latest good checkpoint (same settings)."""
+  overwrite: bool = False
+  """Start over in a --workdir that holds a run: its contents are deleted first."""
+  allow_change: tuple[str, ...] = ()
+  """With --resume: settings (names, e.g. lr) that may differ from the saved run's."""
   progress: bool = True
   """Show progress bars."""
   tensorboard: bool = False
@@ -75,8 +79,8 @@ class Common:
 @dataclasses.dataclass
 class ImageDataArgs:
   """Dataset options (see dlcore.data.images.load for where data is looked for)."""
-  dataset: Literal["mnist", "fashion_mnist", "cifar10", "digits"] = "mnist"
-  """Image dataset; digits is scikit-learn's bundled 8x8 set (works offline)."""
+  dataset: Literal["mnist", "fashion_mnist", "cifar10", "digits"] | None = None
+  """Image dataset (digits: scikit-learn's 8x8 set, always here); None: mnist, as the seeds."""
   data_dir: str | None = None
   """Folder with the dataset's files (IDX .gz or CIFAR-10 binary batches), searched first."""
   train_limit: Annotated[int | None, Between(1)] = None
@@ -133,6 +137,12 @@ def check(cfg, prefix: str = "") -> None:
           marker.check(_flag(f.name), v)
   if hasattr(cfg, "check"):
     cfg.check()
+  common = getattr(cfg, "common", None)
+  if (prefix == "" and common is not None and common.mode in ("pmap", "sharded")
+      and common.devices and getattr(cfg, "batch_size", None)
+      and cfg.batch_size % common.devices):
+    raise ConfigError(f"--batch-size {cfg.batch_size} does not split over --devices "
+                      f"{common.devices}; choose a multiple of {common.devices}")
 
 
 def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
@@ -150,11 +160,52 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   return cfg
 
 
+# Exit codes of `entry` (the README lists them).
+EXIT_USAGE, EXIT_DATA, EXIT_CHECKPOINT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
+
+
+def _exit_code(error: BaseException) -> int | None:
+  from dlcore.checkpoint import CheckpointError
+  from dlcore.data import DataError
+  from dlcore.data.images import DatasetUnavailableError
+  from dlcore.harness.rundir import RunDirError
+  from dlcore.train.loop import NonFiniteLossError
+
+  for kind, code in ((ConfigError, EXIT_USAGE), (RunDirError, EXIT_USAGE),
+                     (DatasetUnavailableError, EXIT_DATA), (DataError, EXIT_DATA),
+                     (CheckpointError, EXIT_CHECKPOINT), (NonFiniteLossError, EXIT_DIVERGED)):
+    if isinstance(error, kind):
+      return code
+  return None
+
+
+def entry(main) -> None:
+  """Runs an experiment's `main()` as a command: dlcore's own errors (bad settings, run
+  folder conflicts, missing data, damaged or unwritable checkpoints, divergence) end in one
+  line `error: ...` and their exit code; any other exception keeps its traceback."""
+  try:
+    main()
+  except KeyboardInterrupt:
+    print("interrupted; continue with --resume", file=sys.stderr)
+    raise SystemExit(EXIT_INTERRUPTED) from None
+  except Exception as e:  # noqa: BLE001 - re-raised below unless it is one of ours
+    code = _exit_code(e)
+    if code is None:
+      raise
+    message = " ".join(str(e).split())  # one line, whatever the message's layout
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
 def load_image_data(args: ImageDataArgs, fallback: str | tuple[str, ...] | None = None):
-  """Loads `args.dataset`, trimmed to the limits; says what it got."""
+  """Loads `args.dataset` (mnist when none is named), trimmed to the limits; says what it
+  got. `fallback` is used only when the user named neither a dataset nor a data folder: an
+  explicit choice is never replaced."""
   from dlcore.data import images
 
-  data = images.load(args.dataset, data_dir=args.data_dir, fallback=fallback)
+  explicit = args.dataset is not None or args.data_dir is not None
+  data = images.load(args.dataset or "mnist", data_dir=args.data_dir,
+                     fallback=None if explicit else fallback)
   if args.train_limit or args.test_limit:
     data = data.subset(args.train_limit, args.test_limit)
   say(f"data: {data.describe()}")

@@ -1,26 +1,126 @@
-"""Run directories: config, metrics (JSON lines, optional TensorBoard), figures, summary."""
+"""Run directories: one run per folder, with an identity, a lock, honest resume, and the
+metric writer `fit` writes to (JSON lines, optional console and TensorBoard)."""
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import json
 import os
+import shutil
+import uuid
 
 from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
                                     jsonable, say)
+
+# Settings a resumed run may change: how it runs, not what it computes (a mode never changes
+# a result), and how long it trains (extending --epochs is what resume is for).
+RESUMABLE = {"common.resume", "common.progress", "common.tensorboard", "common.mode",
+             "common.devices", "common.overwrite", "common.allow_change", "common.workdir",
+             "epochs", "score_every"}
+
+
+class RunDirError(Exception):
+  """A run directory that cannot be used as asked; the message names the fix."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out |= _flat(v, f"{prefix}{k}.")
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _flag(key: str) -> str:
+  return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut short by a kill: nothing after it is trusted
+        break
+  return rows
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)
+
+
+class _Scoped:
+  """A writer for one of several `fit` calls sharing a run directory (e.g. planar's nets):
+  its rows carry `scope`, and resuming it touches only its own rows."""
+
+  def __init__(self, run: "RunDir", scope: str):
+    self.run, self.scope = run, scope
+
+  def write(self, split, step, metrics, **extra):
+    self.run.write(split, step, metrics, scope=self.scope, **extra)
+
+  def write_epoch(self, record: dict) -> None:
+    self.run.write_epoch(record | {"scope": self.scope})
+
+  def resume(self, step: int) -> list[dict]:
+    return self.run.resume(step, scope=self.scope)
 
 
 class RunDir:
   """A run's output folder, and the metric writer that `fit` writes to.
 
-  config.json   the experiment's configuration
+  run.json      identity: run id, start time, resumes
+  config.json   the run's configuration (compared on --resume)
   metrics.jsonl one JSON object per logged row (`split`, `step`, metrics)
+  history.jsonl one record per epoch ({"epoch", "step", "train", "eval"}), so a resumed
+                run's summary and plots cover the whole run
   summary.json  SPEC id -> final metrics, merged across calls to `update_summary`
   tb/           TensorBoard events (with `tensorboard=True`; needs tensorboardX)
   *.png         figures; checkpoints/ and model/ for saved states
+
+  A lock (`.lock`, an flock the OS drops when its holder dies) keeps a second run out while
+  this one is alive. A folder that holds a run is only reused with `resume` (same settings,
+  see `RESUMABLE`) or `overwrite` (its contents are deleted first).
   """
 
-  def __init__(self, path: str, *, tensorboard: bool = False, console: tuple[str, ...] = ()):
+  def __init__(self, path: str, *, tensorboard: bool = False, console: tuple[str, ...] = (),
+               config=None, resume: bool = False, overwrite: bool = False,
+               allow_change: tuple[str, ...] = ()):
     self.path = os.path.abspath(path)
-    os.makedirs(self.path, exist_ok=True)
+    try:
+      os.makedirs(self.path, exist_ok=True)
+    except OSError as e:
+      raise RunDirError(f"cannot create run directory {self.path}: {e.strerror}") from None
+    self._lock = self._acquire_lock()
+    holds_run = any(os.path.exists(os.path.join(self.path, f))
+                    for f in ("run.json", "config.json", "metrics.jsonl", "checkpoints"))
+    if resume and not holds_run:
+      self._release()
+      raise RunDirError(f"--resume: {self.path} holds no run; check --workdir, or drop "
+                        "--resume to start a new run there")
+    if holds_run and not resume:
+      if not overwrite:
+        self._release()
+        raise RunDirError(f"{self.path} already holds a run; continue it with --resume, start "
+                          "it over with --overwrite (deletes it), or choose another --workdir")
+      for name in os.listdir(self.path):
+        if name != ".lock":
+          target = os.path.join(self.path, name)
+          shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    if resume and config is not None:
+      self._check_same_settings(config, allow_change)
+    self._write_identity(resumed=resume)
+    if config is not None:
+      self.write_config(config)
     writers = [JsonlWriter(os.path.join(self.path, "metrics.jsonl"))]
     if console:
       writers.append(ConsoleWriter(console))
@@ -28,6 +128,66 @@ class RunDir:
       writers.append(TensorBoardWriter(os.path.join(self.path, "tb")))
     self.writer = MultiWriter(writers)
 
+  # ---- identity and lock -----------------------------------------------------------------
+  def _acquire_lock(self):
+    f = open(os.path.join(self.path, ".lock"), "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      if e.errno in (errno.EAGAIN, errno.EACCES):
+        raise RunDirError(f"{self.path} is in use by a running run ({holder}); wait for it "
+                          "to finish or choose another --workdir") from None
+      raise
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+  def _release(self) -> None:
+    if self._lock is not None:
+      fcntl.flock(self._lock, fcntl.LOCK_UN)
+      self._lock.close()
+      self._lock = None
+
+  def _write_identity(self, *, resumed: bool) -> None:
+    path = os.path.join(self.path, "run.json")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    ident = {}
+    if resumed and os.path.exists(path):
+      with open(path) as f:
+        ident = json.load(f)
+    ident.setdefault("run_id", uuid.uuid4().hex[:12])
+    ident.setdefault("started", now)
+    if resumed:
+      ident["resumed"] = ident.get("resumed", []) + [now]
+    with open(path, "w") as f:
+      json.dump(ident, f, indent=2)
+    self.run_id = ident["run_id"]
+
+  def _check_same_settings(self, config, allow_change) -> None:
+    path = os.path.join(self.path, "config.json")
+    if not os.path.exists(path):
+      return
+    with open(path) as f:
+      old = _flat(json.load(f))
+    new = _flat(jsonable(config))
+    allowed = set(allow_change)
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in RESUMABLE
+               and k.rsplit(".", 1)[-1] not in allowed]
+    if changed:
+      self._release()
+      diffs = ", ".join(f"{_flag(k)} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+      names = " ".join(k.rsplit(".", 1)[-1] for k in changed)
+      raise RunDirError(f"cannot --resume {self.path} with other settings: {diffs}; use the "
+                        f"saved values, or pass --allow-change {names} to change them on "
+                        "purpose")
+
+  # ---- files and metrics -----------------------------------------------------------------
   def file(self, *parts: str) -> str:
     p = os.path.join(self.path, *parts)
     os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -42,6 +202,27 @@ class RunDir:
 
   log = write  # older name
 
+  def write_epoch(self, record: dict) -> None:
+    with open(self.file("history.jsonl"), "a") as f:
+      f.write(json.dumps(jsonable(record)) + "\n")
+
+  def resume(self, step: int, *, scope: str | None = None) -> list[dict]:
+    """Called by `fit` after restoring `step`: drops the rows a killed run wrote after it
+    (of this scope), and returns the epoch records up to it."""
+    def keep(row):
+      return row.get("scope") != scope or row.get("step", 0) <= step
+
+    for name in ("metrics.jsonl", "history.jsonl"):
+      path = os.path.join(self.path, name)
+      if os.path.exists(path):
+        _write_jsonl(path, [r for r in _read_jsonl(path) if keep(r)])
+    return [{k: v for k, v in r.items() if k != "scope"}
+            for r in _read_jsonl(os.path.join(self.path, "history.jsonl"))
+            if r.get("scope") == scope]
+
+  def scoped(self, scope: str) -> _Scoped:
+    return _Scoped(self, scope)
+
   def update_summary(self, entries: dict) -> dict:
     path = self.file("summary.json")
     summary = {}
@@ -55,28 +236,29 @@ class RunDir:
 
   def close(self) -> None:
     self.writer.close()
+    self._release()
 
 
 def read_metrics(path: str) -> list[dict]:
   """Rows of a run's metrics.jsonl (path to the run directory or the file)."""
   if os.path.isdir(path):
     path = os.path.join(path, "metrics.jsonl")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _read_jsonl(path)
 
 
 def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
-  """Common experiment start: host devices, run directory, config.json, Runner.
-
-  `cfg.common` is a `dlcore.harness.cli.Common`. Returns (RunDir, Runner)."""
+  """Common experiment start: host devices, run directory (identity, lock, resume checks,
+  config.json), Runner. `cfg.common` is a `dlcore.harness.cli.Common`.
+  Returns (RunDir, Runner)."""
   from dlcore.train.modes import Runner, set_host_devices
 
   common = cfg.common
   if common.devices:
     set_host_devices(common.devices)
   run = RunDir(common.workdir.format(name=name), tensorboard=common.tensorboard,
-               console=console)
-  run.write_config(cfg)
+               console=console, config=cfg, resume=common.resume, overwrite=common.overwrite,
+               allow_change=common.allow_change)
   runner = Runner(common.mode, devices=common.devices)
-  say(f"[{name}] mode={common.mode} devices={runner.devices} run directory: {run.path}")
+  say(f"[{name}] mode={common.mode} devices={runner.devices} run directory: {run.path}"
+      + (" (resumed)" if common.resume else ""))
   return run, runner

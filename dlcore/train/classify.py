@@ -56,6 +56,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   """Trains `model` on `data.train()` for `epochs` (shuffled each epoch, deterministic in
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
   into `checkpoint_dir` (none: no checkpoints) and resumes from there."""
+  for split, y in (("train", data.train_y), ("test", data.test_y)):
+    dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   example = pipeline(jnp.asarray(data.train_x[:2]))
   state = create_train_state(model, tx, example, seed)
   step = runner.compile(make_train_step(xent_loss, axis_name=runner.axis_name,

@@ -28,7 +28,15 @@ class MetricWriter(Protocol):
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+  """Training produced a NaN or infinite loss or state; the last good checkpoint is kept."""
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point leaf of `tree` (params, optimizer state, ...) is finite."""
+  leaves = [x for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+  return bool(jax.device_get(jax.numpy.all(jax.numpy.stack(
+      [jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves])))) if leaves else True
 
 
 def step_of(state) -> int:
@@ -94,7 +102,11 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   (see `batch_evaluator`) and each of `evaluators`, whose metrics are merged into the
   epoch's "eval" record. Evaluators get the host state and a key derived from
   `eval_seed`, so sampled metrics (a VAE's ELBO, a GAN's sample scores) are deterministic.
-  `writer` (or its older name `run`) receives "train" and "eval" rows.
+  `writer` (or its older name `run`) receives "train" and "eval" rows; a writer with
+  `write_epoch(record)` also gets each epoch's record, and one with `resume(step)` is told the
+  restored step on resume and returns the records up to it, so `history` covers the run.
+  Before each checkpoint and at the end, the state itself (params, optimizer state) must be
+  finite, so every checkpoint written restores to finite values.
   history: one dict per epoch {"epoch", "step", "train": {...}, "eval": {...}}.
   """
   writer = writer if writer is not None else run
@@ -103,12 +115,14 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     if eval_batches is None:
       raise ValueError("fit: eval_step needs eval_batches (a function returning the batches)")
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches))
+  history: list[dict] = []
   if resume and checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
+    if hasattr(writer, "resume"):
+      history = list(writer.resume(step_of(state)))
   start_step = step_of(state)
   last_good = checkpointer.latest_step() if checkpointer is not None else None
   state = runner.put_state(state)
-  history: list[dict] = []
   pending: list = []
   calls_done = 0  # calls whose steps are already in `state`
 
@@ -127,6 +141,14 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     if writer is not None:
       writer.write("train", step, means, epoch=epoch)
     return means
+
+  def check_state(host_state, step: int, epoch: int) -> None:
+    if not all_finite(host_state):
+      kept = (f"the last finite checkpoint (step {last_good}) is kept in "
+              f"{checkpointer.directory}" if last_good is not None else "no checkpoint was saved")
+      raise NonFiniteLossError(
+          f"the parameters or optimizer state became NaN/inf by step {step} (epoch {epoch}); "
+          f"{kept}. Lower the learning rate or check the inputs.")
 
   def evaluate(host_state, epoch: int) -> dict:
     def due(ev):
@@ -156,7 +178,9 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         if save_now or len(pending) >= log_every:
           flush(step, epoch)
         if save_now:
-          checkpointer.save(step, runner.get_state(state))
+          host = runner.get_state(state)
+          check_state(host, step, epoch)
+          checkpointer.save(step, host)
           last_good = step
       step = calls_done * steps_per_call
       if not epoch_rows:  # epoch entirely before the resume point
@@ -170,6 +194,8 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         if writer is not None:
           writer.write("eval", step, record["eval"], epoch=epoch)
       history.append(record)
+      if hasattr(writer, "write_epoch"):
+        writer.write_epoch(record)
       if on_epoch_end is not None:
         on_epoch_end(epoch, host_state, record)
       bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
@@ -181,6 +207,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   host_state = runner.get_state(state)
   if checkpointer is not None:
     final = step_of(host_state)
+    check_state(host_state, final, num_epochs - 1)
     if checkpointer.latest_step() != final:
       checkpointer.save(final, host_state, force=True)
     checkpointer.wait()
