@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -121,6 +122,9 @@ class Checkpointer:
       with open(probe, "w") as f:
         f.write("ok")
       os.remove(probe)
+      for name in os.listdir(self.directory):  # an interrupted save's temporary folder
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
     except OSError as e:
       raise CheckpointWriteError(f"cannot write checkpoints to {self.directory}: "
                                  f"{e.strerror or e}") from None
@@ -267,8 +271,9 @@ def load_model(path: str):
   try:
     target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   except Exception as e:  # noqa: BLE001 - any failure means the shape does not fit the model
-    raise ModelFolderError(f"{meta_path}: input_shape {meta['input_shape']} does not fit "
-                           f"{meta['name']} ({type(e).__name__})") from None
+    raise ModelFolderError(f"{meta_path}: kwargs {meta['kwargs']} with input_shape "
+                           f"{meta['input_shape']} do not build {meta['name']} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
   vpath = os.path.join(path, "variables")
   with ocp.StandardCheckpointer() as ckptr:
     try:

@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
   n_batches = -(-len(train["x"]) // cfg.batch_size)
   if cfg.fuse:
     if cfg.common.mode in ("pmap", "sharded"):
-      raise SystemExit("--fuse with pmap/sharded is not supported: pass --fuse 0 "
+      raise cli.ConfigError("--fuse with pmap/sharded is not supported: pass --fuse None "
                        "--drop-remainder")
     epoch_data = dldata.stacked_epoch(train, cfg.batch_size)
     call, batches = repeat_step(fused_epoch(step), cfg.fuse), (lambda e: [epoch_data])
