@@ -75,7 +75,7 @@ def build_players(cfg: Config, data, axis_name=None):
   shape, size = data.image_shape, int(np.prod(data.image_shape))
   if cfg.variant == "dcgan":
     if shape[:2] != (28, 28):
-      raise SystemExit(f"dcgan is built for 28x28 images; {data.name} has {shape[:2]}")
+      raise cli.ConfigError(f"dcgan is built for 28x28 images; {data.name} has {shape[:2]}")
     return (models.build(g_name, base=cfg.base, channels=shape[2], axis_name=axis_name),
             models.build(d_name, base=cfg.base, axis_name=axis_name), latent)
   kw = {"num_classes": data.num_classes} if cfg.variant == "cgan" else {}
@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
 
   steps_per_epoch = len(data.train_x) // cfg.batch_size
   if runner.mode in ("pmap", "sharded") and cfg.batch_size % runner.devices:
-    raise SystemExit(f"--batch-size {cfg.batch_size} must divide over {runner.devices} devices")
+    raise cli.ConfigError(f"--batch-size {cfg.batch_size} must divide over {runner.devices} devices")
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=steps_per_epoch) as ckpt:
     state, history = fit(

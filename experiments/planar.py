@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   unknown = set(cfg.nets) - set(NETS)
   if unknown:
-    raise SystemExit(f"unknown net id(s) {sorted(unknown)}; choose from {list(NETS)}")
+    raise cli.ConfigError(f"unknown net id(s) {sorted(unknown)}; choose from {list(NETS)}")
   run, runner = start_run(cfg, "planar")
   x, y = synthetic.planar_flower(seed=cfg.data_seed)
   data = {"x": x, "y": y}

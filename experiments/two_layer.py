@@ -121,7 +121,7 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
   }
   chunk = min(cfg.fuse, cfg.steps)
   if cfg.steps % chunk:
-    raise SystemExit(f"--steps {cfg.steps} must be a multiple of --fuse {chunk}")
+    raise cli.ConfigError(f"--steps {cfg.steps} must be a multiple of --fuse {chunk}")
   results, curves = {}, {}
   for sid, (name, opt) in variants.items():
     model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out)

@@ -25,6 +25,7 @@ from dlcore import metrics, models, optim
 from dlcore.checkpoint import load_model, save_model
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
+from dlcore.harness.cli import ConfigError
 from dlcore.harness.writers import say
 from dlcore.train.classify import evaluate_classifier, train_classifier
 from dlcore.train.modes import Runner
@@ -126,7 +127,7 @@ def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: in
                kwargs={"in_channels": data.image_shape[2], "num_classes": data.num_classes})
   model, variables = load_model(path)  # what is scored with is what was saved
   if not isinstance(model, models.CNN) or model.num_classes != data.num_classes:
-    raise SystemExit(f"error: {path} holds {type(model).__name__}, not a chapter 6 CNN for "
+    raise ConfigError(f"{path} holds {type(model).__name__}, not a chapter 6 CNN for "
                      f"{data.num_classes} classes; pass another --classifier folder")
   state = TrainState.create(apply_fn=model.apply, params=variables["params"],
                             tx=optim.make_optimizer("sgd", 0.0),
