@@ -292,7 +292,7 @@ def load_model(path: str):
     variables = ckptr.restore(vpath, target)
   for keypath, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
     name = jax.tree_util.keystr(keypath)
-    if not bool(jnp.all(jnp.isfinite(leaf))):
+    if not np.isfinite(np.asarray(leaf)).all():
       raise ModelFolderError(f"{vpath}: {name} holds NaN or infinite values")
   return model, variables
 

@@ -1,11 +1,8 @@
 """The seed 000/001 experiments end to end on small settings."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
-import pytest
 
 from experiments import fizzbuzz, planar, two_layer
 

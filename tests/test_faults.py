@@ -12,7 +12,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from dlcore import checkpoint

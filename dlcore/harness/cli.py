@@ -123,13 +123,13 @@ def _flag(path: str) -> str:
   return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
 
 
-def check(cfg, prefix: str = "") -> None:
+def check(cfg) -> None:
   """Checks every `Between` range in `cfg` (recursively) and each `check()` method."""
   hints = typing.get_type_hints(type(cfg), include_extras=True)
   for f in dataclasses.fields(cfg):
     value = getattr(cfg, f.name)
     if dataclasses.is_dataclass(value):
-      check(value, f"{prefix}{f.name}.")
+      check(value)
       continue
     for marker in getattr(hints[f.name], "__metadata__", ()):
       if isinstance(marker, Between) and value is not None:
@@ -137,12 +137,7 @@ def check(cfg, prefix: str = "") -> None:
           marker.check(_flag(f.name), v)
   if hasattr(cfg, "check"):
     cfg.check()
-  common = getattr(cfg, "common", None)
-  if (prefix == "" and common is not None and common.mode in ("pmap", "sharded")
-      and common.devices and getattr(cfg, "batch_size", None)
-      and cfg.batch_size % common.devices):
-    raise ConfigError(f"--batch-size {cfg.batch_size} does not split over --devices "
-                      f"{common.devices}; choose a multiple of {common.devices}")
+
 
 
 def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
@@ -152,6 +147,10 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   try:
     check(cfg)
     common = getattr(cfg, "common", None)
+    if (common is not None and common.mode in ("pmap", "sharded") and common.devices
+        and getattr(cfg, "batch_size", None) and cfg.batch_size % common.devices):
+      raise ConfigError(f"--batch-size {cfg.batch_size} does not split over --devices "
+                        f"{common.devices}; choose a multiple of {common.devices}")
     if common is not None and common.tensorboard and not tensorboard_available():
       raise ConfigError(TB_MISSING.removeprefix("error: "))
   except ConfigError as e:

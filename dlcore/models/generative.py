@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlcore.losses import vae_loss  # noqa: F401  (moved to dlcore.losses; old import path)
 from dlcore.models.layers import BatchNorm, Linear, UpConv2x, auto_conv
 from dlcore.models.registry import register
 
@@ -68,14 +69,6 @@ class VAE(nn.Module):
     else:
       z = mu
     return self.decode_logits(z), mu, log_var
-
-
-def vae_loss(logits, x, mu, log_var):
-  """Moved to `dlcore.losses.vae_loss` (the mean negative ELBO and its parts); kept here so
-  older imports keep working."""
-  from dlcore.losses import vae_loss as loss
-
-  return loss(logits, x, mu, log_var)
 
 
 @register("gan_discriminator", example_shape=(28, 28, 1))

@@ -20,7 +20,7 @@ from dlcore import losses
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
-from dlcore.train.loop import MetricWriter, fit
+from dlcore.train.loop import MetricWriter, fit, host_mean
 from dlcore.train.modes import Runner
 from dlcore.train.state import TrainState, create_train_state, variables_of
 from dlcore.train.steps import make_eval_step, make_train_step
@@ -96,9 +96,8 @@ def evaluate_classifier(state: TrainState, arrays: dict, pipeline: ImagePipeline
                         batch_size: int = 1000) -> dict:
   """Exact loss and accuracy of `state` on `arrays` ({"x", "y"}) in inference mode."""
   evaluate = jax.jit(make_eval_step(xent_metrics, preprocess=pipeline))
-  rows = jax.device_get([evaluate(state, b) for b in dldata.batches(arrays, batch_size)])
-  w = np.array([r["count"] for r in rows])
-  return {k: float(np.dot([r[k] for r in rows], w) / w.sum()) for k in ("loss", "accuracy")}
+  means = host_mean([evaluate(state, b) for b in dldata.batches(arrays, batch_size)])
+  return {k: means[k] for k in ("loss", "accuracy")}
 
 
 def predict_logits(state: TrainState, x: np.ndarray, pipeline: ImagePipeline,

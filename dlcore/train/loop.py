@@ -11,6 +11,7 @@ import math
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -34,9 +35,8 @@ class NonFiniteLossError(FloatingPointError):
 def all_finite(tree) -> bool:
   """Whether every floating-point leaf of `tree` (params, optimizer state, ...) is finite."""
   leaves = [x for x in jax.tree.leaves(tree)
-            if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
-  return bool(jax.device_get(jax.numpy.all(jax.numpy.stack(
-      [jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves])))) if leaves else True
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return all(bool(v) for v in jax.device_get([jnp.isfinite(x).all() for x in leaves]))
 
 
 def step_of(state) -> int:
