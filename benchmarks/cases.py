@@ -24,7 +24,7 @@ from dlcore.train.gan import create_gan_state, make_gan_step
 
 @dataclass(frozen=True)
 class Case:
-  """`build(axis_name)` -> (state, pure step(state, batch), batch of numpy arrays);
+  """`build()` -> (state, pure step(state, batch), batch of numpy arrays);
   `torch()` -> a function running one PyTorch step (None without an original)."""
   id: str
   spec: str
@@ -183,11 +183,11 @@ def _t_nll(out, y):
 
 # ---- dlcore side -------------------------------------------------------------------------
 def _supervised(name, kwargs, batch, loss, opt, lr, rng_streams=("dropout",), batched=True):
-  def build(axis_name):
+  def build():
     model = models.build(name, **kwargs)
     example = batch["x"][:1] if batched else batch["x"]
     state = create_train_state(model, optim.make_optimizer(opt, lr), example)
-    return state, make_train_step(loss, axis_name=axis_name, rng_streams=rng_streams), batch
+    return state, make_train_step(loss, rng_streams=rng_streams), batch
   return build
 
 
@@ -243,12 +243,12 @@ def _gan_case(variant):
   x = np.tanh(_images(n))
   y = _labels(n)
 
-  def build(axis_name):
+  def build():
     g, d = models.build(g_name), models.build(d_name)
     tx = lambda: optim.make_optimizer("adam", 2e-4, b1=0.5)  # noqa: E731
     state = create_gan_state(g, d, tx(), tx(), latent_size=latent, image_shape=(28, 28, 1),
                              conditional=conditional)
-    step = make_gan_step(latent_size=latent, axis_name=axis_name, conditional=conditional)
+    step = make_gan_step(latent_size=latent, conditional=conditional)
     return state, step, ({"x": x, "y": y} if conditional else {"x": x})
 
   def torch_make():
@@ -302,7 +302,7 @@ def _centered_case():
   n = 128
   x = _rng().standard_normal((n, 5)).astype(np.float32)
 
-  def build(axis_name):
+  def build():
     model = models.build("centered_layer")
     state = TrainState.create(apply_fn=model.apply, params={}, tx=optim.make_optimizer("sgd", 0.1),
                               batch_stats=None, rng=jax.random.PRNGKey(0))

@@ -119,7 +119,7 @@ class Contestant:
     runner_mode = "jit" if mode.startswith("jit") else mode
     runner = Runner(runner_mode, devices=devices if mode in ("pmap", "sharded") else None,
                     donate=mode != "jit_nodonate")
-    state, step, batch = case.build(runner.axis_name)
+    state, step, batch = case.build()
     self._step = runner.compile(step)
     self._state, self._batch = runner.put_state(state), runner.put_batch(batch)
     t0 = time.perf_counter()
@@ -184,7 +184,7 @@ def bench_steps(cases, modes, rounds, min_time, devices, has_torch, log=print):
 
 def compile_and_flops(case) -> dict:
   """Lowering + XLA compile time of the jitted step, and its FLOPs both ways."""
-  state, step, batch = case.build(None)
+  state, step, batch = case.build()
   state = jax.device_put(state)
   batch = jax.device_put(batch)
   t0 = time.perf_counter()
@@ -203,7 +203,7 @@ def bench_fused(cases, rounds: int, num_steps: int) -> dict:
 
   out = {}
   for case in cases:
-    state, step, batch = case.build(None)
+    state, step, batch = case.build()
     batch = jax.device_put(batch)
     template = jax.device_put(state)
     fresh = lambda: jax.block_until_ready(jax.tree.map(jnp.copy, template))  # noqa: E731

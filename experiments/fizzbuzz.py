@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
   state = stack_states([create_train_state(model, tx, x[:2], s) for s in seeds])
 
   # The same batch goes to every member; each has its own parameters and init.
-  step = jax.vmap(make_train_step(loss_fn, axis_name=runner.axis_name), in_axes=(0, None))
+  step = jax.vmap(make_train_step(loss_fn), in_axes=(0, None))
   n_batches = -(-len(train["x"]) // cfg.batch_size)
   if cfg.fuse:
     if cfg.common.mode in ("pmap", "sharded"):

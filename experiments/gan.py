@@ -70,14 +70,14 @@ class Config:
   """Also score every N epochs; None: after the last epoch only."""
 
 
-def build_players(cfg: Config, data, axis_name=None):
+def build_players(cfg: Config, data):
   g_name, d_name, latent, _, _ = VARIANTS[cfg.variant]
   shape, size = data.image_shape, int(np.prod(data.image_shape))
   if cfg.variant == "dcgan":
     if shape[:2] != (28, 28):
       raise cli.ConfigError(f"dcgan is built for 28x28 images; {data.name} has {shape[:2]}")
-    return (models.build(g_name, base=cfg.base, channels=shape[2], axis_name=axis_name),
-            models.build(d_name, base=cfg.base, axis_name=axis_name), latent)
+    return (models.build(g_name, base=cfg.base, channels=shape[2]),
+            models.build(d_name, base=cfg.base), latent)
   kw = {"num_classes": data.num_classes} if cfg.variant == "cgan" else {}
   return (models.build(g_name, image_shape=shape, **kw),
           models.build(d_name, image_size=size, **kw), latent)
@@ -90,12 +90,12 @@ def main(argv=None) -> dict:
   *_, default_epochs, spec_id = VARIANTS[cfg.variant]
   epochs = cfg.epochs or default_epochs
   conditional = cfg.variant == "cgan"
-  generator, discriminator, latent = build_players(cfg, data, runner.axis_name)
+  generator, discriminator, latent = build_players(cfg, data)
   tx = optim.make_optimizer("adam", cfg.lr, b1=cfg.beta1)
   state = create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
                            image_shape=data.image_shape, seed=cfg.common.seed,
                            conditional=conditional)
-  step = runner.compile(make_gan_step(latent_size=latent, axis_name=runner.axis_name,
+  step = runner.compile(make_gan_step(latent_size=latent,
                                       preprocess=ImagePipeline("pm1"), conditional=conditional))
   # Fixed noise so epochs compare; the cgan grid has one row per class.
   n_show = 10 * data.num_classes if conditional else 64

@@ -99,7 +99,7 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
   tx = optim.make_optimizer("sgd", lr)
   state = stack_states([create_train_state(model, tx, sents[0][0][None], s) for s in seeds])
-  step = jax.vmap(make_train_step(nll_loss, axis_name=runner.axis_name), in_axes=(0, None))
+  step = jax.vmap(make_train_step(nll_loss), in_axes=(0, None))
 
   def batches(epoch):  # one sentence per step, in order, as the seed; word dropout to <unk>
     rng = np.random.default_rng([cfg.common.seed, epoch])
@@ -165,15 +165,13 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2],
                              cfg.common.seed)
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
-  step = make_train_step(mse, axis_name=runner.axis_name)
-  drop = cfg.common.mode in ("pmap", "sharded")  # equal shards need full batches
-  n = len(train["x"])
-  steps_per_epoch = n // cfg.batch_size if drop else -(-n // cfg.batch_size)
+  step = make_train_step(mse)
+  steps_per_epoch = -(-len(train["x"]) // cfg.batch_size)  # with the partial batch
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=max(1, steps_per_epoch * epochs // 5)) as ckpt:
     state, history = fit(
         state, runner.compile(step),
-        lambda e: dldata.batches(train, cfg.batch_size, drop_remainder=drop),
+        lambda e: dldata.batches(train, cfg.batch_size),
         runner=runner, num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.common.resume,
         progress=cfg.common.progress, desc="lstm timeseries")
   pred = np.asarray(jax.jit(model.apply)({"params": state.params}, test["x"]))[:, 0]

@@ -64,7 +64,7 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
     raise ValueError(f"{net_id}: {steps} steps do not divide into --fuse {chunk} chunks")
   model = models.build(name, **kwargs)
   state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.common.seed)
-  step = make_train_step(loss_fn, axis_name=runner.axis_name)
+  step = make_train_step(loss_fn)
   if chunk > 1:
     step = repeat_step(step, chunk)
   with checkpoint.Checkpointer(run.file("checkpoints", net_id), max_to_keep=2,

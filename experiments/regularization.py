@@ -94,7 +94,7 @@ def train_regressor(cfg, model, tx, train, test, *, epochs, batch_size, runner=N
                     desc="", drop_remainder=False, state=None):
   runner = runner or Runner("jit")
   state = state or create_train_state(model, tx, train["x"][:2], cfg.common.seed)
-  step = runner.compile(make_train_step(mse_loss, axis_name=runner.axis_name))
+  step = runner.compile(make_train_step(mse_loss))
   evaluate = runner.compile_eval(make_eval_step(mse_metrics))
   state, history = fit(
       state, step, lambda e: dldata.batches(train, batch_size, shuffle=True, seed=cfg.common.seed,

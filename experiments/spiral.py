@@ -82,7 +82,7 @@ def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, 
     return losses.cross_entropy(logits, batch["y"], weight=weights), {
         "accuracy": losses.accuracy(logits, batch["y"])}
 
-  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name))
+  step = runner.compile(make_train_step(loss_fn))
   full = {"x": x_train, "y": y_train}
   state, history = fit(state, step, lambda e: [full], runner=runner, num_epochs=epochs,
                        run=run, progress=cfg.common.progress, desc=name, log_every=10)

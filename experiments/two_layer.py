@@ -126,8 +126,7 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
   for sid, (name, opt) in variants.items():
     model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out)
     state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.common.seed)
-    step = make_train_step(lambda out, b: (losses.mse(out, b["y"], "sum"), {}),
-                           axis_name=runner.axis_name)
+    step = make_train_step(lambda out, b: (losses.mse(out, b["y"], "sum"), {}))
     if chunk > 1:
       step = repeat_step(step, chunk)
     t0 = time.perf_counter()

@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     logits, mu, log_var = out
     return losses.vae_loss(logits, pipe(batch["x"]), mu, log_var)
 
-  step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name, preprocess=pipe))
+  step = runner.compile(make_train_step(loss_fn, preprocess=pipe))
   test = data.test()
   elbo = batch_evaluator(runner.compile_eval(elbo_metrics(pipe)),
                          lambda: dldata.batches(test, 1000), uses_key=True)
@@ -123,15 +123,13 @@ def main(argv=None) -> dict:
 
     evaluators.append(sample_quality(scorer, sample, data, cfg.score.score_samples))
 
-  drop = runner.mode in ("pmap", "sharded")
-  n = len(data.train_x)
-  steps_per_epoch = n // cfg.batch_size if drop else -(-n // cfg.batch_size)
+  steps_per_epoch = -(-len(data.train_x) // cfg.batch_size)  # with the partial batch
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=steps_per_epoch) as ckpt:
     state, history = fit(
         state, step,
         lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.common.seed,
-                                 epoch=e, drop_remainder=drop),
+                                 epoch=e),
         runner=runner, num_epochs=cfg.epochs, evaluators=evaluators,
         eval_seed=10_000 + cfg.common.seed, writer=run, checkpointer=ckpt,
         resume=cfg.common.resume, progress=cfg.common.progress, desc="VAE",

@@ -85,7 +85,7 @@ def test_eager_equals_jit_and_pmap_step():
   out = {}
   for mode, devices in (("eager", None), ("jit", None), ("pmap", 2)):
     runner = Runner(mode, devices=devices)
-    step = runner.compile(make_train_step(loss, axis_name=runner.axis_name))
+    step = runner.compile(make_train_step(loss))
     state = runner.put_state(create_train_state(models.build("lstm_regressor", hidden_dim=4),
                                                 optax.sgd(0.1), data["x"][:2]))
     for _ in range(2):

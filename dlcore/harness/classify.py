@@ -58,9 +58,8 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   plots.confusion(data.test_y, pred, data.class_names, run.file(f"{model_name}_confusion.png"),
                   title=f"{title}: test accuracy {result.test_accuracy:.4f}")
   input_shape = pipeline(jnp.zeros((1, *data.image_shape), jnp.uint8)).shape[1:]
-  kwargs = {k: v for k, v in model_kwargs.items() if k != "axis_name"}
   save_model(run.file("model"), model_name, variables_of(result.state),
-             input_shape=input_shape, kwargs=kwargs)
+             input_shape=input_shape, kwargs=model_kwargs)
   say(f"{title}: test accuracy {result.test_accuracy:.4f} on {data.name} after "
         f"{cfg.epochs} epochs; model saved to {run.file('model')}")
   entry = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,

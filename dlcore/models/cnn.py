@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from dlcore.models.layers import Conv2d, Linear, max_pool2d
+from dlcore.models.layers import Conv2d, Dropout, Linear, max_pool2d
 from dlcore.models.registry import register
 
 
@@ -78,9 +78,9 @@ class AlexNet(nn.Module):
     x = nn.relu(Conv2d(384, 256, 3, 1, 1, name="conv_10")(x))
     x = _flatten(max_pool2d(x, 3, 2))
     x = nn.relu(Linear(256 * 5 * 5, 4096, name="fc_0")(x))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = Dropout(self.dropout, deterministic=not train)(x)
     x = nn.relu(Linear(4096, 4096, name="fc_3")(x))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = Dropout(self.dropout, deterministic=not train)(x)
     return Linear(4096, self.num_classes, name="fc_6")(x)
 
 
@@ -105,7 +105,7 @@ class CNN(nn.Module):
     self.conv1 = Conv2d(self.in_channels, c1, 3, padding=1)
     self.conv2 = Conv2d(c1, c2, 3, padding=1)
     self.fc1 = Linear(c2 * 7 * 7, self.hidden)
-    self.drop = nn.Dropout(self.dropout)
+    self.drop = Dropout(self.dropout)
     self.fc2 = Linear(self.hidden, self.num_classes)
 
   def features(self, x, *, train: bool = False):

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlcore import parallel
 from dlcore.losses import vae_loss  # noqa: F401  (moved to dlcore.losses; old import path)
 from dlcore.models.layers import BatchNorm, Linear, UpConv2x, auto_conv
 from dlcore.models.registry import register
@@ -53,7 +54,9 @@ class VAE(nn.Module):
     return self.fc2(h), self.fc3(h)
 
   def reparameterize(self, mu, log_var, key):
-    return mu + jnp.exp(log_var / 2) * jax.random.normal(key, mu.shape, mu.dtype)
+    # The noise of the whole batch, sliced under pmap: the same draw in every mode.
+    return mu + jnp.exp(log_var / 2) * parallel.global_draw(jax.random.normal, key, mu.shape,
+                                                            mu.dtype)
 
   def decode_logits(self, z):
     return self.fc5(nn.relu(self.fc4(z)))
@@ -154,11 +157,10 @@ class ConditionalGenerator(nn.Module):
     return h.reshape((z.shape[0], *self.image_shape))
 
 
-def _bn(name, axis_name=None):
+def _bn(name):
   # PyTorch BatchNorm2d defaults: momentum 0.1 (0.9 in Flax's convention), eps 1e-5, the
-  # unbiased running variance. With `axis_name` (the pmap axis) the batch statistics are
-  # averaged across devices.
-  return BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name, name=name)
+  # unbiased running variance; whole-batch statistics in every mode (dlcore.parallel).
+  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
 
 
 def _dcgan_init():
@@ -181,14 +183,13 @@ class DCGANGenerator(nn.Module):
   latent_size: int = 100
   base: int = 32
   channels: int = 1
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, z, *, train: bool = False):
     x = nn.Dense(7 * 7 * 2 * self.base, kernel_init=_dcgan_init(), name="fc")(z)
-    x = nn.relu(_bn("bn0", self.axis_name)(x.reshape((-1, 7, 7, 2 * self.base)), use_running_average=not train))
+    x = nn.relu(_bn("bn0")(x.reshape((-1, 7, 7, 2 * self.base)), use_running_average=not train))
     x = UpConv2x(self.base, kernel_init=_dcgan_init(), name="deconv1")(x)
-    x = nn.relu(_bn("bn1", self.axis_name)(x, use_running_average=not train))
+    x = nn.relu(_bn("bn1")(x, use_running_average=not train))
     x = UpConv2x(self.channels, kernel_init=_dcgan_init(), name="deconv2")(x)
     return jnp.tanh(x)
 
@@ -199,7 +200,6 @@ class DCGANDiscriminator(nn.Module):
   stride 2) -> BN -> LeakyReLU(0.2) -> Dense 1 (logit). No BN on the input layer, as in
   Radford et al."""
   base: int = 32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -208,5 +208,5 @@ class DCGANDiscriminator(nn.Module):
     x = nn.leaky_relu(x, 0.2)
     x = nn.Conv(2 * self.base, (4, 4), strides=(2, 2), padding="SAME",
                 kernel_init=_dcgan_init(), name="conv2")(x)
-    x = nn.leaky_relu(_bn("bn2", self.axis_name)(x, use_running_average=not train), 0.2)
+    x = nn.leaky_relu(_bn("bn2")(x, use_running_average=not train), 0.2)
     return nn.Dense(1, kernel_init=_dcgan_init(), name="fc")(_flat(x))[:, 0]

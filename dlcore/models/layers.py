@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlcore import parallel
 from dlcore.models.init import torch_bias_init, torch_kernel_init
 
 
@@ -142,9 +143,11 @@ class BatchNorm(nn.Module):
   Variables keep Flax's names (params `scale`, `bias`; batch_stats `mean`, `var`).
 
   `momentum` is Flax's convention: running = momentum * running + (1 - momentum) * batch,
-  so PyTorch's default momentum 0.1 is 0.9 here. With `axis_name` (the pmap axis) the batch
-  statistics, and n, are taken over all devices: the same step as one device on the whole
-  batch.
+  so PyTorch's default momentum 0.1 is 0.9 here.
+
+  Batch statistics are those of the whole batch in every mode: under the Runner's pmap the
+  mean, variance and n are taken over all devices (`dlcore.parallel`), so no axis name is
+  passed. `axis_name` is only for your own `jax.pmap` code outside a Runner.
   """
   use_running_average: bool | None = None
   momentum: float = 0.9
@@ -164,20 +167,40 @@ class BatchNorm(nn.Module):
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      n = int(np.prod([x.shape[a] for a in axes]))
-      mean = jnp.mean(x, axes)
-      if self.axis_name is not None:
-        mean = jax.lax.pmean(mean, self.axis_name)
-        n = n * jax.lax.psum(1, self.axis_name)
-      var = jnp.mean(jnp.square(x - mean), axes)  # two passes: exact for large means
-      if self.axis_name is not None:
-        var = jax.lax.pmean(var, self.axis_name)
+      with parallel.data_axis_context(self.axis_name or parallel.data_axis()):
+        mean, n = parallel.batch_mean(x, axes)
+        var, _ = parallel.batch_mean(jnp.square(x - mean), axes)  # two passes: exact
       if not self.is_initializing():
         m = self.momentum
         unbiased = var * n / jnp.maximum(n - 1, 1)
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
         ra_var.value = m * ra_var.value + (1 - m) * unbiased
     return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+class Dropout(nn.Dropout):
+  """`flax.linen.Dropout` whose mask is the same in every mode: under the Runner's pmap each
+  device takes its slice of the whole batch's mask (`parallel.global_draw`) instead of
+  drawing its own, so dropout drops the units it drops on one device."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    if self.rate == 1.0:  # as flax: no division by zero, no NaN gradients
+      return jnp.zeros_like(inputs)
+    keep_prob = 1.0 - self.rate
+    if rng is None:
+      rng = self.make_rng(self.rng_collection)
+    shape = [1 if d in self.broadcast_dims else s for d, s in enumerate(inputs.shape)]
+    if 0 in self.broadcast_dims:  # one mask for every example: nothing to slice
+      mask = jax.random.bernoulli(rng, keep_prob, shape)
+    else:
+      mask = parallel.global_draw(lambda k, s: jax.random.bernoulli(k, keep_prob, s), rng,
+                                  shape)
+    mask = jnp.broadcast_to(mask, inputs.shape)
+    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
 class NamedSequential(nn.Module):

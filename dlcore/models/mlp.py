@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dlcore.models.init import scaled_normal, torch_bias_init
-from dlcore.models.layers import BatchNorm, Linear, NamedSequential, Sequential
+from dlcore.models.layers import BatchNorm, Dropout, Linear, NamedSequential, Sequential
 from dlcore.models.registry import register
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
@@ -116,7 +116,7 @@ class MLP(nn.Module):
                       name=f"bn{i + 1}")(x)
       x = act(x)
       if self.dropout > 0:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, deterministic=not train)(x)
     return x
 
 
@@ -154,19 +154,17 @@ def flatten(x):
 
 @register("mnist_mlp", example_shape=(28, 28, 1))
 def mnist_mlp(in_dim: int = 784, n_hidden_1: int = 300, n_hidden_2: int = 100,
-              out_dim: int = 10, batchnorm: bool = True,
-              axis_name: str | None = None) -> NamedSequential:
+              out_dim: int = 10, batchnorm: bool = True) -> NamedSequential:
   """SPEC 2.3.1-2.3.2: the book's chapter 3 MNIST net, `Net(784, 300, 100, 10)`: two hidden
   layers, each Linear -> BatchNorm1d -> ReLU, then Linear; built as an ordered sequence of
   named layers (the chapter's `Sequential(OrderedDict(...))`), so parameters are reached
   as `params["fc1"]`, `batch_stats["bn1"]`.
 
-  BatchNorm follows PyTorch's BatchNorm1d (momentum 0.1, i.e. Flax's 0.9; eps 1e-5). Under
-  pmap pass `axis_name` (the Runner's): batch mean and variance are then averaged across
-  devices, so the normalisation equals a single-device step on the whole batch.
+  BatchNorm follows PyTorch's BatchNorm1d (momentum 0.1, i.e. Flax's 0.9; eps 1e-5), with
+  the whole batch's statistics in every mode (see `dlcore.parallel`).
   """
   def bn():
-    return BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+    return BatchNorm(momentum=0.9, epsilon=1e-5)
 
   layers = [("flatten", flatten), ("fc1", Linear(in_dim, n_hidden_1))]
   layers += [("bn1", bn())] if batchnorm else []
@@ -203,5 +201,5 @@ class SpiralMLP(nn.Module):
                        "'xavier_relu'")
     z = nn.relu(fc1(x))
     if self.dropout_p > 0:
-      z = nn.Dropout(self.dropout_p, deterministic=not train)(z)
+      z = Dropout(self.dropout_p, deterministic=not train)(z)
     return Linear(self.hidden_dim, self.num_classes, name="fc2")(z)

@@ -60,20 +60,17 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
     dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   example = pipeline(jnp.asarray(data.train_x[:2]))
   state = create_train_state(model, tx, example, seed)
-  step = runner.compile(make_train_step(xent_loss, axis_name=runner.axis_name,
-                                        preprocess=pipeline))
+  step = runner.compile(make_train_step(xent_loss, preprocess=pipeline))
   evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline))
-  drop = runner.mode in ("pmap", "sharded")  # equal shards need full batches
   n = len(data.train_x)
-  if drop and batch_size % runner.devices:
+  if batch_size % runner.devices:
     raise ValueError(f"batch size {batch_size} does not divide over {runner.devices} devices; "
                      f"choose a multiple of {runner.devices}")
-  steps_per_epoch = n // batch_size if drop else -(-n // batch_size)
+  steps_per_epoch = -(-n // batch_size)  # the last, partial batch too, in every mode
   train, test = data.train(), data.test()
 
   def batches(epoch):
-    return dldata.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch,
-                          drop_remainder=drop)
+    return dldata.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
 
   ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
           if checkpoint_dir else None)

@@ -1,14 +1,13 @@
 """GAN training: two players, one step function each (discriminator, then generator).
 
     state = create_gan_state(G, D, g_tx, d_tx, latent_size=64, image_shape=(28, 28, 1))
-    step = runner.compile(make_gan_step(G, D, latent_size=64, axis_name=runner.axis_name,
-                                        preprocess=ImagePipeline("pm1")))
+    step = runner.compile(make_gan_step(latent_size=64, preprocess=ImagePipeline("pm1")))
     state, metrics = step(state, batch)   # metrics: d_loss, g_loss, d_real, d_fake
 
 `GANState` holds both players' `TrainState`s (parameters, optimizer states, batch norm
 statistics), so a checkpoint restores both players and both optimizers. The noise for a
-global batch is drawn once from `fold_in(rng, step)` and each pmap device takes its slice:
-pmap (with batch norm synced over the axis) computes the same step as single-device jit.
+global batch is drawn once from `fold_in(rng, step)` and each pmap device takes its slice
+(`dlcore.parallel`): every mode computes the same step as single-device jit.
 Conditional players (`conditional=True`) take the labels as their second argument; the
 generator is asked for the labels of the real batch.
 """
@@ -22,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dlcore import parallel
 from dlcore.train.state import TrainState, create_train_state, variables_of
+from dlcore.train.steps import on_axis
 
 
 @flax.struct.dataclass
@@ -47,18 +48,9 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                   d=create_train_state(discriminator, d_tx, x, seed + 1, labels))
 
 
-def _local_normal(key, local_batch: int, size: int, axis_name: str | None):
+def _noise(key, local_batch: int, size: int):
   """N(0, 1) noise of the global batch, sliced to this device's part under pmap."""
-  if axis_name is None:
-    return jax.random.normal(key, (local_batch, size))
-  n = jax.lax.psum(1, axis_name)
-  full = jax.random.normal(key, (n * local_batch, size))
-  start = jax.lax.axis_index(axis_name) * local_batch
-  return jax.lax.dynamic_slice_in_dim(full, start, local_batch)
-
-
-def _pmean(tree, axis_name):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+  return parallel.global_draw(jax.random.normal, key, (local_batch, size))
 
 
 def _apply(state: TrainState, x, labels, *, train: bool):
@@ -85,7 +77,7 @@ def make_d_step(*, latent_size: int, axis_name: str | None = None,
     x = batch["x"] if preprocess is None else preprocess(batch["x"])
     labels = batch.get("y") if conditional else None
     key = jax.random.fold_in(jax.random.fold_in(state.d.rng, state.step), 0)
-    z = _local_normal(key, x.shape[0], latent_size, axis_name)
+    z = _noise(key, x.shape[0], latent_size)
     fake, _ = _apply(state.g, z, labels, train=True)
     fake = jax.lax.stop_gradient(fake)
 
@@ -98,13 +90,13 @@ def make_d_step(*, latent_size: int, axis_name: str | None = None,
 
     (loss, (stats, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.d.params)
-    d = state.d.apply_gradients(grads=_pmean(grads, axis_name))
+    d = state.d.apply_gradients(grads=parallel.mean(grads))
     if stats is not None:
-      d = d.replace(batch_stats=_pmean(stats, axis_name))
-    metrics = _pmean({"d_loss": loss, "d_real": d_real, "d_fake": d_fake}, axis_name)
+      d = d.replace(batch_stats=parallel.mean(stats))
+    metrics = parallel.mean({"d_loss": loss, "d_real": d_real, "d_fake": d_fake})
     return state.replace(d=d), metrics
 
-  return d_step
+  return on_axis(d_step, axis_name)
 
 
 def make_g_step(*, latent_size: int, axis_name: str | None = None, conditional: bool = False,
@@ -114,7 +106,7 @@ def make_g_step(*, latent_size: int, axis_name: str | None = None, conditional: 
   def g_step(state: GANState, batch: dict):
     labels = batch.get("y") if conditional else None
     key = jax.random.fold_in(jax.random.fold_in(state.g.rng, state.step), 1)
-    z = _local_normal(key, batch_size_of(batch), latent_size, axis_name)
+    z = _noise(key, batch_size_of(batch), latent_size)
 
     def loss_fn(params):
       fake, stats = _apply(state.g.replace(params=params), z, labels, train=True)
@@ -122,12 +114,12 @@ def make_g_step(*, latent_size: int, axis_name: str | None = None, conditional: 
       return bce(logits, 1.0), stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    g = state.g.apply_gradients(grads=_pmean(grads, axis_name))
+    g = state.g.apply_gradients(grads=parallel.mean(grads))
     if stats is not None:
-      g = g.replace(batch_stats=_pmean(stats, axis_name))
-    return state.replace(g=g), {"g_loss": _pmean(loss, axis_name)}
+      g = g.replace(batch_stats=parallel.mean(stats))
+    return state.replace(g=g), {"g_loss": parallel.mean(loss)}
 
-  return g_step
+  return on_axis(g_step, axis_name)
 
 
 def make_gan_step(*, latent_size: int, axis_name: str | None = None,

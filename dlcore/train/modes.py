@@ -1,21 +1,31 @@
 """One switch for how a step runs: eager, python, jit, pmap or sharded.
 
-    runner = Runner("pmap")
-    step = runner.compile(make_train_step(loss_fn, axis_name=runner.axis_name))
+    runner = Runner("sharded")
+    step = runner.compile(make_train_step(loss_fn))
     state = runner.put_state(state)
     state, metrics = step(state, runner.put_batch(batch))
     host_state = runner.get_state(state)
+
+Every mode computes the same step on the same examples: a model built with
+`models.build(name)` needs no axis name (see `dlcore.parallel`).
 
 - eager:   the step under `jax.disable_jit()`: every primitive dispatched one by one.
 - python:  the step called without jit (JAX still compiles each primitive); benchmarks only.
 - jit:     `jax.jit`, with the incoming state donated (its buffers are reused).
 - pmap:    `jax.pmap` over `devices` local devices; replicated state, the batch split along
-           its first axis; the step must be built with `axis_name=runner.axis_name`.
+           its first axis; the step is traced inside `parallel.data_axis_context`, so batch
+           statistics, gradients and batch-shaped random draws are the whole batch's.
            Each call waits for its result before returning: with several pmap calls in flight
            the CPU all-reduce can deadlock (DESIGN.md), and waiting costs little.
-- sharded: `jax.jit` over a 1-D device `Mesh`: state replicated, batch sharded on its first
-           axis with `NamedSharding`; XLA inserts the reductions, so the step is built with
-           `axis_name=None`. On several CPU host devices each call waits, as pmap's.
+- sharded: one global program, `jax.jit` over a 1-D device `Mesh`: state replicated, batch
+           sharded on its first axis with `NamedSharding`; XLA inserts the reductions. With
+           several processes (`dlcore.distributed`) the mesh spans every process's devices and
+           each process places only its own slice of each global batch. On several CPU host
+           devices each call waits, as pmap's.
+
+A batch that does not divide over the devices (an epoch's last, partial batch) is not
+dropped and not padded: it runs whole, with the replicated state, as jit runs it (sharded:
+replicated on every device; pmap: one device), so every mode trains on the same examples.
 """
 from __future__ import annotations
 
@@ -27,6 +37,8 @@ import numpy as np
 from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from dlcore.train.steps import on_axis
 
 MODES = ("eager", "python", "jit", "pmap", "sharded")
 
@@ -42,16 +54,29 @@ def set_host_devices(n: int) -> None:
                            "set_host_devices before any JAX computation.") from None
 
 
+class _Whole:
+  """A batch that does not divide over the devices: it runs whole (see the module doc)."""
+
+  def __init__(self, batch):
+    self.batch = batch
+
+
 @dataclass
 class Runner:
   mode: str = "jit"
-  devices: int | None = None  # pmap / sharded: how many local devices (default: all)
+  # pmap / sharded: how many devices of each process (default: all). After construction,
+  # the number of devices a step runs on (over all processes).
+  devices: int | None = None
   donate: bool = True
   _mesh: Mesh | None = field(default=None, init=False, repr=False)
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+    procs = jax.process_count()
+    if procs > 1 and self.mode != "sharded":
+      raise ValueError(f"mode {self.mode!r} runs in one process, and this job has {procs}; "
+                       "use --mode sharded (one program over every process's devices)")
     if self.mode in ("pmap", "sharded"):
       available = jax.local_device_count()
       n = self.devices or available
@@ -59,16 +84,22 @@ class Runner:
         raise ValueError(
             f"mode {self.mode!r} asked for {n} devices but only {available} exist; on CPU "
             f"pass --devices {n} (sets jax_num_cpu_devices before JAX starts)")
-      self.devices = n
-      if self.mode == "sharded":
-        self._mesh = Mesh(np.array(jax.local_devices()[:n]), ("batch",))
+      self.devices = n * procs
+      if self.mode == "sharded":  # process by process, so each one's slice is contiguous
+        devs = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        mine = [[d for d in devs if d.process_index == p][:n] for p in range(procs)]
+        self._mesh = Mesh(np.array(sum(mine, [])), ("batch",))
     else:
       self.devices = 1
 
   @property
   def axis_name(self) -> str | None:
-    """The name the step must reduce over (pmap only)."""
+    """The pmap axis; steps no longer need it (kept for code that passes it on)."""
     return "batch" if self.mode == "pmap" else None
+
+  @property
+  def multiprocess(self) -> bool:
+    return jax.process_count() > 1
 
   # ---- compiling -------------------------------------------------------------------------
   def compile(self, fn, *, donate_state: bool | None = None):
@@ -81,8 +112,19 @@ class Runner:
     if self.mode == "jit":
       return jax.jit(fn, donate_argnums=donate)
     if self.mode == "pmap":
-      return _waiting(fn, jax.pmap(fn, axis_name=self.axis_name, donate_argnums=donate,
-                                   devices=jax.local_devices()[:self.devices]))
+      mapped = _waiting(fn, jax.pmap(on_axis(fn, "batch"), axis_name="batch",
+                                     donate_argnums=donate,
+                                     devices=jax.local_devices()[:self.devices]))
+      whole = jax.jit(fn)
+
+      @functools.wraps(fn)
+      def call(state, batch):
+        if not isinstance(batch, _Whole):
+          return mapped(state, batch)
+        state, out = whole(self.get_state(state), batch.batch)
+        return self.put_state(state), jax.tree.map(lambda x: x[None], out)
+
+      return call
     # Inputs arrive committed (put_state / put_batch), and jit follows their shardings.
     jfn = jax.jit(fn, out_shardings=self._replicated(), donate_argnums=donate)
     if jax.default_backend() != "cpu" or self._mesh.devices.size == 1:
@@ -99,57 +141,71 @@ class Runner:
       return _eager(fn)
     if self.mode == "python":
       return fn
-    return jax.jit(fn)
+    return jax.jit(fn)  # on this process's default device; every process evaluates alike
 
   # ---- placing data ----------------------------------------------------------------------
   def put_state(self, state):
     if self.mode == "pmap":
       return jax_utils.replicate(state, jax.local_devices()[:self.devices])
     if self.mode == "sharded":
-      return jax.device_put(state, self._replicated())
+      return jax.tree.map(lambda x: self._place(x, P()), state)
     return state
 
   def put_batch(self, batch, *, stacked: bool = False):
-    """Splits a global batch over devices. `stacked`: batch has a leading steps axis
-    (for fused steps), and the split happens on the axis after it."""
+    """Splits a global batch (the same on every process) over the devices. `stacked`: the
+    batch has a leading steps axis (fused steps), and the split is on the axis after it. A
+    batch that does not divide runs whole (see the module doc)."""
     if self.mode not in ("pmap", "sharded"):
       return batch
     n = self.devices
     axis = 1 if stacked else 0
+    sizes = {np.shape(x)[axis] for x in jax.tree.leaves(batch)}
+    if any(size % n for size in sizes):
+      if self.mode == "pmap":
+        return _Whole(batch)
+      return jax.tree.map(lambda x: self._place(x, P()), batch)
+    if self.mode == "sharded":
+      spec = P(None, "batch") if stacked else P("batch")
+      return jax.tree.map(lambda x: self._place(x, spec), batch)
 
     def split(x):
       x = np.asarray(x)
-      if x.shape[axis] % n:
-        raise ValueError(
-            f"batch of {x.shape[axis]} examples does not divide over {n} devices in mode "
-            f"{self.mode!r}; choose a batch size that is a multiple of {n} (or drop the "
-            "remainder: dlcore.data.batches(..., drop_remainder=True))")
-      if self.mode == "sharded":
-        return x
       shape = x.shape[:axis] + (n, x.shape[axis] // n) + x.shape[axis + 1:]
       x = x.reshape(shape)
       return np.moveaxis(x, axis, 0) if stacked else x
 
-    out = jax.tree.map(split, batch)
-    if self.mode == "sharded":
-      spec = P(None, "batch") if stacked else P("batch")
-      out = jax.device_put(out, NamedSharding(self._mesh, spec))
-    return out
+    return jax.tree.map(split, batch)
 
   def get_state(self, state):
-    """The state as one host-usable copy (unreplicated under pmap)."""
+    """The state as one host-usable copy (unreplicated under pmap; host arrays when the
+    mesh spans several processes, so each process can evaluate it on its own)."""
     if self.mode == "pmap":
       return jax_utils.unreplicate(state)
+    if self.mode == "sharded" and self.multiprocess:
+      return jax.device_get(state)
     return state
 
   def get_output(self, out):
-    """Step outputs (metrics) without the device axis; pmean made the copies equal."""
+    """Step outputs (metrics) without the device axis; the reductions made the copies
+    equal."""
     if self.mode == "pmap":
       return jax.tree.map(lambda x: x[0], out)
+    if self.multiprocess:
+      return jax.device_get(out)
     return out
 
   def _replicated(self):
     return NamedSharding(self._mesh, P())
+
+  def _place(self, x, spec):
+    """Host or device array `x` (the global value, the same on every process) as a global
+    array laid out by `spec`; each process copies only the slices its devices hold."""
+    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if isinstance(x, jax.Array) and not self.multiprocess:
+      return jax.device_put(x, NamedSharding(self._mesh, spec))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(self._mesh, spec),
+                                        lambda index: x[index])
 
 
 def _waiting(fn, compiled):

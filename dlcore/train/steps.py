@@ -1,8 +1,9 @@
 """Pure step factories: `step(state, batch) -> (state, metrics)`.
 
 Nothing here is jitted or pmapped: `dlcore.train.modes.Runner` applies that where the step is
-used, so eager, jit, pmap and sharded runs execute the same function. Under pmap the step is
-built with `axis_name`, and gradients, metrics and batch statistics are averaged over it.
+used, so eager, jit, pmap and sharded runs execute the same function. No axis name is
+needed: under the Runner's pmap, gradients and metrics are averaged over the devices (counts
+summed) through `dlcore.parallel`; `axis_name` is only for your own `jax.pmap` code.
 Batches are dicts; the model's input is `batch["x"]`, passed through `preprocess` when given
 (e.g. `dlcore.data.transforms.ImagePipeline`: uint8 images normalised on the device).
 """
@@ -15,24 +16,38 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from dlcore import parallel
 from dlcore.train.state import TrainState, variables_of
 
 # loss_fn(outputs, batch) -> (scalar loss, dict of scalar metrics)
 LossFn = Callable[[jax.Array, dict], tuple[jax.Array, dict]]
 
 
-def step_rngs(state: TrainState, streams: Sequence[str], axis_name: str | None = None) -> dict:
-  """Per-step keys: fold_in(rng, step) (and the device index under pmap), one per stream."""
+def step_rngs(state: TrainState, streams: Sequence[str]) -> dict:
+  """Per-step keys, fold_in(rng, step), one per stream; the same on every device (dlcore's
+  random layers slice the whole batch's draw under pmap)."""
   if not streams:
     return {}
   key = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:
-    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
   return dict(zip(streams, jax.random.split(key, len(streams))))
 
 
-def _pmean(tree, axis_name):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+def reduce_metrics(metrics: dict) -> dict:
+  """Metrics of the whole batch from each device's: means averaged, a "count" summed."""
+  return {k: parallel.total(v) if k == "count" else parallel.mean(v)
+          for k, v in metrics.items()}
+
+
+def on_axis(fn, axis_name: str | None):
+  """`fn` traced as one device's share of a step over `axis_name` (None: the Runner's)."""
+  if axis_name is None:
+    return fn
+
+  def traced(*args):
+    with parallel.data_axis_context(axis_name):
+      return fn(*args)
+
+  return traced
 
 
 def _inputs(batch: dict, preprocess):
@@ -77,7 +92,7 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
   "noise"); by default they are found on the first call (see `learning_streams`)."""
 
   def step(state: TrainState, batch: dict, streams: Sequence[str]):
-    rngs = step_rngs(state, streams, axis_name)
+    rngs = step_rngs(state, streams)
     has_bn = state.batch_stats is not None
     x = _inputs(batch, preprocess)
 
@@ -93,16 +108,16 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
         state.params)
-    grads = _pmean(grads, axis_name)
-    if has_bn:
-      batch_stats = _pmean(batch_stats, axis_name)
-    metrics = _pmean({"loss": loss, **metrics}, axis_name)
+    grads = parallel.mean(grads)
+    if has_bn:  # dlcore's BatchNorm already agrees across devices; a foreign layer may not
+      batch_stats = parallel.mean(batch_stats)
+    metrics = reduce_metrics({"loss": loss, **metrics})
     new_state = state.apply_gradients(grads=grads)
     if has_bn:
       new_state = new_state.replace(batch_stats=batch_stats)
     return new_state, metrics
 
-  return learning_streams(step, rng_streams)
+  return learning_streams(on_axis(step, axis_name), rng_streams)
 
 
 def make_eval_step(metrics_fn: Callable[[jax.Array, dict], dict], *,
@@ -114,9 +129,9 @@ def make_eval_step(metrics_fn: Callable[[jax.Array, dict], dict], *,
 
   def evaluate(state: TrainState, batch: dict):
     out = state.apply_fn(variables_of(state), _inputs(batch, preprocess), train=False)
-    return _pmean(metrics_fn(out, batch), axis_name)
+    return reduce_metrics(metrics_fn(out, batch))
 
-  return evaluate
+  return on_axis(evaluate, axis_name)
 
 
 def repeat_step(step, num_steps: int):
