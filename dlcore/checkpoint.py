@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dlcore import distributed
+
 from dlcore.models import registry
 
 FORMAT_VERSION = 1
@@ -116,15 +118,19 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every_steps: int = 1):
     self.directory = os.path.abspath(directory)  # Orbax needs absolute paths
+    # With several processes every one calls save and restore (Orbax coordinates them and
+    # process 0 writes the arrays); only process 0 cleans up and writes manifests.
+    self.primary = distributed.is_primary()
     try:
       os.makedirs(self.directory, exist_ok=True)
-      probe = os.path.join(self.directory, ".write_test")
+      probe = os.path.join(self.directory, f".write_test.{os.getpid()}")
       with open(probe, "w") as f:
         f.write("ok")
       os.remove(probe)
-      for name in os.listdir(self.directory):  # an interrupted save's temporary folder
-        if ".orbax-checkpoint-tmp" in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      if self.primary:
+        for name in os.listdir(self.directory):  # an interrupted save's temporary folder
+          if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
     except OSError as e:
       raise CheckpointWriteError(f"cannot write checkpoints to {self.directory}: "
                                  f"{e.strerror or e}") from None
@@ -153,7 +159,7 @@ class Checkpointer:
     """Saves the (unreplicated) state at `step` if the interval says so, or if `force`."""
     try:
       saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
-      if saved:
+      if saved and self.primary:
         folder = self._step_dir(int(step))
         with open(os.path.join(folder, MANIFEST), "w") as f:
           json.dump({"step": int(step), "sha256": _file_hashes(folder)}, f)
@@ -179,7 +185,7 @@ class Checkpointer:
         except (OSError, ValueError) as e:  # damage the manifest could not see
           bad = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
         else:
-          if problems:
+          if problems and self.primary:
             sys.stderr.write(f"warning: checkpoint {problems[0]}; resumed from step {s}\n")
           return restored
       problems.append(f"step {s} in {self.directory} is damaged ({bad})")
@@ -199,10 +205,23 @@ class Checkpointer:
     self.close()
 
 
+def _local_checkpointer() -> ocp.StandardCheckpointer:
+  """A checkpointer for this process alone: with several processes Orbax's default one
+  waits at barriers for every process, and a model folder is written by process 0 only."""
+  if distributed.process_count() == 1:
+    return ocp.StandardCheckpointer()
+  me = distributed.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
 def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int, ...],
                kwargs: dict[str, Any] | None = None) -> str:
-  """Saves a registered model's variables plus what rebuilds it (name, kwargs, input shape)."""
+  """Saves a registered model's variables plus what rebuilds it (name, kwargs, input shape).
+  In a job of several processes, process 0 writes and the others return the path."""
   path = os.path.abspath(path)
+  if not distributed.is_primary():
+    return path
   kwargs = dict(kwargs or {})
   registry.build(name, **kwargs)  # fail now, not at load time, if it cannot be rebuilt
   os.makedirs(path, exist_ok=True)
@@ -210,7 +229,7 @@ def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int,
           "input_shape": list(input_shape)}
   with open(os.path.join(path, "model.json"), "w") as f:
     json.dump(meta, f, indent=2)
-  with ocp.StandardCheckpointer() as ckptr:
+  with _local_checkpointer() as ckptr:
     ckptr.save(os.path.join(path, "variables"), variables, force=True)
   return path
 
@@ -275,7 +294,7 @@ def load_model(path: str):
                            f"{meta['input_shape']} do not build {meta['name']} "
                            f"({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
   vpath = os.path.join(path, "variables")
-  with ocp.StandardCheckpointer() as ckptr:
+  with _local_checkpointer() as ckptr:
     try:
       saved = ckptr.metadata(vpath).item_metadata.tree
     except Exception as e:  # noqa: BLE001 - missing or unreadable array folder
@@ -298,9 +317,12 @@ def load_model(path: str):
 
 
 def save_params(path: str, variables: dict) -> str:
-  """The seed's second way: parameters only (`state_dict`); loading needs the model."""
+  """The seed's second way: parameters only (`state_dict`); loading needs the model. In a
+  job of several processes, process 0 writes and the others return the path."""
   path = os.path.abspath(path)
-  with ocp.StandardCheckpointer() as ckptr:
+  if not distributed.is_primary():
+    return path
+  with _local_checkpointer() as ckptr:
     ckptr.save(path, variables, force=True)
   return path
 
@@ -309,6 +331,6 @@ def load_params(path: str, target: dict) -> dict:
   """Restores variables saved by `save_params` into the structure of `target`
   (e.g. `model.init(...)` of the caller's freshly declared model)."""
   path = os.path.abspath(path)
-  with ocp.StandardCheckpointer() as ckptr:
+  with _local_checkpointer() as ckptr:
     _check_compatible(ckptr.metadata(path).item_metadata.tree, target, path)
     return ckptr.restore(path, _abstract(target))

@@ -19,7 +19,9 @@ one line naming the option and what it accepts. A Config may add `check(self)`, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import traceback
 import typing
 from typing import Annotated, Literal, TypeVar
 
@@ -59,9 +61,11 @@ class Common:
   workdir: str = "runs/{name}"
   """Run directory (config, metrics, summary, figures, checkpoints); {name}: the experiment."""
   mode: Mode = "jit"
-  """How the step runs: op by op (eager), unjitted, jit, or data parallel over --devices."""
+  """How the step runs: op by op (eager), unjitted, jit, or data parallel over --devices
+  (pmap, sharded; several processes: sharded). Every mode gives the same numbers."""
   devices: Annotated[int | None, Between(1)] = None
-  """pmap/sharded: devices per batch; None: all local ones (CPU: host devices are made)."""
+  """pmap/sharded: devices of each process; None: all local ones (CPU: host devices are
+  made)."""
   seed: int = 0
   """Seed of parameter init, data order, dropout and sampling."""
   resume: bool = False
@@ -74,6 +78,13 @@ class Common:
   """Show progress bars."""
   tensorboard: bool = False
   """Also write TensorBoard logs to <workdir>/tb (needs the tb extra: tensorboardX)."""
+  coordinator: str | None = None
+  """Several processes: host:port of process 0's coordinator (python -m dlcore.launch sets
+  it, and SLURM/Open MPI are detected); None: one process."""
+  num_processes: Annotated[int | None, Between(1)] = None
+  """Several processes: how many in the job (with --coordinator and --process-id)."""
+  process_id: Annotated[int | None, Between(0)] = None
+  """Several processes: this one's index, 0..N-1; process 0 writes the run directory."""
 
 
 @dataclasses.dataclass
@@ -180,20 +191,46 @@ def _exit_code(error: BaseException) -> int | None:
 
 def entry(main) -> None:
   """Runs an experiment's `main()` as a command: dlcore's own errors (bad settings, run
-  folder conflicts, missing data, damaged or unwritable checkpoints, divergence) end in one
-  line `error: ...` and their exit code; any other exception keeps its traceback."""
+  folder conflicts, missing data, damaged or unwritable checkpoints, divergence, a lost or
+  missing peer process) end in one line `error: ...` and their exit code; any other
+  exception keeps its traceback.
+
+  In a job of several processes a failing process exits at once (`os._exit`): JAX's
+  shutdown would otherwise wait for peers that are gone, then abort with a C++ stack."""
+  from dlcore import distributed
+
   try:
     main()
   except KeyboardInterrupt:
     print("interrupted; continue with --resume", file=sys.stderr)
-    raise SystemExit(EXIT_INTERRUPTED) from None
+    _leave(EXIT_INTERRUPTED)
   except Exception as e:  # noqa: BLE001 - re-raised below unless it is one of ours
     code = _exit_code(e)
+    if isinstance(e, distributed.DistributedError):
+      code = distributed.EXIT_PEER
+    elif code is None and distributed.lost_peer(e):
+      code = distributed.EXIT_PEER
+      first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+      e = RuntimeError(f"process {distributed.process_index()} lost contact with another "
+                       f"process of the job ({first}); restart the job with --resume")
     if code is None:
+      if distributed.process_count() > 1:
+        traceback.print_exc()
+        _leave(1)
       raise
     message = " ".join(str(e).split())  # one line, whatever the message's layout
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code) from None
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+  from dlcore import distributed
+
+  if distributed.process_count() > 1:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  raise SystemExit(code) from None
 
 
 def load_image_data(args: ImageDataArgs, fallback: str | tuple[str, ...] | None = None):

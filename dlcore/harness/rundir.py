@@ -17,6 +17,7 @@ from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, Ten
 # a result), and how long it trains (extending --epochs is what resume is for).
 RESUMABLE = {"common.resume", "common.progress", "common.tensorboard", "common.mode",
              "common.devices", "common.overwrite", "common.allow_change", "common.workdir",
+             "common.coordinator", "common.num_processes", "common.process_id",
              "epochs", "score_every"}
 
 
@@ -239,6 +240,55 @@ class RunDir:
     self._release()
 
 
+class FollowerRun:
+  """A run directory as processes 1..N-1 of a job see it: process 0 owns and writes the
+  folder; these write nothing there. `file("checkpoints")` is the shared checkpoint folder
+  (every process takes part in Orbax saves); any other file goes to a private scratch
+  folder, removed on `close`, so experiment code runs unchanged. `resume` reads the run's
+  history without rewriting it."""
+
+  def __init__(self, path: str):
+    import tempfile
+    self.path = os.path.abspath(path)
+    self._scratch = tempfile.mkdtemp(prefix="dlcore-follower-")
+    ident = os.path.join(self.path, "run.json")
+    with open(ident) as f:
+      self.run_id = json.load(f)["run_id"]
+    self._summary: dict = {}
+
+  def file(self, *parts: str) -> str:
+    base = self.path if parts and parts[0] == "checkpoints" else self._scratch
+    p = os.path.join(base, *parts)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    return p
+
+  def write_config(self, config) -> None:
+    pass
+
+  def write(self, split: str, step: int, metrics: dict, **extra) -> None:
+    pass
+
+  log = write
+
+  def write_epoch(self, record: dict) -> None:
+    pass
+
+  def resume(self, step: int, *, scope: str | None = None) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "scope"}
+            for r in _read_jsonl(os.path.join(self.path, "history.jsonl"))
+            if r.get("scope") == scope and r.get("step", 0) <= step]
+
+  def scoped(self, scope: str) -> _Scoped:
+    return _Scoped(self, scope)
+
+  def update_summary(self, entries: dict) -> dict:
+    self._summary.update(jsonable(entries))
+    return dict(self._summary)
+
+  def close(self) -> None:
+    shutil.rmtree(self._scratch, ignore_errors=True)
+
+
 def read_metrics(path: str) -> list[dict]:
   """Rows of a run's metrics.jsonl (path to the run directory or the file)."""
   if os.path.isdir(path):
@@ -247,18 +297,53 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
-  """Common experiment start: host devices, run directory (identity, lock, resume checks,
-  config.json), Runner. `cfg.common` is a `dlcore.harness.cli.Common`.
+  """Common experiment start: host devices, joining a job of several processes
+  (`dlcore.distributed`), run directory (identity, lock, resume checks, config.json; with
+  several processes only process 0 writes it, the others get a `FollowerRun`), Runner.
+  `cfg.common` is a `dlcore.harness.cli.Common`.
   Returns (RunDir, Runner)."""
+  import jax
+
+  from dlcore import distributed
   from dlcore.train.modes import Runner, set_host_devices
 
   common = cfg.common
   if common.devices:
     set_host_devices(common.devices)
-  run = RunDir(common.workdir.format(name=name), tensorboard=common.tensorboard,
-               console=console, config=cfg, resume=common.resume, overwrite=common.overwrite,
-               allow_change=common.allow_change)
+  several = distributed.initialize(common.coordinator, common.num_processes, common.process_id)
+  if several and common.mode != "sharded":
+    from dlcore.harness.cli import ConfigError
+    raise ConfigError(f"--mode {common.mode} runs in one process, and this job has "
+                      f"{jax.process_count()}; use --mode sharded (one program over every "
+                      "process's devices)")
+  path = common.workdir.format(name=name)
+  if not several:
+    run = RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
+                 resume=common.resume, overwrite=common.overwrite,
+                 allow_change=common.allow_change)
+  elif distributed.is_primary():
+    try:
+      run = RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
+                   resume=common.resume, overwrite=common.overwrite,
+                   allow_change=common.allow_change)
+    except Exception:
+      distributed.publish(_RUN_KEY, "")  # the others stop; this process says why
+      raise
+    distributed.publish(_RUN_KEY, run.path)
+  else:
+    ready = distributed.wait_for(_RUN_KEY, RUN_WAIT_S, what="open the run directory")
+    if not ready:
+      raise distributed.DistributedError(
+          f"process {jax.process_index()}: process 0 could not open the run directory "
+          "(its output says why)")
+    run = FollowerRun(ready)
   runner = Runner(common.mode, devices=common.devices)
-  say(f"[{name}] mode={common.mode} devices={runner.devices} run directory: {run.path}"
+  procs = f" processes={jax.process_count()}" if several else ""
+  say(f"[{name}] mode={common.mode} devices={runner.devices}{procs} run directory: {run.path}"
       + (" (resumed)" if common.resume else ""))
   return run, runner
+
+
+_RUN_KEY = "dlcore/run_dir"
+RUN_WAIT_S = 120  # process 0 may be deleting an old run (--overwrite)
+

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from dlcore import metrics, models, optim
+from dlcore import distributed
 from dlcore.checkpoint import load_model, save_model
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
@@ -107,13 +108,20 @@ def scorer_pipeline(data: ImageData) -> ImagePipeline:
   return ImagePipeline("pm1", size=size, resize="bilinear")
 
 
+SCORER_WAIT_S = 3600  # process 0 may be training the scorer (minutes on a CPU)
+
+
 def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: int = 3,
                          seed: int = 0, progress: bool = True) -> Scorer:
   """The chapter 6 CNN for `data` from `path` (a save_model folder; default: the cache path
   for (data, epochs, seed)), or trained and saved there first."""
   pipeline = scorer_pipeline(data)
   path = os.path.abspath(path or default_scorer_path(data, epochs, seed))
-  trained = not os.path.exists(os.path.join(path, "model.json"))
+  several = distributed.process_count() > 1
+  if several and not distributed.is_primary():  # process 0 trains and saves; read its copy
+    distributed.wait_for(f"dlcore/scorer:{path}", SCORER_WAIT_S,
+                         what=f"provide the scoring classifier {path}")
+  trained = distributed.is_primary() and not os.path.exists(os.path.join(path, "model.json"))
   if trained:
     say(f"training the scoring classifier (chapter 6 CNN, {epochs} epochs, seed {seed}) "
         f"-> {path}")
@@ -125,6 +133,8 @@ def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: in
     save_model(path, "cnn", variables_of(result.state),
                input_shape=(28, 28, data.image_shape[2]),
                kwargs={"in_channels": data.image_shape[2], "num_classes": data.num_classes})
+  if several and distributed.is_primary():
+    distributed.publish(f"dlcore/scorer:{path}", "ready")
   model, variables = load_model(path)  # what is scored with is what was saved
   if not isinstance(model, models.CNN) or model.num_classes != data.num_classes:
     raise ConfigError(f"{path} holds {type(model).__name__}, not a chapter 6 CNN for "

@@ -12,13 +12,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from dlcore import distributed
+
 TB_MISSING = ("error: --tensorboard needs tensorboardX, which is not installed; "
               "install it with: pip install 'dlcore[tb]'")
 
 
 def say(*parts: Any) -> None:
-  """`print` for experiments: a line above any running tqdm bar, never on the same line."""
-  tqdm.write(" ".join(str(p) for p in parts))
+  """`print` for experiments: a line above any running tqdm bar, never on the same line.
+  Only process 0 of a job of several speaks; the others stay quiet unless they fail."""
+  if distributed.is_primary():
+    tqdm.write(" ".join(str(p) for p in parts))
 
 
 def tensorboard_available() -> bool:

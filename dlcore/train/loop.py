@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from dlcore import distributed
 from dlcore.checkpoint import Checkpointer
 from dlcore.train.modes import Runner
 
@@ -159,8 +160,9 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     return run_evaluators([ev if due(ev) else (lambda s, k: {}) for ev in evaluators],
                           host_state, eval_seed)
 
-  bar = tqdm(total=num_epochs, desc=desc, disable=not progress, unit="epoch",
-             dynamic_ncols=True)
+  # With several processes only process 0 shows a bar.
+  bar = tqdm(total=num_epochs, desc=desc, disable=not progress or not distributed.is_primary(),
+             unit="epoch", dynamic_ncols=True)
   try:
     for epoch in range(num_epochs):
       epoch_rows = []

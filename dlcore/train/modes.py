@@ -73,10 +73,9 @@ class Runner:
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-    procs = jax.process_count()
-    if procs > 1 and self.mode != "sharded":
-      raise ValueError(f"mode {self.mode!r} runs in one process, and this job has {procs}; "
-                       "use --mode sharded (one program over every process's devices)")
+    # With several processes only `sharded` spans them; the other modes run on this
+    # process's devices alone (e.g. a scorer each process evaluates by itself).
+    procs = jax.process_count() if self.mode == "sharded" else 1
     if self.mode in ("pmap", "sharded"):
       available = jax.local_device_count()
       n = self.devices or available
@@ -99,7 +98,8 @@ class Runner:
 
   @property
   def multiprocess(self) -> bool:
-    return jax.process_count() > 1
+    """Whether the mesh spans several processes."""
+    return self._mesh is not None and jax.process_count() > 1
 
   # ---- compiling -------------------------------------------------------------------------
   def compile(self, fn, *, donate_state: bool | None = None):

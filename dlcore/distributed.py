@@ -1,0 +1,175 @@
+"""Several processes on JAX's distributed runtime: joining a job, with waits that end.
+
+    dlcore.distributed.initialize()      # reads DLCORE_* (set by `python -m dlcore.launch`)
+    dlcore.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=0)
+
+Where the job's shape comes from, first match wins: the arguments; the environment variables
+`DLCORE_COORDINATOR`, `DLCORE_NUM_PROCESSES`, `DLCORE_PROCESS_ID` (the launcher sets them);
+a cluster JAX detects by itself (SLURM's `srun` with more than one task, Open MPI's
+`mpirun`), through `jax.distributed.initialize()`'s own detection. Nothing found: one
+process, and nothing happens.
+
+JAX's defaults wait 300 s for the other processes and notice a dead one after 100 s, then
+abort with a C++ stack. Here a process that cannot join within `timeout` seconds (default
+30, `DLCORE_CONNECT_TIMEOUT`) stops with one line naming the missing process; the heartbeat
+and shutdown timeouts are 10 s. CPU collectives go through gloo, which JAX needs for more
+than one CPU process.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import jax
+
+ENV_COORDINATOR = "DLCORE_COORDINATOR"
+ENV_NUM_PROCESSES = "DLCORE_NUM_PROCESSES"
+ENV_PROCESS_ID = "DLCORE_PROCESS_ID"
+ENV_CONNECT_TIMEOUT = "DLCORE_CONNECT_TIMEOUT"
+HEARTBEAT_S = 10
+SHUTDOWN_S = 10
+EXIT_PEER = 6  # a peer process failed, or never came
+
+
+class DistributedError(RuntimeError):
+  """The job's processes could not be joined or lost one another; the message says which."""
+
+
+_joined = False
+
+
+def _cluster_detected() -> bool:
+  """A multi-task SLURM step or Open MPI job, which jax.distributed detects by itself."""
+  for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+    try:
+      if int(os.environ.get(var, "1")) > 1:
+        return True
+    except ValueError:
+      pass
+  return False
+
+
+def settings(coordinator: str | None = None, num_processes: int | None = None,
+             process_id: int | None = None) -> tuple[str, int, int] | str | None:
+  """(coordinator, num_processes, process_id) from the arguments or environment, "auto" for
+  a detected cluster, None for a single process."""
+  coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
+  env_n, env_id = os.environ.get(ENV_NUM_PROCESSES), os.environ.get(ENV_PROCESS_ID)
+  try:
+    num_processes = num_processes if num_processes is not None else (
+        int(env_n) if env_n else None)
+    process_id = process_id if process_id is not None else (int(env_id) if env_id else None)
+  except ValueError:
+    raise DistributedError(f"{ENV_NUM_PROCESSES}={env_n!r} and {ENV_PROCESS_ID}={env_id!r} "
+                           "must be integers") from None
+  given = {"--coordinator": coordinator, "--num-processes": num_processes,
+           "--process-id": process_id}
+  if all(v is None for v in given.values()):
+    return "auto" if _cluster_detected() else None
+  missing = [flag for flag, v in given.items() if v is None]
+  if missing and not (num_processes == 1 and process_id in (None, 0)):
+    raise DistributedError(f"a job of several processes needs {', '.join(given)}; "
+                           f"missing: {', '.join(missing)}")
+  if num_processes is not None and num_processes < 1:
+    raise DistributedError(f"--num-processes must be >= 1 (got {num_processes})")
+  if num_processes == 1:
+    return None
+  if not 0 <= process_id < num_processes:
+    raise DistributedError(f"--process-id {process_id} is outside 0..{num_processes - 1}")
+  if ":" not in coordinator:
+    raise DistributedError(f"--coordinator {coordinator!r} must be host:port")
+  return coordinator, num_processes, process_id
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, timeout: float | None = None) -> bool:
+  """Joins the job (see the module doc); returns whether there is more than one process.
+  Must run before JAX's first computation. A process that cannot join within `timeout`
+  seconds writes one line to stderr and exits with code `EXIT_PEER`."""
+  global _joined
+  found = settings(coordinator, num_processes, process_id)
+  if found is None:
+    return False
+  if _joined:
+    return jax.process_count() > 1
+  timeout = float(timeout or os.environ.get(ENV_CONNECT_TIMEOUT) or 30)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if found == "auto":
+    address, n, pid, where = None, None, None, "the cluster's coordinator"
+  else:
+    address, n, pid = found
+    where = f"the coordinator at {address}"
+  done = threading.Event()
+
+  def watchdog():
+    # JAX's own deadline aborts the process with a C++ stack; this one ends first, in a line.
+    if done.wait(timeout):
+      return
+    if n == 2:
+      missing = f"process {1 - pid}"
+    elif n:
+      missing = f"one of processes {', '.join(str(i) for i in range(n) if i != pid)}"
+    else:
+      missing = "a process of the job"
+    sys.stderr.write(
+        f"error: process {pid if pid is not None else '?'} of {n or '?'}: {missing} did not "
+        f"join {where} within {timeout:.0f} s; start every process (each with its own "
+        "--process-id) or check the address and port\n")
+    sys.stderr.flush()
+    os._exit(EXIT_PEER)
+
+  threading.Thread(target=watchdog, name="dlcore-join-watchdog", daemon=True).start()
+  try:
+    jax.distributed.initialize(address, n, pid, initialization_timeout=int(timeout) + 30,
+                               heartbeat_timeout_seconds=HEARTBEAT_S,
+                               shutdown_timeout_seconds=SHUTDOWN_S)
+  finally:
+    done.set()
+  _joined = True
+  return jax.process_count() > 1
+
+
+def process_index() -> int:
+  """This process's index in the job; 0 before `initialize` or alone (touches no device)."""
+  return jax.process_index() if _joined else 0
+
+
+def process_count() -> int:
+  """Processes in the job; 1 before `initialize` or alone (touches no device)."""
+  return jax.process_count() if _joined else 1
+
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that writes run directories and shows progress."""
+  return process_index() == 0
+
+
+def _client():
+  # The coordination service's key-value store: no public API in jax 0.10 (jax._src).
+  from jax._src import distributed as _dist
+  return _dist.global_state.client
+
+
+def publish(key: str, value: str) -> None:
+  """Makes `value` readable by every process of the job under `key`."""
+  _client().key_value_set(key, value)
+
+
+def wait_for(key: str, timeout: float, *, what: str) -> str:
+  """The value process 0 published under `key`, waiting at most `timeout` seconds."""
+  try:
+    return _client().blocking_key_value_get(key, int(timeout * 1000))
+  except Exception as e:  # noqa: BLE001 - jaxlib raises its own runtime error type
+    raise DistributedError(f"process {jax.process_index()}: gave up after {timeout:.0f} s "
+                           f"waiting for process 0 to {what} "
+                           f"({str(e).splitlines()[0][:80]})") from None
+
+
+def lost_peer(error: BaseException) -> bool:
+  """Whether `error` is a collective or coordination failure because a peer went away."""
+  if not _joined or jax.process_count() <= 1:
+    return False
+  text = str(error)
+  return any(s in text for s in ("Gloo", "Connection closed by peer", "Connection reset",
+                                 "DEADLINE_EXCEEDED", "UNAVAILABLE", "heartbeat"))
