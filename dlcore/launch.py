@@ -80,8 +80,6 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
   log_dir = os.path.abspath(log_dir or tempfile.mkdtemp(prefix="dlcore-launch-"))
   os.makedirs(log_dir, exist_ok=True)
   address = f"127.0.0.1:{port or free_port()}"
-  print(f"dlcore.launch: {n} processes of {module}, coordinator {address}, logs in {log_dir}",
-        file=sys.stderr, flush=True)
   procs, logs, relays = [], [], []
   for i in range(n):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{
@@ -97,6 +95,8 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
       t = threading.Thread(target=_relay, args=(p.stdout, log, sys.stdout.buffer), daemon=True)
       t.start()
       relays.append(t)
+  print(f"dlcore.launch: {n} processes of {module} (pids {' '.join(str(p.pid) for p in procs)}"
+        f"), coordinator {address}, logs in {log_dir}", file=sys.stderr, flush=True)
   try:
     code = _watch(procs, log_dir)
   except KeyboardInterrupt:

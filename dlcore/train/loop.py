@@ -160,6 +160,20 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     return run_evaluators([ev if due(ev) else (lambda s, k: {}) for ev in evaluators],
                           host_state, eval_seed)
 
+  due_save = None  # (step, epoch): saved before the next step, or once the epoch's record
+                  # is written, so a kill between the two resumes from the previous save
+
+  def save_due() -> None:
+    nonlocal due_save, last_good
+    if due_save is None:
+      return
+    step, epoch = due_save
+    due_save = None
+    host = runner.get_state(state)
+    check_state(host, step, epoch)
+    checkpointer.save(step, host)
+    last_good = step
+
   # With several processes only process 0 shows a bar.
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress or not distributed.is_primary(),
              unit="epoch", dynamic_ncols=True)
@@ -170,20 +184,18 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         if (calls_done + 1) * steps_per_call <= start_step:  # replaying up to the resume point
           calls_done += 1
           continue
+        save_due()
         state, metrics = train_step(state, runner.put_batch(batch, stacked=stacked))
         calls_done += 1
         metrics = runner.get_output(metrics)
         pending.append(metrics)
         epoch_rows.append(metrics)
         step = calls_done * steps_per_call
-        save_now = checkpointer is not None and checkpointer.should_save(step)
-        if save_now or len(pending) >= log_every:
+        if checkpointer is not None and checkpointer.should_save(step):
           flush(step, epoch)
-        if save_now:
-          host = runner.get_state(state)
-          check_state(host, step, epoch)
-          checkpointer.save(step, host)
-          last_good = step
+          due_save = (step, epoch)
+        elif len(pending) >= log_every:
+          flush(step, epoch)
       step = calls_done * steps_per_call
       if not epoch_rows:  # epoch entirely before the resume point
         bar.update(1)
@@ -200,6 +212,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         writer.write_epoch(record)
       if on_epoch_end is not None:
         on_epoch_end(epoch, host_state, record)
+      save_due()  # after the epoch's record: a checkpoint never runs ahead of the history
       bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
                       | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
                          if np.ndim(v) == 0 and k != "count"})
