@@ -30,7 +30,7 @@ class Case:
   spec: str
   models: tuple[str, ...]
   batch: int                     # examples per step (0: the step takes one unbatched input)
-  build: Callable[[str | None], tuple[Any, Callable, dict]]
+  build: Callable[[], tuple[Any, Callable, dict]]
   torch: Callable[[], Callable[[], Any]] | None = None
   note: str = ""
   tags: tuple[str, ...] = field(default=())  # "tiny" (fused-loop candidates), "conv", ...

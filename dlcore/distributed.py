@@ -11,15 +11,19 @@ process, and nothing happens.
 
 JAX's defaults wait 300 s for the other processes and notice a dead one after 100 s, then
 abort with a C++ stack. Here a process that cannot join within `timeout` seconds (default
-30, `DLCORE_CONNECT_TIMEOUT`) stops with one line naming the missing process; the heartbeat
-and shutdown timeouts are 10 s. CPU collectives go through gloo, which JAX needs for more
-than one CPU process.
+30, `DLCORE_CONNECT_TIMEOUT`) stops with one line naming the missing process, and each
+process watches the others' beats in the coordinator's key-value store: a peer silent for
+`PEER_S` seconds (one that exits normally says so first) ends this process with one line and
+exit code `EXIT_PEER`, before JAX's own heartbeat check would abort it. CPU collectives go
+through gloo, which JAX needs for more than one CPU process.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
+import time
 
 import jax
 
@@ -27,8 +31,10 @@ ENV_COORDINATOR = "DLCORE_COORDINATOR"
 ENV_NUM_PROCESSES = "DLCORE_NUM_PROCESSES"
 ENV_PROCESS_ID = "DLCORE_PROCESS_ID"
 ENV_CONNECT_TIMEOUT = "DLCORE_CONNECT_TIMEOUT"
-HEARTBEAT_S = 10
-SHUTDOWN_S = 10
+HEARTBEAT_S = 20  # JAX's: after it, the runtime aborts the process with a C++ stack
+PEER_S = 10       # ours: a peer silent this long is gone; ends the process first, in a line
+BEAT_S = 0.5
+SHUTDOWN_S = 60   # the exit barrier: how long a finished process waits for slower peers
 EXIT_PEER = 6  # a peer process failed, or never came
 
 
@@ -83,10 +89,12 @@ def settings(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout: float | None = None) -> bool:
+               process_id: int | None = None, *, timeout: float | None = None,
+               watch_peers: bool = True) -> bool:
   """Joins the job (see the module doc); returns whether there is more than one process.
   Must run before JAX's first computation. A process that cannot join within `timeout`
-  seconds writes one line to stderr and exits with code `EXIT_PEER`."""
+  seconds writes one line to stderr and exits with code `EXIT_PEER`; so does one whose
+  peer goes silent, unless `watch_peers=False`."""
   global _joined
   found = settings(coordinator, num_processes, process_id)
   if found is None:
@@ -127,7 +135,64 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   finally:
     done.set()
   _joined = True
+  if watch_peers and jax.process_count() > 1:
+    _start_peer_watch(jax.process_index(), jax.process_count())
   return jax.process_count() > 1
+
+
+_leaving = threading.Event()
+
+
+def _die(message: str) -> None:
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  os._exit(EXIT_PEER)
+
+
+def _start_peer_watch(me: int, n: int) -> None:
+  client = _client()
+
+  def beat_and_watch():
+    heard = {p: ("", time.monotonic()) for p in range(n) if p != me}
+    count = 0
+    while not _leaving.is_set():
+      try:
+        client.key_value_set(f"dlcore/alive/{me}", str(count), allow_overwrite=True)
+        count += 1
+        for p, (value, since) in heard.items():
+          try:
+            now_value = client.key_value_try_get(f"dlcore/alive/{p}")
+          except Exception as e:  # noqa: BLE001 - NOT_FOUND: it has not beaten yet
+            if "NOT_FOUND" not in str(e):
+              raise
+            now_value = ""
+          if now_value != value:
+            heard[p] = (now_value, time.monotonic())
+          elif time.monotonic() - since > PEER_S and not _leaving.is_set():
+            try:
+              client.key_value_try_get(f"dlcore/done/{p}")
+              continue  # it finished normally
+            except Exception:  # noqa: BLE001
+              pass
+            _die(f"process {me} of {n}: process {p} stopped responding ({PEER_S:.0f} s "
+                 "without a beat): it died or hangs; the job cannot go on, restart it "
+                 "with --resume")
+      except Exception as e:  # noqa: BLE001 - the coordinator (process 0) itself is gone
+        if _leaving.is_set():
+          return
+        _die(f"process {me} of {n}: lost the job's coordinator (process 0): "
+             f"{str(e).strip().splitlines()[0][:100]}; restart the job with --resume")
+      _leaving.wait(BEAT_S)
+
+  def leave():
+    _leaving.set()
+    try:
+      client.key_value_set(f"dlcore/done/{me}", "1", allow_overwrite=True)
+    except Exception:  # noqa: BLE001 - leaving anyway
+      pass
+
+  atexit.register(leave)  # runs before JAX's own exit handler (registered at import)
+  threading.Thread(target=beat_and_watch, name="dlcore-peer-watch", daemon=True).start()
 
 
 def process_index() -> int:

@@ -24,7 +24,7 @@ def test_every_registered_model_has_a_case():
 def test_case_step_is_well_formed(cid):
   """Every case's step traces to a scalar loss and a state of the same structure (abstract
   evaluation: no compile, so AlexNet's 224x224 batch of 128 costs nothing here)."""
-  state, step, batch = CASES[cid].build(None)
+  state, step, batch = CASES[cid].build()
   new, metrics = jax.eval_shape(step, state, batch)
   assert metrics["loss"].shape == ()
   assert jax.tree.structure(new) == jax.tree.structure(state)
@@ -32,7 +32,7 @@ def test_case_step_is_well_formed(cid):
 
 @pytest.mark.parametrize("cid", [c for c, case in CASES.items() if "tiny" in case.tags])
 def test_tiny_case_step_updates_parameters(cid):
-  state, step, batch = CASES[cid].build(None)
+  state, step, batch = CASES[cid].build()
   new, metrics = jax.jit(step)(state, batch)
   assert np.isfinite(float(metrics["loss"]))
   moved = [float(jnp.abs(a - b).max())

@@ -105,7 +105,7 @@ def test_a_worker_that_never_starts_is_named_in_seconds(tmp_path):
 
 def test_the_join_waits_are_short_by_default(monkeypatch):
   monkeypatch.delenv(distributed.ENV_CONNECT_TIMEOUT, raising=False)
-  assert distributed.HEARTBEAT_S <= 30 and distributed.SHUTDOWN_S <= 30
+  assert distributed.PEER_S < distributed.HEARTBEAT_S <= 30 and distributed.SHUTDOWN_S <= 60
   import inspect
   src = inspect.getsource(distributed.initialize)
   assert "or 30)" in src  # the join timeout a user gets without DLCORE_CONNECT_TIMEOUT
@@ -175,3 +175,34 @@ def test_kill_9_then_resume_with_2_and_with_1_process(tmp_path):
   for folder in (killed, tmp_path / "killed1"):
     assert [h["epoch"] for h in _history(folder)] == list(range(12))
     assert abs(_summary(folder)["test_loss"] - want) < 1e-4, folder
+
+
+def test_a_survivor_of_a_dead_peer_stops_in_one_line(tmp_path):
+  """No launcher: two processes started by hand with the cluster flags; process 1 is killed
+  mid-training. Process 0 ends within 30 s with exit code 6 and one line, not JAX's abort
+  with a C++ stack after its heartbeat timeout (what it did before the peer watch)."""
+  port = free_port()
+  base = [sys.executable, "-m", *MLP, "--train-limit", "256", "--epochs", "100000",
+          "--workdir", str(tmp_path / "w"), "--coordinator", f"127.0.0.1:{port}",
+          "--num-processes", "2", "--process-id"]
+  procs = [subprocess.Popen(base + [str(i)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + 120
+    while not os.path.isdir(tmp_path / "w" / "checkpoints") and time.monotonic() < deadline:
+      time.sleep(0.1)
+    assert procs[0].poll() is None
+    procs[1].kill()
+    t0 = time.monotonic()
+    err = procs[0].communicate(timeout=60)[1]
+    assert time.monotonic() - t0 < 30
+    assert procs[0].returncode == distributed.EXIT_PEER, err[-1500:]
+    last = err.strip().splitlines()[-1]
+    # Either its next collective failed at once, or the peer watch noticed the silence.
+    assert last.startswith("error: process 0") and (
+        "process 1 stopped responding" in last or "lost contact" in last), last
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
