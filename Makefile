@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-all bench clean
 
 # PYTHONWARNINGS hides setuptools' "Editable installation" notice: nothing a user can act on.
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,9 @@ run: install
 	$(PY) -m experiments.vae --workdir $(WORKDIR)/vae --overwrite
 
 test: install
+	$(PY) -m pytest tests -m "not slow"
+
+test-all: install
 	$(PY) -m pytest tests
 
 bench: install

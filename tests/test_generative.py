@@ -138,7 +138,9 @@ def test_gan_steps_eager_jit_pmap(variant):
   assert int(ref.step) == 2 and int(ref.d.step) == 2
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert 0 < float(metrics["d_real"]) < 1 and 0 < float(metrics["d_fake"]) < 1
-  for mode, devices in (("eager", None), ("pmap", 2)):
+  # Eager is checked on the small players; DCGAN's convolutions op by op cost ~20 s.
+  modes = (("pmap", 2),) if variant == "dcgan" else (("eager", None), ("pmap", 2))
+  for mode, devices in modes:
     other, _ = gan_step(variant, mode, devices)
     # The global noise is sliced per device and dcgan's batch norm takes the whole batch's
     # statistics (models built without any axis name): pmap computes one device's steps.

@@ -96,15 +96,17 @@ def test_offline_mnist_experiment_fails_fast_and_writes_nothing(isolated_home, t
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="dataset-fashion-mnist not installed")
 def test_mnist_mlp_pmap_matches_jit_on_fashion_mnist(tmp_path):
-  """The acceptance's pmap check in small: 2 host devices with synced batch norm reach the
-  jit run's test accuracy on a slice of the real data."""
+  """The acceptance's pmap check in small, on real data: 1000 images (15 batches of 64 and
+  a partial one of 40, which pmap runs whole, as jit does) give jit's numbers on 2 host
+  devices, with batch norm built without any axis name."""
   from experiments import mnist_mlp
 
-  common = ["--dataset", "fashion_mnist", "--train-limit", "4096", "--test-limit", "2000",
+  common = ["--dataset", "fashion_mnist", "--train-limit", "1000", "--test-limit", "1000",
             "--epochs", "2", "--no-compare", *QUIET]
   jit = mnist_mlp.main(common + ["--workdir", str(tmp_path / "jit")])["2.3.1"]
   pmap = mnist_mlp.main(common + ["--workdir", str(tmp_path / "pmap"), "--mode", "pmap",
                                   "--devices", "2"])["2.3.1"]
   assert pmap["devices"] == 2 and FASHION_DIR in pmap["dataset"]
-  assert jit["test_accuracy"] > 0.75
-  assert abs(jit["test_accuracy"] - pmap["test_accuracy"]) <= 0.005
+  assert jit["test_accuracy"] > 0.6
+  assert abs(jit["test_loss"] - pmap["test_loss"]) < 1e-4
+  assert abs(jit["train_accuracy"] - pmap["train_accuracy"]) < 1e-5

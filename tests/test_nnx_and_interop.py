@@ -20,7 +20,8 @@ def _inputs(name, batch=3):
   return tuple(out)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet" else n
+                                  for n in models.names()])
 def test_every_model_runs_from_nnx_with_the_same_outputs(name):
   model = models.build(name)
   inputs = _inputs(name, batch=1 if name == "alexnet" else 3)  # AlexNet: 224x224 inputs

@@ -74,7 +74,6 @@ def test_every_third_party_import_is_declared():
   assert not missing, f"imported but not declared in pyproject.toml: {missing}"
 
 
-@pytest.mark.slow
 def test_the_wheel_holds_dlcore_only_and_builds_without_warnings(tmp_path):
   out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path),
                         ROOT], capture_output=True, text=True, timeout=600)

@@ -150,7 +150,8 @@ def test_every_registered_model_has_a_parity_case():
   assert not missing, f"models without a PyTorch parity case: {missing}"
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet" else n
+                                  for n in models.names()])
 def test_forward_parity(name):
   torch.manual_seed(1)
   net, kwargs, t_in, f_in = case(name)
