@@ -61,13 +61,14 @@ def test_a_second_job_on_a_used_folder_is_refused_by_process_0_in_one_line(tmp_p
   os.makedirs(tmp_path / "w")
   with open(tmp_path / "w" / "run.json", "w") as f:  # a folder that holds a run
     json.dump({"run_id": "earlier", "started": "2026-12-01T00:00:00+00:00"}, f)
-  before = sorted(os.listdir(tmp_path / "w"))
+  before = open(tmp_path / "w" / "run.json").read()
   t0 = time.monotonic()
   again = _launch(2, args, tmp_path / "l2")
   assert again.returncode == 2 and time.monotonic() - t0 < 60
   assert "already holds a run" in again.stdout  # process 0's own line, relayed
   assert "process 0 exited with code 2" in again.stderr.strip().splitlines()[-1]
-  assert sorted(os.listdir(tmp_path / "w")) == before
+  assert sorted(set(os.listdir(tmp_path / "w")) - {".lock"}) == ["run.json"]
+  assert open(tmp_path / "w" / "run.json").read() == before
 
 
 def test_a_killed_worker_stops_the_job_within_30_s(tmp_path):
