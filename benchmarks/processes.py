@@ -35,6 +35,8 @@ def worker(cases: list[str], devices: int, rounds: int) -> None:
   set_host_devices(devices)
   several = distributed.initialize()
   import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
 
   from benchmarks.cases import CASES
   from dlcore.train import Runner
@@ -49,16 +51,22 @@ def worker(cases: list[str], devices: int, rounds: int) -> None:
     state, batch = runner.put_state(state), runner.put_batch(batch)
     state, m = step(state, batch)  # compile
     jax.block_until_ready((state, m))
+    t0 = time.perf_counter()
+    for _ in range(5):
+      state, m = step(state, batch)
+    jax.block_until_ready((state, m))
+    # Steps per round (>= 0.2 s): process 0's count for all, or their collectives mismatch.
+    n = max(5, int(0.2 / ((time.perf_counter() - t0) / 5)))
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(n))) if several else n
     times = []
     for _ in range(rounds):
-      n, t0 = 0, time.perf_counter()
-      while time.perf_counter() - t0 < 0.2 or n < 5:
+      t0 = time.perf_counter()
+      for _ in range(n):
         state, m = step(state, batch)
-        n += 1
       jax.block_until_ready((state, m))
       times.append((time.perf_counter() - t0) / n * 1e3)
     out[name] = {"ms": statistics.median(times), "rounds_ms": times, "batch": case.batch,
-                 "devices_total": runner.devices}
+                 "steps_per_round": n, "devices_total": runner.devices}
   if distributed.is_primary():
     print(RESULT + json.dumps(out), flush=True)
 
