@@ -215,6 +215,12 @@ def _local_checkpointer() -> ocp.StandardCheckpointer:
       primary_host=me, active_processes={me}))
 
 
+def _host(tree):
+  # With several processes Orbax refuses this process's own device arrays ("host local"),
+  # and writes host arrays from process 0 only: hand it host arrays.
+  return jax.device_get(tree) if distributed.process_count() > 1 else tree
+
+
 def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int, ...],
                kwargs: dict[str, Any] | None = None) -> str:
   """Saves a registered model's variables plus what rebuilds it (name, kwargs, input shape).
@@ -227,10 +233,13 @@ def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int,
   os.makedirs(path, exist_ok=True)
   meta = {"format": FORMAT_VERSION, "name": name, "kwargs": kwargs,
           "input_shape": list(input_shape)}
-  with open(os.path.join(path, "model.json"), "w") as f:
-    json.dump(meta, f, indent=2)
   with _local_checkpointer() as ckptr:
-    ckptr.save(os.path.join(path, "variables"), variables, force=True)
+    ckptr.save(os.path.join(path, "variables"), _host(variables), force=True)
+  # model.json last: a folder whose save failed has none, so it is not taken for a model.
+  tmp = os.path.join(path, "model.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(path, "model.json"))
   return path
 
 
@@ -323,7 +332,7 @@ def save_params(path: str, variables: dict) -> str:
   if not distributed.is_primary():
     return path
   with _local_checkpointer() as ckptr:
-    ckptr.save(path, variables, force=True)
+    ckptr.save(path, _host(variables), force=True)
   return path
 
 

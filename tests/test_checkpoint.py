@@ -105,3 +105,31 @@ def test_resume_in_a_new_process_gives_identical_parameters(tmp_path):
       finals.append(ck.restore(template))
   assert max_abs_diff(finals[0].params, finals[1].params) == 0
   assert max_abs_diff(finals[0].opt_state, finals[1].opt_state) == 0
+
+
+def test_a_failed_save_model_leaves_no_model_json(tmp_path, monkeypatch):
+  """model.json is written last: a folder whose arrays failed to save is not a model (the
+  scorer cache once kept such a folder and every later run failed to load it)."""
+  model = models.build("mlp", widths=(4, 1))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+
+  class Broken:
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def save(self, *args, **kwargs):
+      raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoint, "_local_checkpointer", Broken)
+  with pytest.raises(OSError):
+    checkpoint.save_model(str(tmp_path / "m"), "mlp", variables, input_shape=(2,),
+                          kwargs={"widths": (4, 1)})
+  assert not (tmp_path / "m" / "model.json").exists()
+  monkeypatch.undo()
+  checkpoint.save_model(str(tmp_path / "m"), "mlp", variables, input_shape=(2,),
+                        kwargs={"widths": (4, 1)})
+  _, loaded = checkpoint.load_model(str(tmp_path / "m"))
+  assert max_abs_diff(loaded["params"], variables["params"]) == 0
