@@ -10,7 +10,6 @@ import sys
 import tomllib
 import zipfile
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = ["models", "train", "data", "interop", "optim.py", "losses.py", "metrics.py",
