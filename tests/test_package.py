@@ -13,7 +13,7 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = ["models", "train", "data", "interop", "optim.py", "losses.py", "metrics.py",
-          "checkpoint.py", "manual.py", "nnx.py"]
+          "checkpoint.py", "manual.py", "nnx.py", "parallel.py", "distributed.py", "launch.py"]
 
 
 def _imports(path):
