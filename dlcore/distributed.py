@@ -31,6 +31,7 @@ ENV_COORDINATOR = "DLCORE_COORDINATOR"
 ENV_NUM_PROCESSES = "DLCORE_NUM_PROCESSES"
 ENV_PROCESS_ID = "DLCORE_PROCESS_ID"
 ENV_CONNECT_TIMEOUT = "DLCORE_CONNECT_TIMEOUT"
+CONNECT_TIMEOUT_S = 30  # how long a process waits for the others to join
 HEARTBEAT_S = 20  # JAX's: after it, the runtime aborts the process with a C++ stack
 PEER_S = 10       # ours: a peer silent this long is gone; ends the process first, in a line
 BEAT_S = 0.5
@@ -101,7 +102,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return False
   if _joined:
     return jax.process_count() > 1
-  timeout = float(timeout or os.environ.get(ENV_CONNECT_TIMEOUT) or 30)
+  timeout = float(timeout or os.environ.get(ENV_CONNECT_TIMEOUT) or CONNECT_TIMEOUT_S)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if found == "auto":
     address, n, pid, where = None, None, None, "the cluster's coordinator"
@@ -120,12 +121,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
       missing = f"one of processes {', '.join(str(i) for i in range(n) if i != pid)}"
     else:
       missing = "a process of the job"
-    sys.stderr.write(
-        f"error: process {pid if pid is not None else '?'} of {n or '?'}: {missing} did not "
-        f"join {where} within {timeout:.0f} s; start every process (each with its own "
-        "--process-id) or check the address and port\n")
-    sys.stderr.flush()
-    os._exit(EXIT_PEER)
+    _die(f"process {pid if pid is not None else '?'} of {n or '?'}: {missing} did not join "
+         f"{where} within {timeout:.0f} s; start every process (each with its own "
+         "--process-id) or check the address and port")
 
   threading.Thread(target=watchdog, name="dlcore-join-watchdog", daemon=True).start()
   try:
