@@ -228,6 +228,7 @@ def test_an_explicit_dataset_is_never_replaced(tmp_path):
     (["--epochs", "0"], "--epochs"), (["--devices", "-1"], "--devices"),
     (["--train-limit", "-3"], "--train-limit"), (["--lr", "-1"], "--lr"),
     (["--mode", "pmap", "--devices", "3"], "--batch-size"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2"], "--process-id"),
 ])
 def test_bad_values_are_refused_at_parse_time(argv, flag, capsys, tmp_path):
   from experiments import cnn

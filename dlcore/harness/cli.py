@@ -164,6 +164,12 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
                         f"{common.devices}; choose a multiple of {common.devices}")
     if common is not None and common.tensorboard and not tensorboard_available():
       raise ConfigError(TB_MISSING.removeprefix("error: "))
+    if common is not None:  # incomplete process flags: now, not after loading the data
+      from dlcore import distributed
+      try:
+        distributed.settings(common.coordinator, common.num_processes, common.process_id)
+      except distributed.DistributedError as e:
+        raise ConfigError(str(e)) from None
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
