@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlcore import distributed
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import RunDir
 from dlcore.harness.writers import say
@@ -154,6 +155,9 @@ def jacobian_demo() -> dict:
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
+  if distributed.settings() is not None:  # e.g. started by dlcore.launch
+    raise cli.ConfigError("basics runs in one process (it compares NumPy, eager and jit "
+                          "side by side); start it without dlcore.launch")
   run = RunDir(cfg.workdir, config=cfg, overwrite=cfg.overwrite)
   say(f"[basics] run directory: {run.path}\n2.2.1 gradient descent three ways "
         f"({cfg.steps} steps, lr {cfg.lr}):")
