@@ -22,7 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dlcore import distributed
-
 from dlcore.models import registry
 
 FORMAT_VERSION = 1

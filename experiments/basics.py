@@ -127,8 +127,8 @@ def gradient_descent_three_ways(cfg: Config, run: RunDir) -> dict:
     r["mse"] = float(np.mean((r["w"] * x ** 2 + r["b"] - y) ** 2))
     say(f"  {name:<6} w={r['w']:.4f} b={r['b']:.4f} loss={r['loss']:.4f} "
           f"(MSE {r['mse']:.4f})  {r['ms_per_step']:.4f} ms/step")
-  say(f"  seed printed: numpy w=2.9586 b=2.1018; autograd w=2.9645 b=2.1146; TF (2000 "
-        f"steps) w=2.92 b=2.12")
+  say("  seed printed: numpy w=2.9586 b=2.1018; autograd w=2.9645 b=2.1146; TF (2000 "
+        "steps) w=2.92 b=2.12")
   say(f"  eager / jit time per step: {results['eager']['ms_per_step'] / results['jit']['ms_per_step']:.0f}x"
         f" (jit compile {results['jit']['compile_s']:.2f} s, once)")
   grid = np.linspace(-1, 1, 200)

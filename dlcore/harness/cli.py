@@ -150,7 +150,6 @@ def check(cfg) -> None:
     cfg.check()
 
 
-
 def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   """Parses argv (default: sys.argv[1:]) into `config_cls`; `--help` lists every option with
   its description, type and default. Invalid values stop with one line and exit code 2."""

@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 
+from dlcore.harness.cli import _flag
 from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
                                     jsonable, say)
 
@@ -35,10 +36,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def _flag(key: str) -> str:
-  return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
-
-
 def _read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
@@ -57,6 +54,13 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
   with open(tmp, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
   os.replace(tmp, path)
+
+
+def _epoch_records(run_path: str, step: int, scope: str | None) -> list[dict]:
+  """The run's epoch records of `scope` up to `step`, as `fit` keeps them (no scope key)."""
+  return [{k: v for k, v in r.items() if k != "scope"}
+          for r in _read_jsonl(os.path.join(run_path, "history.jsonl"))
+          if r.get("scope") == scope and r.get("step", 0) <= step]
 
 
 class _Scoped:
@@ -217,9 +221,7 @@ class RunDir:
       path = os.path.join(self.path, name)
       if os.path.exists(path):
         _write_jsonl(path, [r for r in _read_jsonl(path) if keep(r)])
-    return [{k: v for k, v in r.items() if k != "scope"}
-            for r in _read_jsonl(os.path.join(self.path, "history.jsonl"))
-            if r.get("scope") == scope]
+    return _epoch_records(self.path, step, scope)
 
   def scoped(self, scope: str) -> _Scoped:
     return _Scoped(self, scope)
@@ -274,9 +276,7 @@ class FollowerRun:
     pass
 
   def resume(self, step: int, *, scope: str | None = None) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "scope"}
-            for r in _read_jsonl(os.path.join(self.path, "history.jsonl"))
-            if r.get("scope") == scope and r.get("step", 0) <= step]
+    return _epoch_records(self.path, step, scope)
 
   def scoped(self, scope: str) -> _Scoped:
     return _Scoped(self, scope)
@@ -317,15 +317,17 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
                       f"{jax.process_count()}; use --mode sharded (one program over every "
                       "process's devices)")
   path = common.workdir.format(name=name)
+
+  def open_run() -> RunDir:
+    return RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
+                  resume=common.resume, overwrite=common.overwrite,
+                  allow_change=common.allow_change)
+
   if not several:
-    run = RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
-                 resume=common.resume, overwrite=common.overwrite,
-                 allow_change=common.allow_change)
+    run = open_run()
   elif distributed.is_primary():
     try:
-      run = RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
-                   resume=common.resume, overwrite=common.overwrite,
-                   allow_change=common.allow_change)
+      run = open_run()
     except Exception:
       distributed.publish(_RUN_KEY, "")  # the others stop; this process says why
       raise

@@ -127,6 +127,10 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   pending: list = []
   calls_done = 0  # calls whose steps are already in `state`
 
+  def kept(which: str) -> str:
+    return (f"the last {which} checkpoint (step {last_good}) is kept in "
+            f"{checkpointer.directory}" if last_good is not None else "no checkpoint was saved")
+
   def flush(step: int, epoch: int) -> dict | None:
     nonlocal pending
     if not pending:
@@ -134,10 +138,8 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     means = host_mean(pending)
     pending = []
     if "loss" in means and not math.isfinite(means["loss"]):
-      kept = (f"the last good checkpoint (step {last_good}) is kept in "
-              f"{checkpointer.directory}" if last_good is not None else "no checkpoint was saved")
       raise NonFiniteLossError(
-          f"loss became {means['loss']} by step {step} (epoch {epoch}); {kept}. Lower the "
+          f"loss became {means['loss']} by step {step} (epoch {epoch}); {kept('good')}. Lower the "
           "learning rate, check the inputs for NaN/inf, or resume from the checkpoint.")
     if writer is not None:
       writer.write("train", step, means, epoch=epoch)
@@ -145,11 +147,9 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
 
   def check_state(host_state, step: int, epoch: int) -> None:
     if not all_finite(host_state):
-      kept = (f"the last finite checkpoint (step {last_good}) is kept in "
-              f"{checkpointer.directory}" if last_good is not None else "no checkpoint was saved")
       raise NonFiniteLossError(
           f"the parameters or optimizer state became NaN/inf by step {step} (epoch {epoch}); "
-          f"{kept}. Lower the learning rate or check the inputs.")
+          f"{kept('finite')}. Lower the learning rate or check the inputs.")
 
   def evaluate(host_state, epoch: int) -> dict:
     def due(ev):

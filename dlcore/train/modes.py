@@ -200,12 +200,11 @@ class Runner:
   def _place(self, x, spec):
     """Host or device array `x` (the global value, the same on every process) as a global
     array laid out by `spec`; each process copies only the slices its devices hold."""
-    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    sharding = NamedSharding(self._mesh, spec)
     if isinstance(x, jax.Array) and not self.multiprocess:
-      return jax.device_put(x, NamedSharding(self._mesh, spec))
+      return jax.device_put(x, sharding)
     x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, NamedSharding(self._mesh, spec),
-                                        lambda index: x[index])
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def _waiting(fn, compiled):
