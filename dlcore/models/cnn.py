@@ -8,9 +8,12 @@ native layout avoids a transpose per step.
 """
 from __future__ import annotations
 
-import flax.linen as nn
+from typing import Any
 
-from dlcore.models.layers import Conv2d, Dropout, Linear, max_pool2d
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dlcore.models.layers import Conv2d, Dropout, Linear, dtypes, max_pool2d
 from dlcore.models.registry import register
 
 
@@ -28,13 +31,16 @@ class LeNet(nn.Module):
   """
   in_channels: int = 1
   num_classes: int = 10
+  dtype: Any = jnp.float32  # computation
+  param_dtype: Any = jnp.float32  # storage
 
   def setup(self):
-    self.conv1 = Conv2d(self.in_channels, 6, 5)
-    self.conv2 = Conv2d(6, 16, 5)
-    self.fc1 = Linear(16 * 5 * 5, 120)
-    self.fc2 = Linear(120, 84)
-    self.fc3 = Linear(84, self.num_classes)
+    kw = dtypes(self)
+    self.conv1 = Conv2d(self.in_channels, 6, 5, **kw)
+    self.conv2 = Conv2d(6, 16, 5, **kw)
+    self.fc1 = Linear(16 * 5 * 5, 120, **kw)
+    self.fc2 = Linear(120, 84, **kw)
+    self.fc3 = Linear(84, self.num_classes, **kw)
 
   def __call__(self, x, *, train: bool = False):
     if x.shape[1:3] != (32, 32):
@@ -63,25 +69,28 @@ class AlexNet(nn.Module):
   in_channels: int = 1
   num_classes: int = 10
   dropout: float = 0.5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    kw = dtypes(self)
     if x.shape[1:3] != (224, 224):
       raise ValueError(f"AlexNet expects 224x224 images, got {x.shape[1:3]}; resize them "
                        "(ImagePipeline(size=224, resize='bilinear'), --image-size 224)")
-    x = nn.relu(Conv2d(self.in_channels, 96, 11, 4, name="conv_0")(x))
+    x = nn.relu(Conv2d(self.in_channels, 96, 11, 4, name="conv_0", **kw)(x))
     x = max_pool2d(x, 3, 2)
-    x = nn.relu(Conv2d(96, 256, 5, 1, 2, name="conv_3")(x))
+    x = nn.relu(Conv2d(96, 256, 5, 1, 2, name="conv_3", **kw)(x))
     x = max_pool2d(x, 3, 2)
-    x = nn.relu(Conv2d(256, 384, 3, 1, 1, name="conv_6")(x))
-    x = nn.relu(Conv2d(384, 384, 3, 1, 1, name="conv_8")(x))
-    x = nn.relu(Conv2d(384, 256, 3, 1, 1, name="conv_10")(x))
+    x = nn.relu(Conv2d(256, 384, 3, 1, 1, name="conv_6", **kw)(x))
+    x = nn.relu(Conv2d(384, 384, 3, 1, 1, name="conv_8", **kw)(x))
+    x = nn.relu(Conv2d(384, 256, 3, 1, 1, name="conv_10", **kw)(x))
     x = _flatten(max_pool2d(x, 3, 2))
-    x = nn.relu(Linear(256 * 5 * 5, 4096, name="fc_0")(x))
+    x = nn.relu(Linear(256 * 5 * 5, 4096, name="fc_0", **kw)(x))
     x = Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.relu(Linear(4096, 4096, name="fc_3")(x))
+    x = nn.relu(Linear(4096, 4096, name="fc_3", **kw)(x))
     x = Dropout(self.dropout, deterministic=not train)(x)
-    return Linear(4096, self.num_classes, name="fc_6")(x)
+    return Linear(4096, self.num_classes, name="fc_6", **kw)(x)
 
 
 @register("cnn", example_shape=(28, 28, 1))
@@ -99,14 +108,17 @@ class CNN(nn.Module):
   channels: tuple[int, int] = (32, 64)
   hidden: int = 128
   dropout: float = 0.5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   def setup(self):
     c1, c2 = self.channels
-    self.conv1 = Conv2d(self.in_channels, c1, 3, padding=1)
-    self.conv2 = Conv2d(c1, c2, 3, padding=1)
-    self.fc1 = Linear(c2 * 7 * 7, self.hidden)
+    kw = dtypes(self)
+    self.conv1 = Conv2d(self.in_channels, c1, 3, padding=1, **kw)
+    self.conv2 = Conv2d(c1, c2, 3, padding=1, **kw)
+    self.fc1 = Linear(c2 * 7 * 7, self.hidden, **kw)
     self.drop = Dropout(self.dropout)
-    self.fc2 = Linear(self.hidden, self.num_classes)
+    self.fc2 = Linear(self.hidden, self.num_classes, **kw)
 
   def features(self, x, *, train: bool = False):
     if x.shape[1:3] != (28, 28):

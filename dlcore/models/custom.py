@@ -7,7 +7,7 @@ the seed's Python double loop) so they run under jit; models use `nn.Conv` / `nn
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlcore.models.init import scaled_normal
-from dlcore.models.layers import Linear
+from dlcore.models.layers import Linear, dtypes
+
+F32 = jnp.float32
 from dlcore.models.registry import register
 
 
@@ -26,11 +28,13 @@ class BasicMLP(nn.Module):
   num_input: int = 784
   num_hidden: int = 256
   num_output: int = 10
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   def setup(self):
-    self.hidden = Linear(self.num_input, self.num_hidden)
+    self.hidden = Linear(self.num_input, self.num_hidden, **dtypes(self))
     self.act = nn.relu
-    self.output = Linear(self.num_hidden, self.num_output)
+    self.output = Linear(self.num_hidden, self.num_output, **dtypes(self))
 
   def __call__(self, x, *, train: bool = False):
     return self.output(self.act(self.hidden(x.reshape((x.shape[0], -1)))))
@@ -39,11 +43,15 @@ class BasicMLP(nn.Module):
 @register("centered_layer", example_shape=(5,))
 class CenteredLayer(nn.Module):
   """SPEC 4.2: a layer without parameters, `x - x.mean()` (the mean of the whole input, as
-  the seed's `MyLayer`): [1, 2, 3, 4, 5] -> [-2, -1, 0, 1, 2]."""
+  the seed's `MyLayer`): [1, 2, 3, 4, 5] -> [-2, -1, 0, 1, 2]. The mean is taken in float32
+  at any `dtype` (a reduction); it has no parameters, so `param_dtype` is only accepted."""
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    return x - jnp.mean(x)
+    x = jnp.asarray(x, self.dtype)
+    return (x - jnp.mean(x, dtype=jnp.float32).astype(self.dtype)).astype(self.dtype)
 
 
 @register("list_dense", example_shape=(4,))
@@ -52,14 +60,17 @@ class ListDense(nn.Module):
   each N(0, 1), applied as chained matrix products. In Flax a list of `self.param` calls
   in `setup` plays the ParameterList; the parameters are named `params_0` ... `params_3`."""
   shapes: Sequence[tuple[int, int]] = ((4, 4), (4, 4), (4, 4), (4, 1))
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   def setup(self):
-    self.matrices = [self.param(f"params_{i}", scaled_normal(1.0), tuple(s))
+    self.matrices = [self.param(f"params_{i}", scaled_normal(1.0), tuple(s), self.param_dtype)
                      for i, s in enumerate(self.shapes)]
 
   def __call__(self, x, *, train: bool = False):
+    x = jnp.asarray(x, self.dtype)
     for w in self.matrices:
-      x = x @ w
+      x = x @ jnp.asarray(w, self.dtype)
     return x
 
 
@@ -70,28 +81,30 @@ class DictDense(nn.Module):
   Every entry is created at init whichever `choice` the init call uses."""
   shapes: Sequence[tuple[str, tuple[int, int]]] = (
       ("linear1", (4, 4)), ("linear2", (4, 1)), ("linear3", (4, 2)))
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   def setup(self):
-    self.matrices = {name: self.param(name, scaled_normal(1.0), tuple(shape))
+    self.matrices = {name: self.param(name, scaled_normal(1.0), tuple(shape), self.param_dtype)
                      for name, shape in self.shapes}
 
   def __call__(self, x, choice: str = "linear1", *, train: bool = False):
     if choice not in self.matrices:
       raise KeyError(f"unknown parameter {choice!r}; choose one of {list(self.matrices)}")
-    return x @ self.matrices[choice]
+    return jnp.asarray(x, self.dtype) @ jnp.asarray(self.matrices[choice], self.dtype)
 
 
-def corr2d(x: jax.Array, k: jax.Array) -> jax.Array:
+def corr2d(x: jax.Array, k: jax.Array, dtype=jnp.float32) -> jax.Array:
   """SPEC 4.4: 2-D cross-correlation of one (H, W) array with a (h, w) kernel (no padding,
   stride 1): Y[i, j] = sum(X[i:i+h, j:j+w] * K). Hand-written as the seed teaches it; the
   double loop over outputs becomes a loop over the h*w kernel taps, each adding a shifted
-  slice of X, so it traces to a handful of XLA ops."""
+  slice of X, so it traces to a handful of XLA ops. Computed in `dtype` (float32 default)."""
   h, w = k.shape
   oh, ow = x.shape[0] - h + 1, x.shape[1] - w + 1
   if oh < 1 or ow < 1:
     raise ValueError(f"kernel {k.shape} is larger than the input {x.shape}")
-  x, k = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
-  y = jnp.zeros((oh, ow), jnp.float32)
+  x, k = jnp.asarray(x, dtype), jnp.asarray(k, dtype)
+  y = jnp.zeros((oh, ow), dtype)
   for a in range(h):
     for b in range(w):
       y = y + k[a, b] * x[a:a + oh, b:b + ow]
@@ -115,12 +128,14 @@ class Conv2D(nn.Module):
   """SPEC 4.4: the seed's `Conv2D(kernel_size)` built on `corr2d`: weight ~ N(0, 1) of
   `kernel_size`, a scalar bias ~ N(0, 1); input one (H, W) array (no batch, no channels)."""
   kernel_size: tuple[int, int] = (1, 2)
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    weight = self.param("weight", scaled_normal(1.0), tuple(self.kernel_size))
-    bias = self.param("bias", scaled_normal(1.0), (1,))
-    return corr2d(x, weight) + bias
+    weight = self.param("weight", scaled_normal(1.0), tuple(self.kernel_size), self.param_dtype)
+    bias = self.param("bias", scaled_normal(1.0), (1,), self.param_dtype)
+    return corr2d(x, weight, self.dtype) + jnp.asarray(bias, self.dtype)
 
 
 # ---- chapter 6: convolution arithmetic (SPEC 2.6.1) --------------------------------------

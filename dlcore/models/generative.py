@@ -9,6 +9,7 @@ which is the same function computed stably.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,9 @@ import jax.numpy as jnp
 
 from dlcore import parallel
 from dlcore.losses import vae_loss  # noqa: F401  (moved to dlcore.losses; old import path)
-from dlcore.models.layers import BatchNorm, Linear, UpConv2x, auto_conv
+from dlcore.models.layers import BatchNorm, Linear, UpConv2x, auto_conv, dtypes
+
+F32 = jnp.float32
 from dlcore.models.registry import register
 
 
@@ -41,29 +44,34 @@ class VAE(nn.Module):
   h_dim: int = 400
   z_dim: int = 20
   image_shape: tuple[int, ...] = (28, 28, 1)
+  dtype: Any = F32  # computation
+  param_dtype: Any = F32  # storage
 
   def setup(self):
-    self.fc1 = Linear(self.image_size, self.h_dim)
-    self.fc2 = Linear(self.h_dim, self.z_dim)
-    self.fc3 = Linear(self.h_dim, self.z_dim)
-    self.fc4 = Linear(self.z_dim, self.h_dim)
-    self.fc5 = Linear(self.h_dim, self.image_size)
+    kw = dtypes(self)
+    self.fc1 = Linear(self.image_size, self.h_dim, **kw)
+    self.fc2 = Linear(self.h_dim, self.z_dim, **kw)
+    self.fc3 = Linear(self.h_dim, self.z_dim, **kw)
+    self.fc4 = Linear(self.z_dim, self.h_dim, **kw)
+    self.fc5 = Linear(self.h_dim, self.image_size, **kw)
 
   def encode(self, x):
     h = nn.relu(self.fc1(_flat(x)))
     return self.fc2(h), self.fc3(h)
 
   def reparameterize(self, mu, log_var, key):
-    # The noise of the whole batch, sliced under pmap: the same draw in every mode.
-    return mu + jnp.exp(log_var / 2) * parallel.global_draw(jax.random.normal, key, mu.shape,
-                                                            mu.dtype)
+    # The noise of the whole batch, sliced under pmap: the same draw in every mode. Drawn
+    # and combined in float32 at any dtype (the same noise in every precision).
+    mu, log_var = mu.astype(F32), log_var.astype(F32)
+    z = mu + jnp.exp(log_var / 2) * parallel.global_draw(jax.random.normal, key, mu.shape, F32)
+    return z.astype(self.dtype)
 
   def decode_logits(self, z):
     return self.fc5(nn.relu(self.fc4(z)))
 
   def decode(self, z):
     """Images (N, H, W, C) in [0, 1] from latent codes (N, z_dim)."""
-    return nn.sigmoid(self.decode_logits(z)).reshape((z.shape[0], *self.image_shape))
+    return nn.sigmoid(self.decode_logits(z).astype(F32)).reshape((z.shape[0], *self.image_shape))
 
   def __call__(self, x, *, train: bool = False, sample: bool | None = None):
     mu, log_var = self.encode(x)
@@ -81,12 +89,15 @@ class Discriminator(nn.Module):
   Adversarial Nets", NeurIPS 2014. Layers named as the seed's Sequential indices."""
   image_size: int = 784
   hidden: int = 256
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    x = nn.leaky_relu(Linear(self.image_size, self.hidden, name="layers_0")(_flat(x)), 0.2)
-    x = nn.leaky_relu(Linear(self.hidden, self.hidden, name="layers_2")(x), 0.2)
-    return Linear(self.hidden, 1, name="layers_4")(x)[:, 0]
+    kw = dtypes(self)
+    x = nn.leaky_relu(Linear(self.image_size, self.hidden, name="layers_0", **kw)(_flat(x)), 0.2)
+    x = nn.leaky_relu(Linear(self.hidden, self.hidden, name="layers_2", **kw)(x), 0.2)
+    return Linear(self.hidden, 1, name="layers_4", **kw)(x)[:, 0]
 
 
 @register("gan_generator", example_shape=(64,))
@@ -96,13 +107,16 @@ class Generator(nn.Module):
   latent_size: int = 64
   hidden: int = 256
   image_shape: tuple[int, ...] = (28, 28, 1)
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, z, *, train: bool = False):
+    kw = dtypes(self)
     size = math.prod(self.image_shape)
-    x = nn.relu(Linear(self.latent_size, self.hidden, name="layers_0")(z))
-    x = nn.relu(Linear(self.hidden, self.hidden, name="layers_2")(x))
-    x = jnp.tanh(Linear(self.hidden, size, name="layers_4")(x))
+    x = nn.relu(Linear(self.latent_size, self.hidden, name="layers_0", **kw)(z))
+    x = nn.relu(Linear(self.hidden, self.hidden, name="layers_2", **kw)(x))
+    x = jnp.tanh(Linear(self.hidden, size, name="layers_4", **kw)(x))
     return x.reshape((z.shape[0], *self.image_shape))
 
 
@@ -119,19 +133,22 @@ class ConditionalDiscriminator(nn.Module):
   num_classes: int = 10
   embed_dim: int = 10
   projection: bool = True
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, y=None, *, train: bool = False):
+    kw = dtypes(self)
     if y is None:
       y = jnp.zeros((x.shape[0],), jnp.int32)  # only for init without labels
-    e = nn.Embed(self.num_classes, self.embed_dim, name="label_embed")(y)
-    h = jnp.concatenate([_flat(x), e], -1)
-    h = nn.leaky_relu(Linear(h.shape[-1], self.hidden, name="layers_0")(h), 0.2)
-    h = nn.leaky_relu(Linear(self.hidden, self.hidden, name="layers_2")(h), 0.2)
-    out = Linear(self.hidden, 1, name="layers_4")(h)[:, 0]
+    e = nn.Embed(self.num_classes, self.embed_dim, name="label_embed", **kw)(y)
+    h = jnp.concatenate([_flat(x).astype(self.dtype), e], -1)
+    h = nn.leaky_relu(Linear(h.shape[-1], self.hidden, name="layers_0", **kw)(h), 0.2)
+    h = nn.leaky_relu(Linear(self.hidden, self.hidden, name="layers_2", **kw)(h), 0.2)
+    out = Linear(self.hidden, 1, name="layers_4", **kw)(h)[:, 0]
     if self.projection:
       proj = nn.Embed(self.num_classes, self.hidden, embedding_init=nn.initializers.normal(0.02),
-                      name="projection")(y)
+                      name="projection", **kw)(y)
       out = out + jnp.sum(proj * h, -1)
     return out
 
@@ -144,23 +161,26 @@ class ConditionalGenerator(nn.Module):
   num_classes: int = 10
   embed_dim: int = 10
   image_shape: tuple[int, ...] = (28, 28, 1)
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, z, y=None, *, train: bool = False):
+    kw = dtypes(self)
     if y is None:
       y = jnp.zeros((z.shape[0],), jnp.int32)
-    e = nn.Embed(self.num_classes, self.embed_dim, name="label_embed")(y)
-    h = jnp.concatenate([z, e], -1)
-    h = nn.relu(Linear(h.shape[-1], self.hidden, name="layers_0")(h))
-    h = nn.relu(Linear(self.hidden, self.hidden, name="layers_2")(h))
-    h = jnp.tanh(Linear(self.hidden, math.prod(self.image_shape), name="layers_4")(h))
+    e = nn.Embed(self.num_classes, self.embed_dim, name="label_embed", **kw)(y)
+    h = jnp.concatenate([z.astype(self.dtype), e], -1)
+    h = nn.relu(Linear(h.shape[-1], self.hidden, name="layers_0", **kw)(h))
+    h = nn.relu(Linear(self.hidden, self.hidden, name="layers_2", **kw)(h))
+    h = jnp.tanh(Linear(self.hidden, math.prod(self.image_shape), name="layers_4", **kw)(h))
     return h.reshape((z.shape[0], *self.image_shape))
 
 
-def _bn(name):
+def _bn(name, kw):
   # PyTorch BatchNorm2d defaults: momentum 0.1 (0.9 in Flax's convention), eps 1e-5, the
   # unbiased running variance; whole-batch statistics in every mode (dlcore.parallel).
-  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
+  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name, **kw)
 
 
 def _dcgan_init():
@@ -183,14 +203,18 @@ class DCGANGenerator(nn.Module):
   latent_size: int = 100
   base: int = 32
   channels: int = 1
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, z, *, train: bool = False):
-    x = nn.Dense(7 * 7 * 2 * self.base, kernel_init=_dcgan_init(), name="fc")(z)
-    x = nn.relu(_bn("bn0")(x.reshape((-1, 7, 7, 2 * self.base)), use_running_average=not train))
-    x = UpConv2x(self.base, kernel_init=_dcgan_init(), name="deconv1")(x)
-    x = nn.relu(_bn("bn1")(x, use_running_average=not train))
-    x = UpConv2x(self.channels, kernel_init=_dcgan_init(), name="deconv2")(x)
+    kw = dtypes(self)
+    x = nn.Dense(7 * 7 * 2 * self.base, kernel_init=_dcgan_init(), name="fc", **kw)(z)
+    x = nn.relu(_bn("bn0", kw)(x.reshape((-1, 7, 7, 2 * self.base)),
+                               use_running_average=not train))
+    x = UpConv2x(self.base, kernel_init=_dcgan_init(), name="deconv1", **kw)(x)
+    x = nn.relu(_bn("bn1", kw)(x, use_running_average=not train))
+    x = UpConv2x(self.channels, kernel_init=_dcgan_init(), name="deconv2", **kw)(x)
     return jnp.tanh(x)
 
 
@@ -200,13 +224,16 @@ class DCGANDiscriminator(nn.Module):
   stride 2) -> BN -> LeakyReLU(0.2) -> Dense 1 (logit). No BN on the input layer, as in
   Radford et al."""
   base: int = 32
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    kw = dtypes(self)
     x = nn.Conv(self.base, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_dcgan_init(),
-                conv_general_dilated=auto_conv, name="conv1")(x)  # 1 channel: patches on CPU
+                conv_general_dilated=auto_conv, name="conv1", **kw)(x)  # 1 channel: patches
     x = nn.leaky_relu(x, 0.2)
     x = nn.Conv(2 * self.base, (4, 4), strides=(2, 2), padding="SAME",
-                kernel_init=_dcgan_init(), name="conv2")(x)
-    x = nn.leaky_relu(_bn("bn2")(x, use_running_average=not train), 0.2)
-    return nn.Dense(1, kernel_init=_dcgan_init(), name="fc")(_flat(x))[:, 0]
+                kernel_init=_dcgan_init(), name="conv2", **kw)(x)
+    x = nn.leaky_relu(_bn("bn2", kw)(x, use_running_average=not train), 0.2)
+    return nn.Dense(1, kernel_init=_dcgan_init(), name="fc", **kw)(_flat(x))[:, 0]

@@ -1,7 +1,7 @@
 """Building blocks shared by several models."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -30,6 +30,17 @@ def Linear(in_features: int, out_features: int, bias: bool = True, **kwargs) -> 
   from that init. Parameters keep Dense's names (`kernel` = PyTorch weight.T, `bias`)."""
   return nn.Dense(out_features, use_bias=bias, kernel_init=torch_kernel_init,
                   bias_init=torch_bias_init(in_features), **kwargs)
+
+
+def dtypes(module: nn.Module) -> dict:
+  """The `dtype` (computation) and `param_dtype` (storage) of `module`, as keyword arguments
+  for the layers it builds: every dlcore model passes its precision on this way."""
+  return {"dtype": module.dtype, "param_dtype": module.param_dtype}
+
+
+def as_dtype(x, dtype):
+  """`x` (a raw parameter or an input) cast to the computation dtype."""
+  return jnp.asarray(x, dtype)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -148,11 +159,16 @@ class BatchNorm(nn.Module):
   Batch statistics are those of the whole batch in every mode: under the Runner's pmap the
   mean, variance and n are taken over all devices (`dlcore.parallel`), so no axis name is
   passed. `axis_name` is only for your own `jax.pmap` code outside a Runner.
+
+  Mixed precision: statistics, running averages and the normalisation are float32 whatever
+  the input's dtype; the output is `dtype`, `scale` and `bias` are stored as `param_dtype`.
   """
   use_running_average: bool | None = None
   momentum: float = 0.9
   epsilon: float = 1e-5
   axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None):
@@ -160,10 +176,11 @@ class BatchNorm(nn.Module):
                                          use_running_average)
     features = x.shape[-1]
     axes = tuple(range(x.ndim - 1))
-    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    x = jnp.asarray(x, jnp.float32)  # statistics and normalisation in float32 at any dtype
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
@@ -175,7 +192,8 @@ class BatchNorm(nn.Module):
         unbiased = var * n / jnp.maximum(n - 1, 1)
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
         ra_var.value = m * ra_var.value + (1 - m) * unbiased
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32) + bias
+    return y.astype(self.dtype)
 
 
 class Dropout(nn.Dropout):
@@ -253,21 +271,26 @@ class UpConv2x(nn.Module):
   use_bias: bool = True
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
+  dtype: Any = jnp.float32  # computation
+  param_dtype: Any = jnp.float32  # storage
 
   @nn.compact
   def __call__(self, x):
     cin = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features))
+    x = jnp.asarray(x, self.dtype)
+    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features),
+                        self.param_dtype)
     # _PHASE_TAPS[phase, window position, kernel tap] = 1 where the tap is used.
     w = jnp.einsum("pra,qsb,abio->rsipqo", _PHASE_TAPS, _PHASE_TAPS, kernel)
     w = w.reshape(3, 3, cin, 4 * self.features)
-    y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
+    y = jax.lax.conv_general_dilated(x, w.astype(self.dtype), (1, 1), ((1, 1), (1, 1)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     n, h, wd, _ = y.shape
     y = y.reshape(n, h, wd, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
     y = y.reshape(n, 2 * h, 2 * wd, self.features)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+      y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(
+          self.dtype)
     return y
 
 

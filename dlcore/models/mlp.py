@@ -5,14 +5,18 @@ seed's defaults, and the common call shape `__call__(x, *, train=False)`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from dlcore.models.init import scaled_normal, torch_bias_init
-from dlcore.models.layers import BatchNorm, Dropout, Linear, NamedSequential, Sequential
+from dlcore.models.layers import (BatchNorm, Dropout, Linear, NamedSequential, Sequential,
+                                  dtypes)
 from dlcore.models.registry import register
+
+# Every model takes `dtype` (computation) and `param_dtype` (storage); float32 both by default.
+F32 = jnp.float32
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
                "leaky_relu": nn.leaky_relu, "identity": lambda x: x}
@@ -31,11 +35,14 @@ class LogisticRegression(nn.Module):
 
   Returns logits; the seed trains it with BCEWithLogitsLoss."""
   num_output: int = 1
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    w = self.param("w", scaled_normal(1.0), (x.shape[-1], self.num_output))
-    b = self.param("b", nn.initializers.zeros, (self.num_output,))
+    w = self.param("w", scaled_normal(1.0), (x.shape[-1], self.num_output), self.param_dtype)
+    b = self.param("b", nn.initializers.zeros, (self.num_output,), self.param_dtype)
+    x, w, b = (jnp.asarray(a, self.dtype) for a in (x, w, b))
     return x @ w + b
 
 
@@ -47,22 +54,29 @@ class RawTwoLayer(nn.Module):
   num_hidden: int = 4
   num_output: int = 1
   init_scale: float = 0.01
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    w1 = self.param("w1", scaled_normal(self.init_scale), (x.shape[-1], self.num_hidden))
-    b1 = self.param("b1", nn.initializers.zeros, (self.num_hidden,))
-    w2 = self.param("w2", scaled_normal(self.init_scale), (self.num_hidden, self.num_output))
-    b2 = self.param("b2", nn.initializers.zeros, (self.num_output,))
+    p = self.param_dtype
+    w1 = self.param("w1", scaled_normal(self.init_scale), (x.shape[-1], self.num_hidden), p)
+    b1 = self.param("b1", nn.initializers.zeros, (self.num_hidden,), p)
+    w2 = self.param("w2", scaled_normal(self.init_scale), (self.num_hidden, self.num_output), p)
+    b2 = self.param("b2", nn.initializers.zeros, (self.num_output,), p)
+    x, w1, b1, w2, b2 = (jnp.asarray(a, self.dtype) for a in (x, w1, b1, w2, b2))
     return jnp.tanh(x @ w1 + b1) @ w2 + b2
 
 
 @register("sequential_net", example_shape=(2,))
-def sequential_net(num_input: int = 2, num_hidden: int = 4, num_output: int = 1) -> Sequential:
+def sequential_net(num_input: int = 2, num_hidden: int = 4, num_output: int = 1,
+                   dtype: Any = F32, param_dtype: Any = F32) -> Sequential:
   """Seed 000 (SPEC 0.3): `nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))`.
 
   Layers are indexed as in PyTorch: `model.layers[0]`, parameters `params['layers_0']`."""
-  return Sequential([Linear(num_input, num_hidden), jnp.tanh, Linear(num_hidden, num_output)])
+  kw = {"dtype": dtype, "param_dtype": param_dtype}
+  return Sequential([Linear(num_input, num_hidden, **kw), jnp.tanh,
+                     Linear(num_hidden, num_output, **kw)])
 
 
 @register("module_net", example_shape=(2,))
@@ -74,11 +88,13 @@ class ModuleNet(nn.Module):
   num_input: int = 2
   num_hidden: int = 4
   num_output: int = 1
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   def setup(self):
-    self.layer1 = Linear(self.num_input, self.num_hidden)
+    self.layer1 = Linear(self.num_input, self.num_hidden, **dtypes(self))
     self.layer2 = jnp.tanh
-    self.layer3 = Linear(self.num_hidden, self.num_output)
+    self.layer3 = Linear(self.num_hidden, self.num_output, **dtypes(self))
 
   def __call__(self, x, *, train: bool = False):
     return self.layer3(self.layer2(self.layer1(x)))
@@ -98,6 +114,8 @@ class MLP(nn.Module):
   batchnorm: bool = False
   dropout: float = 0.0
   torch_init: bool = True  # PyTorch's default Linear init (the seeds' results depend on it)
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -105,15 +123,15 @@ class MLP(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.widths):
       if self.torch_init:
-        x = Linear(x.shape[-1], width, bias=self.use_bias, name=f"fc{i + 1}")(x)
+        x = Linear(x.shape[-1], width, bias=self.use_bias, name=f"fc{i + 1}", **dtypes(self))(x)
       else:
-        x = nn.Dense(width, use_bias=self.use_bias, name=f"fc{i + 1}")(x)
+        x = nn.Dense(width, use_bias=self.use_bias, name=f"fc{i + 1}", **dtypes(self))(x)
       if i == len(self.widths) - 1:
         break
       if self.batchnorm:
         # PyTorch BatchNorm1d: momentum 0.1 (Flax 0.9), eps 1e-5.
         x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      name=f"bn{i + 1}")(x)
+                      name=f"bn{i + 1}", **dtypes(self))(x)
       x = act(x)
       if self.dropout > 0:
         x = Dropout(self.dropout, deterministic=not train)(x)
@@ -129,22 +147,25 @@ class TwoLayerNet(nn.Module):
   hidden: int = 100
   num_output: int = 10
   use_bias: bool = False
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   def setup(self):
-    self.linear1 = Linear(self.num_input, self.hidden, bias=self.use_bias)
-    self.linear2 = Linear(self.hidden, self.num_output, bias=self.use_bias)
+    self.linear1 = Linear(self.num_input, self.hidden, bias=self.use_bias, **dtypes(self))
+    self.linear2 = Linear(self.hidden, self.num_output, bias=self.use_bias, **dtypes(self))
 
   def __call__(self, x, *, train: bool = False):
     return self.linear2(nn.relu(self.linear1(x)))
 
 
 @register("two_layer_sequential", example_shape=(1000,))
-def two_layer_sequential(num_input: int = 1000, hidden: int = 100,
-                         num_output: int = 10) -> Sequential:
+def two_layer_sequential(num_input: int = 1000, hidden: int = 100, num_output: int = 10,
+                         dtype: Any = F32, param_dtype: Any = F32) -> Sequential:
   """Seed 001 (SPEC 1.4, 1.5): `Sequential(Linear(D_in, H, bias=False), ReLU,
   Linear(H, D_out, bias=False))`."""
-  return Sequential([Linear(num_input, hidden, bias=False), nn.relu,
-                     Linear(hidden, num_output, bias=False)])
+  kw = {"dtype": dtype, "param_dtype": param_dtype}
+  return Sequential([Linear(num_input, hidden, bias=False, **kw), nn.relu,
+                     Linear(hidden, num_output, bias=False, **kw)])
 
 
 def flatten(x):
@@ -154,7 +175,8 @@ def flatten(x):
 
 @register("mnist_mlp", example_shape=(28, 28, 1))
 def mnist_mlp(in_dim: int = 784, n_hidden_1: int = 300, n_hidden_2: int = 100,
-              out_dim: int = 10, batchnorm: bool = True) -> NamedSequential:
+              out_dim: int = 10, batchnorm: bool = True, dtype: Any = F32,
+              param_dtype: Any = F32) -> NamedSequential:
   """SPEC 2.3.1-2.3.2: the book's chapter 3 MNIST net, `Net(784, 300, 100, 10)`: two hidden
   layers, each Linear -> BatchNorm1d -> ReLU, then Linear; built as an ordered sequence of
   named layers (the chapter's `Sequential(OrderedDict(...))`), so parameters are reached
@@ -163,14 +185,16 @@ def mnist_mlp(in_dim: int = 784, n_hidden_1: int = 300, n_hidden_2: int = 100,
   BatchNorm follows PyTorch's BatchNorm1d (momentum 0.1, i.e. Flax's 0.9; eps 1e-5), with
   the whole batch's statistics in every mode (see `dlcore.parallel`).
   """
-  def bn():
-    return BatchNorm(momentum=0.9, epsilon=1e-5)
+  kw = {"dtype": dtype, "param_dtype": param_dtype}
 
-  layers = [("flatten", flatten), ("fc1", Linear(in_dim, n_hidden_1))]
+  def bn():
+    return BatchNorm(momentum=0.9, epsilon=1e-5, **kw)
+
+  layers = [("flatten", flatten), ("fc1", Linear(in_dim, n_hidden_1, **kw))]
   layers += [("bn1", bn())] if batchnorm else []
-  layers += [("relu1", nn.relu), ("fc2", Linear(n_hidden_1, n_hidden_2))]
+  layers += [("relu1", nn.relu), ("fc2", Linear(n_hidden_1, n_hidden_2, **kw))]
   layers += [("bn2", bn())] if batchnorm else []
-  layers += [("relu2", nn.relu), ("fc3", Linear(n_hidden_2, out_dim))]
+  layers += [("relu2", nn.relu), ("fc3", Linear(n_hidden_2, out_dim, **kw))]
   return NamedSequential(tuple(layers))
 
 
@@ -187,19 +211,21 @@ class SpiralMLP(nn.Module):
   num_classes: int = 3
   dropout_p: float = 0.0
   init_scheme: str = "default"
+  dtype: Any = F32
+  param_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     if self.init_scheme == "xavier_relu":
       fc1 = nn.Dense(self.hidden_dim, name="fc1",
                      kernel_init=nn.initializers.variance_scaling(2.0, "fan_avg", "normal"),
-                     bias_init=torch_bias_init(self.input_dim))
+                     bias_init=torch_bias_init(self.input_dim), **dtypes(self))
     elif self.init_scheme == "default":
-      fc1 = Linear(self.input_dim, self.hidden_dim, name="fc1")
+      fc1 = Linear(self.input_dim, self.hidden_dim, name="fc1", **dtypes(self))
     else:
       raise ValueError(f"unknown init_scheme {self.init_scheme!r}; use 'default' or "
                        "'xavier_relu'")
     z = nn.relu(fc1(x))
     if self.dropout_p > 0:
       z = Dropout(self.dropout_p, deterministic=not train)(z)
-    return Linear(self.hidden_dim, self.num_classes, name="fc2")(z)
+    return Linear(self.hidden_dim, self.num_classes, name="fc2", **dtypes(self))(z)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -70,7 +71,19 @@ def _as_hashable(value: Any) -> Any:
   return value
 
 
+def _as_dtype(value: Any) -> Any:
+  """A dtype given by name ("bfloat16", as a command line or JSON spells it) -> jnp dtype."""
+  return None if value is None else jnp.dtype(value).type
+
+
 def build(name: str, **kwargs: Any) -> nn.Module:
-  """Constructs the registered model `name` with constructor arguments `kwargs`."""
+  """Constructs the registered model `name` with constructor arguments `kwargs`.
+
+  Every model takes `dtype` (the computation's: activations and outputs) and `param_dtype`
+  (the parameters' storage), float32 both by default; either may be a name ("bfloat16").
+  Batch statistics, softmax-like reductions and losses stay float32 whatever `dtype` is."""
   _check(name)
+  for key in ("dtype", "param_dtype"):
+    if key in kwargs:
+      kwargs[key] = _as_dtype(kwargs[key])
   return _REGISTRY[name](**{k: _as_hashable(v) for k, v in kwargs.items()})

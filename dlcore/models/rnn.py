@@ -9,6 +9,8 @@ input, forget, cell (g), output; PyTorch packs the same four as rows of `weight_
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -26,16 +28,21 @@ class LSTMTagger(nn.Module):
   tagset_size: int = 3
   embedding_dim: int = 6
   hidden_dim: int = 6
+  dtype: Any = jnp.float32  # computation
+  param_dtype: Any = jnp.float32  # storage
 
   def setup(self):
+    kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     self.word_embeddings = nn.Embed(self.vocab_size, self.embedding_dim,
-                                    embedding_init=nn.initializers.normal(1.0))  # as torch
-    self.lstm = nn.RNN(nn.LSTMCell(self.hidden_dim))
-    self.hidden2tag = nn.Dense(self.tagset_size)
+                                    embedding_init=nn.initializers.normal(1.0), **kw)  # as torch
+    self.lstm = nn.RNN(nn.LSTMCell(self.hidden_dim, **kw))
+    self.hidden2tag = nn.Dense(self.tagset_size, **kw)
 
   def __call__(self, x, *, train: bool = False):
     h = self.lstm(self.word_embeddings(x.astype(jnp.int32)))
-    return nn.log_softmax(self.hidden2tag(h), axis=-1)
+    # log_softmax in float32 at any dtype; the output is in the computation dtype.
+    logits = self.hidden2tag(h)
+    return nn.log_softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
 
 
 @register("lstm_regressor", example_shape=(30, 1))
@@ -45,12 +52,15 @@ class LSTMRegressor(nn.Module):
   Input (batch, window, features); output (batch, 1): the next value."""
   hidden_dim: int = 32
   num_layers: int = 1
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     if x.ndim == 2:  # (batch, window) of a univariate series
       x = x[..., None]
     for i in range(self.num_layers):
       # Cells made inline attach to this module: name the cell, not the RNN wrapper.
-      x = nn.RNN(nn.LSTMCell(self.hidden_dim, name=f"lstm{i + 1}"))(x)
-    return nn.Dense(1, name="fc")(x[:, -1])
+      x = nn.RNN(nn.LSTMCell(self.hidden_dim, name=f"lstm{i + 1}", **kw))(x)
+    return nn.Dense(1, name="fc", **kw)(x[:, -1])
