@@ -1,11 +1,14 @@
 """Losses with PyTorch's reductions, on top of Optax's numerically stable primitives.
 
 One convention: a loss made of several terms returns `(scalar mean, {part: scalar mean})`,
-the shape `make_train_step`'s `loss_fn` returns; single-term losses return the scalar."""
+the shape `make_train_step`'s `loss_fn` returns; single-term losses return the scalar.
+Every loss is computed in float32: bfloat16/float16 model outputs are cast up first."""
 from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
+
+from dlcore.precision import to_float32
 
 
 def _reduce(x, reduction: str):
@@ -20,11 +23,13 @@ def _reduce(x, reduction: str):
 
 def mse(pred, target, reduction: str = "mean"):
   """PyTorch's MSELoss: squared error reduced over every element."""
+  pred, target = to_float32((pred, target))
   return _reduce(jnp.square(pred - target), reduction)
 
 
 def bce_with_logits(logits, labels, reduction: str = "mean"):
   """PyTorch's BCEWithLogitsLoss (labels in [0, 1], same shape as logits)."""
+  logits, labels = to_float32((logits, labels))
   return _reduce(optax.sigmoid_binary_cross_entropy(logits, labels), reduction)
 
 
@@ -32,6 +37,7 @@ def cross_entropy(logits, labels, weight=None, reduction: str = "mean"):
   """PyTorch's CrossEntropyLoss on integer labels, with optional per-class `weight`.
 
   With weights, the mean divides by the sum of the samples' weights, as PyTorch does."""
+  logits = to_float32(logits)
   per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   if weight is None:
     return _reduce(per_sample, reduction)
@@ -55,6 +61,7 @@ def vae_loss(logits, x, mu, log_var):
 
   Returns (mean total, {"bce": mean BCE, "kl": mean KL}); logits (N, D) from the decoder,
   x the targets in [0, 1] (any shape with N first)."""
+  logits, x, mu, log_var = to_float32((logits, x, mu, log_var))
   target = x.reshape((x.shape[0], -1))
   bce = optax.sigmoid_binary_cross_entropy(logits, target).sum(-1)
   kl = -0.5 * jnp.sum(1 + log_var - mu ** 2 - jnp.exp(log_var), axis=-1)

@@ -70,10 +70,11 @@ def main(argv=None) -> dict:
   if cfg.drop_remainder:
     keep = len(x) - len(x) % cfg.batch_size
     train = {k: v[:keep] for k, v in train.items()}
-  model = models.build("mlp", widths=(cfg.hidden, 4), activation="relu")
+  model = models.build("mlp", widths=(cfg.hidden, 4), activation="relu",
+                       dtype=cli.model_dtype(cfg.common))
   tx = optim.make_optimizer("sgd", cfg.lr)
   seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
-  state = stack_states([create_train_state(model, tx, x[:2], s) for s in seeds])
+  state = stack_states([create_train_state(model, tx, x[:2], s, loss_scale=cli.loss_scale(cfg.common)) for s in seeds])
 
   # The same batch goes to every member; each has its own parameters and init.
   step = jax.vmap(make_train_step(loss_fn), in_axes=(0, None))

@@ -69,18 +69,24 @@ class Config:
   score_every: cli.Positive[int] | None = None
   """Also score every N epochs; None: after the last epoch only."""
 
+  def check(self):
+    if self.common.precision == "float16":
+      raise cli.ConfigError("--precision float16: the GAN steps have no loss scaling; use "
+                            "--precision bfloat16 (or float32)")
+
 
 def build_players(cfg: Config, data):
   g_name, d_name, latent, _, _ = VARIANTS[cfg.variant]
   shape, size = data.image_shape, int(np.prod(data.image_shape))
+  dtype = cli.model_dtype(cfg.common)
   if cfg.variant == "dcgan":
     if shape[:2] != (28, 28):
       raise cli.ConfigError(f"dcgan is built for 28x28 images; {data.name} has {shape[:2]}")
-    return (models.build(g_name, base=cfg.base, channels=shape[2]),
-            models.build(d_name, base=cfg.base), latent)
+    return (models.build(g_name, base=cfg.base, channels=shape[2], dtype=dtype),
+            models.build(d_name, base=cfg.base, dtype=dtype), latent)
   kw = {"num_classes": data.num_classes} if cfg.variant == "cgan" else {}
-  return (models.build(g_name, image_shape=shape, **kw),
-          models.build(d_name, image_size=size, **kw), latent)
+  return (models.build(g_name, image_shape=shape, **kw, dtype=dtype),
+          models.build(d_name, image_size=size, **kw, dtype=dtype), latent)
 
 
 def main(argv=None) -> dict:

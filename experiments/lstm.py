@@ -95,10 +95,12 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   sents = [(vocab.encode(s), np.array([tag_to_ix[t] for t in tags], np.int32)) for s, tags in data]
   epochs, lr = cfg.epochs or 300, 0.1 if cfg.lr is None else cfg.lr
   model = models.build("lstm_tagger", vocab_size=len(vocab), tagset_size=len(tag_to_ix),
-                       embedding_dim=cfg.embedding, hidden_dim=cfg.hidden or 6)
+                       embedding_dim=cfg.embedding, hidden_dim=cfg.hidden or 6,
+                       dtype=cli.model_dtype(cfg.common))
   seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
   tx = optim.make_optimizer("sgd", lr)
-  state = stack_states([create_train_state(model, tx, sents[0][0][None], s) for s in seeds])
+  state = stack_states([create_train_state(model, tx, sents[0][0][None], s,
+                                                 loss_scale=cli.loss_scale(cfg.common)) for s in seeds])
   step = jax.vmap(make_train_step(nll_loss), in_axes=(0, None))
 
   def batches(epoch):  # one sentence per step, in order, as the seed; word dropout to <unk>
@@ -161,7 +163,8 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   train = {"x": x[is_train][..., None], "y": y[is_train][:, None]}
   test = {"x": x[~is_train][..., None], "y": y[~is_train][:, None]}
   epochs, lr = cfg.epochs or 60, 1e-3 if cfg.lr is None else cfg.lr
-  model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32)
+  model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32,
+                       dtype=cli.model_dtype(cfg.common))
   state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2],
                              cfg.common.seed)
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731

@@ -85,7 +85,7 @@ def run_classifier(cfg: Config, run, runner, data) -> dict:
   in_dim = int(np.prod(data.image_shape))
   kwargs = dict(in_dim=in_dim, n_hidden_1=cfg.hidden[0], n_hidden_2=cfg.hidden[1],
                 out_dim=data.num_classes, batchnorm=cfg.batchnorm)
-  model = models.build("mnist_mlp", **kwargs)
+  model = models.build("mnist_mlp", **kwargs)  # for the layer table: float32 is fine
   steps_per_epoch = -(-len(data.train_x) // cfg.batch_size)  # with the partial batch
   schedule = optim.step_decay(cfg.lr, cfg.decay_every * steps_per_epoch, cfg.decay_factor)
   tx = optim.make_optimizer("momentum", schedule, momentum=cfg.momentum)
@@ -118,11 +118,12 @@ def compare_optimizers(cfg: Config, run, *, names=tuple(COMPARED)) -> dict:
   """Trains the same 1-20-1 net with each optimizer on identical batches; one jit call
   steps all of them, so they also see the same data at the same time."""
   train = regression_data(cfg.common.seed)
-  model = models.build("mlp", widths=(20, 1), activation="relu")
+  model = models.build("mlp", widths=(20, 1), activation="relu", dtype=cli.model_dtype(cfg.common))
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
   states = tuple(create_train_state(model, optim.make_optimizer(COMPARED[n][0], cfg.compare_lr,
                                                                 **COMPARED[n][1]),
-                                    train["x"][:2], cfg.common.seed) for n in names)
+                                    train["x"][:2], cfg.common.seed, loss_scale=cli.loss_scale(cfg.common))
+                 for n in names)
   step = make_train_step(mse)
   step_all = jax.jit(lambda ss, b: tuple(zip(*[step(s, b) for s in ss])))
   history = {n: [] for n in names}

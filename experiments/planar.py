@@ -62,8 +62,9 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
   chunk = min(cfg.fuse, steps)
   if steps % chunk:
     raise ValueError(f"{net_id}: {steps} steps do not divide into --fuse {chunk} chunks")
-  model = models.build(name, **kwargs)
-  state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.common.seed)
+  model = models.build(name, **kwargs, dtype=cli.model_dtype(cfg.common))
+  state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.common.seed,
+                             loss_scale=cli.loss_scale(cfg.common))
   step = make_train_step(loss_fn)
   if chunk > 1:
     step = repeat_step(step, chunk)
@@ -88,7 +89,8 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
 def reload_checks(net_id: str, run, model, variables, x) -> dict:
   """Both ways of saving (seed 000): identical outputs after reloading?"""
   name, kwargs, _, _ = NETS[net_id]
-  out = np.asarray(model.apply(variables, x))
+  # Saved models are float32 whatever the run's precision: compare with the float32 net.
+  out = np.asarray(models.build(name, **kwargs).apply(variables, x))
   # 1) parameters only: the caller declares the model again and restores into it.
   p = checkpoint.save_params(run.file("models", f"{net_id}_params"), variables)
   fresh = models.build(name, **kwargs)

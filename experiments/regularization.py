@@ -93,7 +93,8 @@ def mse_metrics(out, batch):
 def train_regressor(cfg, model, tx, train, test, *, epochs, batch_size, runner=None, run=None,
                     desc="", drop_remainder=False, state=None):
   runner = runner or Runner("jit")
-  state = state or create_train_state(model, tx, train["x"][:2], cfg.common.seed)
+  state = state or create_train_state(model, tx, train["x"][:2], cfg.common.seed,
+                                      loss_scale=cli.loss_scale(cfg.common))
   step = runner.compile(make_train_step(mse_loss))
   evaluate = runner.compile_eval(make_eval_step(mse_metrics))
   state, history = fit(
@@ -117,7 +118,8 @@ def regularizers(cfg, run) -> dict:
   for spec_id, (what, opt_off, opt_on, model_off, model_on) in pairs.items():
     curves, finals = {}, {}
     for label, opt_kw, model_kw in (("without", opt_off, model_off), ("with", opt_on, model_on)):
-      model = models.build("mlp", widths=widths, activation="relu", **model_kw)
+      model = models.build("mlp", widths=widths, activation="relu", **model_kw,
+                           dtype=cli.model_dtype(cfg.common))
       tx = optim.make_optimizer("adam", cfg.lr, **opt_kw)
       # One run directory per variant: `tensorboard --logdir <run>/variants` shows them all.
       # Variants are recomputed on every run of the experiment, so each starts over.
@@ -206,7 +208,7 @@ def loss_checks() -> dict:
 
 def compare_optimizers(cfg, run) -> dict:
   train, test = load_diabetes(cfg.common.seed)
-  model = models.build("mlp", widths=(64, 64, 1), activation="relu")
+  model = models.build("mlp", widths=(64, 64, 1), activation="relu", dtype=cli.model_dtype(cfg.common))
   curves, finals = {}, {}
   for name in optim.NAMES:
     tx = optim.make_optimizer(name, cfg.optimizer_lr)

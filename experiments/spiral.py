@@ -75,8 +75,9 @@ def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, 
   weights = (1.0 / counts).astype(np.float32) if weighted else None
   model = models.build("spiral_mlp", input_dim=x_train.shape[1], hidden_dim=hidden,
                        num_classes=num_classes, dropout_p=dropout,
-                       init_scheme=init_scheme)
-  state = create_train_state(model, optim.make_optimizer("adam", lr), x_train[:2], cfg.common.seed)
+                       init_scheme=init_scheme, dtype=cli.model_dtype(cfg.common))
+  state = create_train_state(model, optim.make_optimizer("adam", lr), x_train[:2], cfg.common.seed,
+                             loss_scale=cli.loss_scale(cfg.common))
 
   def loss_fn(logits, batch):
     return losses.cross_entropy(logits, batch["y"], weight=weights), {

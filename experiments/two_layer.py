@@ -124,8 +124,10 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
     raise cli.ConfigError(f"--steps {cfg.steps} must be a multiple of --fuse {chunk}")
   results, curves = {}, {}
   for sid, (name, opt) in variants.items():
-    model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out)
-    state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.common.seed)
+    model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out,
+                         dtype=cli.model_dtype(cfg.common))
+    state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.common.seed,
+                               loss_scale=cli.loss_scale(cfg.common))
     step = make_train_step(lambda out, b: (losses.mse(out, b["y"], "sum"), {}))
     if chunk > 1:
       step = repeat_step(step, chunk)

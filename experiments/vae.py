@@ -79,10 +79,11 @@ def main(argv=None) -> dict:
   run, runner = start_run(cfg, "vae")
   shape = data.image_shape
   model = models.build("vae", image_size=math.prod(shape), h_dim=cfg.hidden,
-                       z_dim=cfg.latent_dim, image_shape=shape)
+                       z_dim=cfg.latent_dim, image_shape=shape, dtype=cli.model_dtype(cfg.common))
   pipe = ImagePipeline("unit")
   state = create_train_state(model, optim.make_optimizer("adam", cfg.lr),
-                             pipe(jnp.asarray(data.train_x[:2])), cfg.common.seed)
+                             pipe(jnp.asarray(data.train_x[:2])), cfg.common.seed,
+                             loss_scale=cli.loss_scale(cfg.common))
 
   def loss_fn(out, batch):
     logits, mu, log_var = out
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
                          lambda: dldata.batches(test, 1000), uses_key=True)
   decode = jax.jit(lambda s, z: s.apply_fn(variables_of(s), z, method=model.decode))
   reconstruct = jax.jit(lambda s, x: jax.nn.sigmoid(
-      s.apply_fn(variables_of(s), pipe(x))[0]).reshape(x.shape))
+      s.apply_fn(variables_of(s), pipe(x))[0].astype(jnp.float32)).reshape(x.shape))
   fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.common.seed + 1), (64, cfg.latent_dim))
   originals = data.test_x[:32]
 
@@ -145,7 +146,8 @@ def main(argv=None) -> dict:
            "train_loss": history[-1]["train"]["loss"] if history else None,
            "dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
            "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
-           "loss": "per sample: BCE summed over pixels + KL, z sampled"}
+           "loss": "per sample: BCE summed over pixels + KL, z sampled",
+           **cli.precision_entry(cfg.common, state)}
   if cfg.latent_dim == 2:
     from scipy.stats import norm
 

@@ -10,7 +10,7 @@ from dlcore import models
 from dlcore.checkpoint import save_model
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
-from dlcore.harness import plots
+from dlcore.harness import cli, plots
 from dlcore.harness.rundir import RunDir
 from dlcore.harness.writers import say
 from dlcore.train.classify import ClassifierRun, predict_logits, train_classifier
@@ -46,12 +46,14 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   """What the image experiments share: train `model_name` on `data`, write the curves, the
   confusion matrix and the model (`save_model`: reload with `load_model(<run>/model)`),
   and return the summary entry under `spec_id` (SPEC ids; with test_accuracy, dataset,
-  epochs). `cfg` has the fields of `cli.Common` plus `epochs` and `batch_size`."""
-  model = models.build(model_name, **model_kwargs)
+  epochs). `cfg.common` is a `cli.Common` (its --precision is the model's dtype; the saved
+  model is float32 and its kwargs leave the dtype out), `cfg` has `epochs`, `batch_size`."""
+  model = models.build(model_name, **model_kwargs, dtype=cli.model_dtype(cfg.common))
   result = train_classifier(model, data, tx, pipeline=pipeline, batch_size=cfg.batch_size,
                             epochs=cfg.epochs, runner=runner, writer=run, seed=cfg.common.seed,
                             resume=cfg.common.resume, progress=cfg.common.progress, desc=title,
-                            checkpoint_dir=run.file("checkpoints"), on_epoch_end=print_epoch)
+                            checkpoint_dir=run.file("checkpoints"), on_epoch_end=print_epoch,
+                            loss_scale=cli.loss_scale(cfg.common))
   plot_history(result.history, run.file(f"{model_name}_curves.png"),
                f"{title} on {data.name} ({cfg.common.mode})")
   pred = predict_logits(result.state, data.test_x, pipeline).argmax(-1)
@@ -67,5 +69,6 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
            "dataset_name": data.name, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
            "mode": cfg.common.mode, "devices": runner.devices, "model": model_name,
            "test_accuracy_per_epoch": [h.get("eval", {}).get("accuracy")
-                                       for h in result.history], **(extra or {})}
+                                       for h in result.history],
+           **cli.precision_entry(cfg.common, result.state), **(extra or {})}
   return {spec_id: entry}, result

@@ -53,6 +53,7 @@ Positive = Annotated[T, Between(1)]       # ints: >= 1
 NonNegative = Annotated[T, Between(0)]
 Fraction = Annotated[T, Between(0.0, 1.0)]
 Mode = Literal["eager", "python", "jit", "pmap", "sharded"]  # = dlcore.train.MODES (tested)
+Precision = Literal["float32", "bfloat16", "float16"]  # = dlcore.precision.PRECISIONS (tested)
 
 
 @dataclasses.dataclass
@@ -68,6 +69,9 @@ class Common:
   made)."""
   seed: int = 0
   """Seed of parameter init, data order, dropout and sampling."""
+  precision: Precision = "float32"
+  """Computation dtype of the models (parameters, optimizer state and checkpoints stay
+  float32; losses and batch statistics are float32); float16 adds dynamic loss scaling."""
   resume: bool = False
   """Continue the run in --workdir from its latest good checkpoint (same settings)."""
   overwrite: bool = False
@@ -128,6 +132,26 @@ def image_data(**defaults) -> ImageDataArgs:
 
 def scoring(**defaults) -> ScoreArgs:
   return dataclasses.field(default_factory=lambda: ScoreArgs(**defaults))
+
+
+def model_dtype(common: Common):
+  """The `dtype` for `models.build` that `--precision` asks for."""
+  from dlcore import precision
+  return precision.compute_dtype(common.precision)
+
+
+def loss_scale(common: Common):
+  """The `loss_scale` for `create_train_state` that `--precision` asks for (float16 only)."""
+  from dlcore import precision
+  return precision.loss_scale(common.precision)
+
+
+def precision_entry(common: Common, state) -> dict:
+  """What a summary entry records of the run's precision: its name and, with float16, the
+  steps that loss scaling skipped."""
+  from dlcore import precision
+  skipped = precision.skipped_steps(state)
+  return {"precision": common.precision} | ({} if skipped is None else {"skipped_steps": skipped})
 
 
 def _flag(path: str) -> str:

@@ -52,14 +52,15 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
                      writer: MetricWriter | None = None, seed: int = 0, resume: bool = False,
                      progress: bool = True, desc: str = "train", eval_batch_size: int = 1000,
                      checkpoint_dir: str | None = None,
-                     on_epoch_end: Callable | None = None) -> ClassifierRun:
+                     on_epoch_end: Callable | None = None, loss_scale=None) -> ClassifierRun:
   """Trains `model` on `data.train()` for `epochs` (shuffled each epoch, deterministic in
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
-  into `checkpoint_dir` (none: no checkpoints) and resumes from there."""
+  into `checkpoint_dir` (none: no checkpoints) and resumes from there. `loss_scale`: see
+  `create_train_state` (float16)."""
   for split, y in (("train", data.train_y), ("test", data.test_y)):
     dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   example = pipeline(jnp.asarray(data.train_x[:2]))
-  state = create_train_state(model, tx, example, seed)
+  state = create_train_state(model, tx, example, seed, loss_scale=loss_scale)
   step = runner.compile(make_train_step(xent_loss, preprocess=pipeline))
   evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline))
   n = len(data.train_x)
@@ -100,6 +101,7 @@ def evaluate_classifier(state: TrainState, arrays: dict, pipeline: ImagePipeline
 def predict_logits(state: TrainState, x: np.ndarray, pipeline: ImagePipeline,
                    batch_size: int = 1000) -> np.ndarray:
   """Logits of `state`'s model for uint8 images `x`, in inference mode."""
-  apply = jax.jit(lambda s, xb: s.apply_fn(variables_of(s), pipeline(xb), train=False))
+  apply = jax.jit(lambda s, xb: s.apply_fn(variables_of(s), pipeline(xb), train=False).astype(
+      jnp.float32))
   return np.concatenate([np.asarray(apply(state, x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)])

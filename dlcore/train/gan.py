@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlcore import parallel
+from dlcore import parallel, precision
 from dlcore.train.state import TrainState, create_train_state, variables_of
 from dlcore.train.steps import on_axis
 
@@ -54,14 +54,19 @@ def _noise(key, local_batch: int, size: int):
 
 
 def _apply(state: TrainState, x, labels, *, train: bool):
-  """Forward in train mode with batch statistics (returned, or None without BN)."""
+  """Forward in train mode with batch statistics (returned, or None without BN). Outputs
+  come back in float32 whatever the players' computation dtype (losses in float32)."""
+  if state.dynamic_scale is not None:
+    raise ValueError("the GAN steps have no float16 loss scaling; train GANs in float32 or "
+                     "bfloat16")
   args = (x,) if labels is None else (x, labels)
   if state.batch_stats is None:
-    return state.apply_fn(variables_of(state), *args, train=train), None
+    return precision.to_float32(state.apply_fn(variables_of(state), *args, train=train)), None
   if not train:
-    return state.apply_fn(variables_of(state), *args, train=False), state.batch_stats
+    out = state.apply_fn(variables_of(state), *args, train=False)
+    return precision.to_float32(out), state.batch_stats
   out, upd = state.apply_fn(variables_of(state), *args, train=True, mutable=["batch_stats"])
-  return out, upd["batch_stats"]
+  return precision.to_float32(out), upd["batch_stats"]
 
 
 def bce(logits, target: float):
@@ -140,4 +145,4 @@ def make_gan_step(*, latent_size: int, axis_name: str | None = None,
 def generate(state: GANState, z, labels=None):
   """Generator samples in inference mode (running batch statistics)."""
   args = (z,) if labels is None else (z, labels)
-  return state.g.apply_fn(variables_of(state.g), *args, train=False)
+  return precision.to_float32(state.g.apply_fn(variables_of(state.g), *args, train=False))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlcore import distributed
+from dlcore import distributed, precision
 from dlcore.checkpoint import Checkpointer
 from dlcore.train.modes import Runner
 
@@ -46,14 +46,17 @@ def step_of(state) -> int:
 
 
 def host_mean(rows: list[dict]) -> dict:
-  """Mean of each metric over the rows; weighted by a "count" metric when there is one."""
+  """Mean of each metric over the rows; weighted by a "count" metric when there is one.
+  Rows of float16 steps (with "skipped") give the means over the applied steps
+  (`dlcore.precision.applied_means`) and the fraction of steps skipped."""
   rows = jax.device_get(rows)
   if "count" in rows[0]:
     w = np.array([float(np.sum(r["count"])) for r in rows])
     out = {k: float(np.dot([np.mean(r[k]) for r in rows], w) / w.sum())
            for k in rows[0] if k != "count"}
     return out | {"count": int(w.sum())}
-  return {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]}
+  return precision.applied_means(
+      {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]})
 
 
 def batch_evaluator(eval_step, batches: Callable[[], Iterable], *,

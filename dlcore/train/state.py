@@ -11,26 +11,30 @@ from flax.training import train_state
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus `batch_stats` (None for models without BatchNorm) and `rng`.
+  """Flax's TrainState plus `batch_stats` (None for models without BatchNorm), `rng` and
+  `dynamic_scale` (float16's loss scale, `dlcore.precision.LossScale`; None otherwise).
 
   `rng` is a raw uint32 key that never changes: each step draws from
   `fold_in(rng, step)`, so a resumed run sees the same random numbers as an uninterrupted one.
   """
   batch_stats: Any = None
   rng: jax.Array | None = None
+  dynamic_scale: Any = None
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_x,
-                       seed: int = 0, init_args: tuple = ()) -> TrainState:
+                       seed: int = 0, init_args: tuple = (), loss_scale=None) -> TrainState:
   """Initialises `model` on `example_x` (a batch; `init_args` are further positional inputs,
-  e.g. a conditional GAN's labels) and wraps it with optimizer `tx`."""
+  e.g. a conditional GAN's labels) and wraps it with optimizer `tx`. `loss_scale`
+  (`dlcore.precision.loss_scale("float16")`) makes the step factories scale the loss."""
   init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
   # jit keeps the init of large models (AlexNet) from running op by op.
   variables = jax.jit(lambda k, x, args: model.init({"params": k, "dropout": k}, x, *args,
                                                     train=False))(
       init_key, jnp.asarray(example_x), tuple(jnp.asarray(a) for a in init_args))
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                            batch_stats=variables.get("batch_stats"), rng=run_key)
+                            batch_stats=variables.get("batch_stats"), rng=run_key,
+                            dynamic_scale=loss_scale)
   # An array step (not Python's 0) keeps jit from tracing twice and Orbax from special cases.
   return state.replace(step=jnp.zeros((), jnp.int32))
 

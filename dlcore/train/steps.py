@@ -16,7 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from dlcore import parallel
+from dlcore import parallel, precision
 from dlcore.train.state import TrainState, variables_of
 
 # loss_fn(outputs, batch) -> (scalar loss, dict of scalar metrics)
@@ -89,7 +89,12 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
   """One optimizer step on `batch`: forward in train mode, grads, update, batch stats.
 
   `rng_streams`: the random streams the model draws from in training ("dropout", a VAE's
-  "noise"); by default they are found on the first call (see `learning_streams`)."""
+  "noise"); by default they are found on the first call (see `learning_streams`).
+
+  The model's outputs reach `loss_fn` in float32 whatever its computation dtype
+  (`dlcore.precision.to_float32`). A state with a `dynamic_scale` (float16) trains with
+  dynamic loss scaling: a step whose gradients overflow is skipped and reported in the
+  metrics ("skipped", "loss_scale"; see `dlcore.precision`)."""
 
   def step(state: TrainState, batch: dict, streams: Sequence[str]):
     rngs = step_rngs(state, streams)
@@ -103,18 +108,24 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
                                       mutable=["batch_stats"])
       else:
         out, updates = state.apply_fn(variables, x, train=True, rngs=rngs), {}
-      loss, metrics = loss_fn(out, batch)
+      loss, metrics = loss_fn(precision.to_float32(out), batch)
       return loss, (metrics, updates.get("batch_stats"))
 
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params)
-    grads = parallel.mean(grads)
+    scale, apply, (loss, (metrics, batch_stats)), grads = precision.scaled_value_and_grad(
+        compute_loss, state.dynamic_scale, parallel.data_axis())(state.params)
     if has_bn:  # dlcore's BatchNorm already agrees across devices; a foreign layer may not
       batch_stats = parallel.mean(batch_stats)
     metrics = reduce_metrics({"loss": loss, **metrics})
     new_state = state.apply_gradients(grads=grads)
     if has_bn:
       new_state = new_state.replace(batch_stats=batch_stats)
+    if scale is not None:  # a skipped step keeps the old values; the step counter advances
+      kept = precision.select(apply, (new_state.params, new_state.opt_state,
+                                      new_state.batch_stats),
+                              (state.params, state.opt_state, state.batch_stats))
+      new_state = new_state.replace(params=kept[0], opt_state=kept[1], batch_stats=kept[2],
+                                    dynamic_scale=scale)
+      metrics = precision.step_metrics(metrics, state.dynamic_scale, apply)
     return new_state, metrics
 
   return learning_streams(on_axis(step, axis_name), rng_streams)
@@ -129,7 +140,7 @@ def make_eval_step(metrics_fn: Callable[[jax.Array, dict], dict], *,
 
   def evaluate(state: TrainState, batch: dict):
     out = state.apply_fn(variables_of(state), _inputs(batch, preprocess), train=False)
-    return reduce_metrics(metrics_fn(out, batch))
+    return reduce_metrics(metrics_fn(precision.to_float32(out), batch))
 
   return on_axis(evaluate, axis_name)
 
