@@ -6,9 +6,14 @@ from the same weights (`dlcore.interop.torch.convert`) and fed the same batch.
 `CASES` is built from the registry: `check_coverage()` fails when a registered model has no
 case, so a new model cannot silently drop out of the benchmarks. The GAN players are timed as
 the pair's training iteration (discriminator step, then generator step), as they train.
+
+Both sides take a precision ("float32", "bfloat16", "float16"): dlcore builds the model in
+that computation dtype (float32 master weights; float16 with loss scaling), PyTorch runs the
+forward pass and loss under `torch.autocast` in the same dtype (float16 with a GradScaler).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import losses, models, optim
+from dlcore import losses, models, optim, precision
 from dlcore.data import synthetic
 from dlcore.train import TrainState, create_train_state, make_train_step
 from dlcore.train.gan import create_gan_state, make_gan_step
@@ -24,8 +29,9 @@ from dlcore.train.gan import create_gan_state, make_gan_step
 
 @dataclass(frozen=True)
 class Case:
-  """`build()` -> (state, pure step(state, batch), batch of numpy arrays);
-  `torch()` -> a function running one PyTorch step (None without an original)."""
+  """`build(precision="float32")` -> (state, pure step(state, batch), batch of numpy arrays);
+  `torch(precision="float32")` -> a function running one PyTorch step (None without an
+  original)."""
   id: str
   spec: str
   models: tuple[str, ...]
@@ -111,6 +117,37 @@ def _to_torch(a):
       memory_format=torch.contiguous_format).to(torch_device())
 
 
+def autocast(prec: str):
+  """PyTorch's mixed precision for `prec`: `torch.autocast` on the device (nothing for
+  float32)."""
+  import torch
+
+  if prec == "float32":
+    return contextlib.nullcontext()
+  return torch.autocast(torch_device(), dtype=getattr(torch, prec))
+
+
+class _Backward:
+  """loss.backward() and opt.step(), through a GradScaler for float16 (PyTorch's recipe)."""
+
+  def __init__(self, prec: str, *opts):
+    import torch
+    self.scaler = (torch.amp.GradScaler(torch_device()) if prec == "float16" else None)
+    self.opts = opts
+
+  def __call__(self, loss, opt=None):
+    opts = self.opts if opt is None else (opt,)
+    if self.scaler is None:
+      loss.backward()
+      for o in opts:
+        o.step()
+      return
+    self.scaler.scale(loss).backward()
+    for o in opts:
+      self.scaler.step(o)
+    self.scaler.update()
+
+
 def _torch_opt(net, opt, lr):
   import torch
 
@@ -129,7 +166,7 @@ def _torch_step(name, inputs, loss, opt, lr):
   """One PyTorch step of ORIGINALS[name] (or of `name()` when it is a constructor) on
   `inputs` (numpy), `loss(out, *targets)`."""
 
-  def make():
+  def make(prec="float32"):
     import torch
 
     from dlcore.interop.originals import ORIGINALS
@@ -137,15 +174,16 @@ def _torch_step(name, inputs, loss, opt, lr):
     torch.manual_seed(0)
     net = (name if callable(name) else ORIGINALS[name])().train().to(torch_device())
     tx = _torch_opt(net, opt, lr)
+    backward = _Backward(prec, tx)
     args = [_to_torch(a) if isinstance(a, np.ndarray) else a for a in inputs[0]]
     targets = [_to_torch(a) for a in inputs[1]]
 
     def step():
       tx.zero_grad(set_to_none=True)
-      out = net(*args)
-      value = loss(out, *targets)
-      value.backward()
-      tx.step()
+      with autocast(prec):
+        out = net(*args)
+      value = loss(out.float(), *targets)  # in float32, as dlcore's losses
+      backward(value)
       return value
 
     return step
@@ -183,10 +221,11 @@ def _t_nll(out, y):
 
 # ---- dlcore side -------------------------------------------------------------------------
 def _supervised(name, kwargs, batch, loss, opt, lr, rng_streams=("dropout",), batched=True):
-  def build():
-    model = models.build(name, **kwargs)
+  def build(prec="float32"):
+    model = models.build(name, **kwargs, dtype=precision.compute_dtype(prec))
     example = batch["x"][:1] if batched else batch["x"]
-    state = create_train_state(model, optim.make_optimizer(opt, lr), example)
+    state = create_train_state(model, optim.make_optimizer(opt, lr), example,
+                               loss_scale=precision.loss_scale(prec))
     return state, make_train_step(loss, rng_streams=rng_streams), batch
   return build
 
@@ -203,7 +242,7 @@ def _vae_case():
   n = 128
   x = _rng().uniform(size=(n, 28, 28, 1)).astype(np.float32)
 
-  def torch_make():
+  def torch_make(prec="float32"):
     import torch
     import torch.nn.functional as F
 
@@ -212,19 +251,20 @@ def _vae_case():
     torch.manual_seed(0)
     net = VAE().train().to(torch_device())
     tx = torch.optim.Adam(net.parameters(), lr=1e-3)
+    backward = _Backward(prec, tx)
     tx_in = _to_torch(x).reshape(n, -1)
 
     def step():  # the seed's training step: reparameterised z, BCE(sum) + KL
       tx.zero_grad(set_to_none=True)
-      h = F.relu(net.fc1(tx_in))
-      mu, log_var = net.fc2(h), net.fc3(h)
-      z = mu + torch.exp(log_var / 2) * torch.randn_like(mu)
-      logits = net.fc5(F.relu(net.fc4(z)))
+      with autocast(prec):
+        h = F.relu(net.fc1(tx_in))
+        mu, log_var = net.fc2(h).float(), net.fc3(h).float()
+        z = mu + torch.exp(log_var / 2) * torch.randn_like(mu)
+        logits = net.fc5(F.relu(net.fc4(z))).float()
       bce = F.binary_cross_entropy_with_logits(logits, tx_in, reduction="sum")
       kl = -0.5 * torch.sum(1 + log_var - mu ** 2 - log_var.exp())
       loss = (bce + kl) / n
-      loss.backward()
-      tx.step()
+      backward(loss)
       return loss
 
     return step
@@ -243,15 +283,18 @@ def _gan_case(variant):
   x = np.tanh(_images(n))
   y = _labels(n)
 
-  def build():
-    g, d = models.build(g_name), models.build(d_name)
+  def build(prec="float32"):
+    if prec == "float16":
+      raise ValueError("the GAN steps have no float16 loss scaling")
+    dtype = precision.compute_dtype(prec)
+    g, d = models.build(g_name, dtype=dtype), models.build(d_name, dtype=dtype)
     tx = lambda: optim.make_optimizer("adam", 2e-4, b1=0.5)  # noqa: E731
     state = create_gan_state(g, d, tx(), tx(), latent_size=latent, image_shape=(28, 28, 1),
                              conditional=conditional)
     step = make_gan_step(latent_size=latent, conditional=conditional)
     return state, step, ({"x": x, "y": y} if conditional else {"x": x})
 
-  def torch_make():
+  def torch_make(prec="float32"):
     import torch
     import torch.nn.functional as F
 
@@ -271,23 +314,28 @@ def _gan_case(variant):
       crit = F.binary_cross_entropy_with_logits
     ones, zeros = torch.ones(n, 1, device=dev), torch.zeros(n, 1, device=dev)
 
+    backward = _Backward(prec)
+
     def d_out(img):
       out = disc(img, *labels)
-      return out.view(n, 1)
+      return out.view(n, 1).float()
 
     def step():
       z = torch.randn(n, latent, device=dev)
-      fake = gen(z, *labels)
-      if variant == "gan":
-        fake = fake.reshape(n, -1)
+      with autocast(prec):
+        fake = gen(z, *labels)
+        if variant == "gan":
+          fake = fake.reshape(n, -1)
       d_opt.zero_grad(set_to_none=True)
-      d_loss = crit(d_out(real), ones) + crit(d_out(fake.detach()), zeros)
-      d_loss.backward()
-      d_opt.step()
+      with autocast(prec):  # the losses outside: BCE on probabilities refuses autocast
+        d_real, d_fake = d_out(real), d_out(fake.detach())
+      d_loss = crit(d_real, ones) + crit(d_fake, zeros)
+      backward(d_loss, d_opt)
       g_opt.zero_grad(set_to_none=True)
-      g_loss = crit(d_out(fake), ones)
-      g_loss.backward()
-      g_opt.step()
+      with autocast(prec):
+        g_fake = d_out(fake)
+      g_loss = crit(g_fake, ones)
+      backward(g_loss, g_opt)
       return g_loss
 
     return step
@@ -302,20 +350,25 @@ def _centered_case():
   n = 128
   x = _rng().standard_normal((n, 5)).astype(np.float32)
 
-  def build():
-    model = models.build("centered_layer")
+  def build(prec="float32"):
+    model = models.build("centered_layer", dtype=precision.compute_dtype(prec))
     state = TrainState.create(apply_fn=model.apply, params={}, tx=optim.make_optimizer("sgd", 0.1),
                               batch_stats=None, rng=jax.random.PRNGKey(0))
 
     def step(state, batch):
-      return state, {"loss": jnp.sum(state.apply_fn({}, batch["x"]))}
+      return state, {"loss": jnp.sum(state.apply_fn({}, batch["x"]), dtype=jnp.float32)}
     return state, step, {"x": x}
 
-  def torch_make():
+  def torch_make(prec="float32"):
 
     from dlcore.interop.originals import MyLayer
     net, t = MyLayer(), _to_torch(x)
-    return lambda: net(t).sum()
+
+    def step():
+      with autocast(prec):
+        return net(t).sum()
+
+    return step
 
   return Case("centered_layer", "4.2", ("centered_layer",), n, build, torch_make,
               note="forward only (no parameters)")

@@ -7,6 +7,13 @@ loops (`lax.scan`) against a Python loop of jitted steps.
     python -m benchmarks.jit_vs_eager --all                # every model: JSON, table, chart
     python -m benchmarks.jit_vs_eager --cases lenet vae    # some of them
     python -m benchmarks.jit_vs_eager --all --devices 4    # pmap/sharded over 4 host devices
+    python -m benchmarks.jit_vs_eager --all --modes jit torch --precision float32 bfloat16
+                                                           # precisions side by side
+
+`--precision` builds dlcore's models in that computation dtype (float32 master weights,
+float16 with loss scaling) and runs PyTorch's step under `torch.autocast` in the same dtype;
+with several precisions every (case, mode, precision) runs interleaved in the same rounds and
+the report adds a table of each precision's step time against the first one's.
 
 The machine is shared and noisy: contestants run interleaved in rounds, each timing covers
 enough steps to last `--min-time` seconds, and cells report the median and min over rounds.
@@ -106,10 +113,10 @@ def matmul_peak(size: int) -> Callable[[], float]:
 class Contestant:
   """Runs `n` steps of one (case, mode); `first_s` is the first call (trace + compile)."""
 
-  def __init__(self, case, mode: str, devices: int | None):
+  def __init__(self, case, mode: str, devices: int | None, prec: str = "float32"):
     self.case, self.mode = case, mode
     if mode == "torch":
-      self._torch = case.torch()
+      self._torch = case.torch(prec)
       t0 = time.perf_counter()
       self._torch()
       self.first_s = time.perf_counter() - t0
@@ -119,7 +126,7 @@ class Contestant:
     runner_mode = "jit" if mode.startswith("jit") else mode
     runner = Runner(runner_mode, devices=devices if mode in ("pmap", "sharded") else None,
                     donate=mode != "jit_nodonate")
-    state, step, batch = case.build()
+    state, step, batch = case.build(prec)
     self._step = runner.compile(step)
     self._state, self._batch = runner.put_state(state), runner.put_batch(batch)
     t0 = time.perf_counter()
@@ -139,8 +146,10 @@ class Contestant:
     self._state = s
 
 
-def skip_reason(case, mode: str, has_torch: bool) -> str | None:
+def skip_reason(case, mode: str, has_torch: bool, prec: str = "float32") -> str | None:
   n = jax.local_device_count()
+  if prec == "float16" and any(m.startswith(("gan", "cgan", "dcgan")) for m in case.models):
+    return "no float16 loss scaling in the GAN steps"
   if mode == "torch" and (case.torch is None or not has_torch):
     return "PyTorch not installed" if case.torch else "no PyTorch original"
   if mode in ("pmap", "sharded") and (case.batch == 0 or case.batch % n):
@@ -158,21 +167,26 @@ def calibrate(c: Contestant, min_time: float, max_steps: int) -> int:
   return int(max(1, min(max_steps, math.ceil(min_time / max(dt, 1e-7)))))
 
 
-def bench_steps(cases, modes, rounds, min_time, devices, has_torch, log=print):
+def bench_steps(cases, modes, rounds, min_time, devices, has_torch, log=print,
+                precisions=("float32",)):
+  """Times every (case, mode[, precision]); keys are (case id, mode) for one precision,
+  (case id, mode, precision) for several."""
   results, contestants = {}, {}
   for case in cases:
     for mode in modes:
-      why = skip_reason(case, mode, has_torch)
-      if why:
-        results[(case.id, mode)] = {"skipped": why}
-        continue
-      t0 = time.perf_counter()
-      c = Contestant(case, mode, devices)
-      n = calibrate(c, min_time, 1000 if mode != "eager" else 50)
-      contestants[(case.id, mode)] = (c, n)
-      results[(case.id, mode)] = {"first_call_s": c.first_s, "steps_per_round": n, "ms": []}
-      log(f"  {case.id:28s} {mode:10s} first call {c.first_s:8.3f} s, {n} steps/round "
-          f"({time.perf_counter() - t0:.1f} s)")
+      for prec in precisions:
+        key = (case.id, mode) if len(precisions) == 1 else (case.id, mode, prec)
+        why = skip_reason(case, mode, has_torch, prec)
+        if why:
+          results[key] = {"skipped": why}
+          continue
+        t0 = time.perf_counter()
+        c = Contestant(case, mode, devices, prec)
+        n = calibrate(c, min_time, 1000 if mode != "eager" else 50)
+        contestants[key] = (c, n)
+        results[key] = {"first_call_s": c.first_s, "steps_per_round": n, "ms": []}
+        log(f"  {case.id:28s} {mode:10s} {prec:9s} first call {c.first_s:8.3f} s, {n} "
+            f"steps/round ({time.perf_counter() - t0:.1f} s)")
   for r in range(rounds):
     for key, (c, n) in contestants.items():
       t0 = time.perf_counter()
@@ -182,9 +196,9 @@ def bench_steps(cases, modes, rounds, min_time, devices, has_torch, log=print):
   return results
 
 
-def compile_and_flops(case) -> dict:
+def compile_and_flops(case, prec: str = "float32") -> dict:
   """Lowering + XLA compile time of the jitted step, and its FLOPs both ways."""
-  state, step, batch = case.build()
+  state, step, batch = case.build(prec)
   state = jax.device_put(state)
   batch = jax.device_put(batch)
   t0 = time.perf_counter()
@@ -196,14 +210,14 @@ def compile_and_flops(case) -> dict:
           "matmul_flops": matmul_flops(step, state, batch), "xla_flops": xla_flops(compiled)}
 
 
-def bench_fused(cases, rounds: int, num_steps: int) -> dict:
+def bench_fused(cases, rounds: int, num_steps: int, prec: str = "float32") -> dict:
   """Tiny models: a Python loop of `num_steps` jitted steps vs one jitted `lax.scan` over
   them (`dlcore.train.repeat_step`), both on the same batch, state donated."""
   from dlcore.train import repeat_step
 
   out = {}
   for case in cases:
-    state, step, batch = case.build()
+    state, step, batch = case.build(prec)
     batch = jax.device_put(batch)
     template = jax.device_put(state)
     fresh = lambda: jax.block_until_ready(jax.tree.map(jnp.copy, template))  # noqa: E731
@@ -314,6 +328,34 @@ def markdown(table, modes, peak_gflops, fused) -> str:
   return "\n".join(lines)
 
 
+def precision_table(cases, modes, raw, precisions) -> dict:
+  """case id -> {mode: {precision: median ms}} from a run over several precisions."""
+  out = {}
+  for case in cases:
+    out[case.id] = {mode: {p: (statistics.median(raw[(case.id, mode, p)]["ms"])
+                               if "ms" in raw[(case.id, mode, p)] else None)
+                           for p in precisions} for mode in modes}
+  return out
+
+
+def precision_markdown(ptable, modes, precisions) -> str:
+  """Each mode's ms per step in every precision and the ratio to the first precision."""
+  base, others = precisions[0], precisions[1:]
+  head = ["model"]
+  for mode in modes:
+    head += [f"{mode} {p} ms" for p in precisions]
+    head += [f"{mode} {p}/{base}" for p in others]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for cid, row in ptable.items():
+    cells = [cid]
+    for mode in modes:
+      ms = row[mode]
+      cells += [_fmt(ms[p]) for p in precisions]
+      cells += [_ratio(ms[p] / ms[base]) if ms[p] and ms[base] else "-" for p in others]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def chart(table, modes, path, title):
   import matplotlib
   matplotlib.use("Agg")
@@ -356,6 +398,9 @@ def main(argv=None):
   p.add_argument("--fused-steps", type=int, default=1000)
   p.add_argument("--matmul-size", type=int, default=0, help="peak matmul size (0: by device)")
   p.add_argument("--out", default=None, help="output stem (default benchmarks/results/<machine>)")
+  p.add_argument("--precision", nargs="+", default=["float32"],
+                 choices=["float32", "bfloat16", "float16"],
+                 help="computation dtype(s); several: timed side by side in the same rounds")
   p.add_argument("--render", metavar="JSON", default=None,
                  help="rewrite the .md and .png of an earlier run's JSON without measuring")
   args = p.parse_args(argv)
@@ -387,33 +432,52 @@ def main(argv=None):
     print("PyTorch not installed: the torch column is skipped (pip install -e '.[torch]')")
   info = machine()
   print(f"machine: {info}")
+  precs = list(dict.fromkeys(args.precision))
+  first = precs[0]
+  info["precision"] = precs if len(precs) > 1 else first
   extra = {}
   for case in cases:
-    extra[case.id] = compile_and_flops(case)
+    if skip_reason(case, "jit", True, first) is None:
+      extra[case.id] = compile_and_flops(case, first)
   size = args.matmul_size or (8192 if info["platform"] == "gpu" else 1024)
   peak_run = matmul_peak(size)
   raw = bench_steps(cases, args.modes, args.rounds, args.min_time, args.devices or None,
-                    has_torch)
+                    has_torch, precisions=precs)
+  ptable = None
+  if len(precs) > 1:
+    ptable = precision_table(cases, args.modes, raw, precs)
+    raw = {k[:2]: v for k, v in raw.items() if k[2] == first}
   peaks = [peak_run() for _ in range(args.rounds)]
   peak = statistics.median(peaks)
-  fused = bench_fused([c for c in cases if "tiny" in c.tags], args.rounds, args.fused_steps)
+  fused = bench_fused([c for c in cases if "tiny" in c.tags and skip_reason(c, "jit", True, first)
+                       is None], args.rounds, args.fused_steps, first)
   table = summarize(cases, args.modes, raw, extra, peak)
-  stem = args.out or os.path.join(os.path.dirname(__file__), "results", machine_name(info))
+  suffix = "" if precs == ["float32"] else "-" + "-".join(precs)
+  stem = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                  machine_name(info) + suffix)
   os.makedirs(os.path.dirname(stem), exist_ok=True)
   out = {"machine": info, "command": "python -m benchmarks.jit_vs_eager "
          + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
          "rounds": args.rounds, "min_time_s": args.min_time, "matmul_peak_gflops": peak,
          "matmul_peak_all": peaks, "matmul_size": size, "cases": table, "fused": fused}
+  if ptable is not None:
+    out["precision_table"] = ptable
   with open(stem + ".json", "w") as f:
     json.dump(out, f, indent=1)
-  _write_reports(stem, info, table, args.modes, peak, fused)
+  _write_reports(stem, info, table, args.modes, peak, fused, ptable)
   return out
 
 
-def _write_reports(stem, info, table, modes, peak, fused) -> None:
+def _write_reports(stem, info, table, modes, peak, fused, ptable=None) -> None:
+  prec = info.get("precision", "float32")
+  precs = prec if isinstance(prec, list) else [prec]
   title = (f"{machine_name(info)}, jax {info['jax']}"
-           + (f", torch {info['torch']}" if "torch" in info else ""))
+           + (f", torch {info['torch']}" if "torch" in info else "")
+           + (f", {precs[0]}" if precs != ["float32"] else ""))
   text = markdown(table, modes, peak, fused)
+  if ptable:
+    text += ("\n\nms per training step in each precision (median over rounds, one run):\n\n"
+             + precision_markdown(ptable, modes, precs))
   print(text)
   with open(stem + ".md", "w") as f:
     f.write(f"{info['date']}, {title}\n\n{text}\n")
@@ -427,7 +491,8 @@ def render(path: str) -> dict:
     out = json.load(f)
   stem, info = os.path.splitext(path)[0], out["machine"]
   modes = [m for m in MODES if any(m in row["modes"] for row in out["cases"].values())]
-  _write_reports(stem, info, out["cases"], modes, out["matmul_peak_gflops"], out["fused"])
+  _write_reports(stem, info, out["cases"], modes, out["matmul_peak_gflops"], out["fused"],
+                 out.get("precision_table"))
   return out
 
 
