@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs
 
-.PHONY: install run test test-all bench clean
+.PHONY: install run test test-all bench gpu-check clean
 
 # PYTHONWARNINGS hides setuptools' "Editable installation" notice: nothing a user can act on.
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,11 @@ test-all: install
 
 bench: install
 	$(PY) -m benchmarks.jit_vs_eager --all
+
+# On a GPU machine with its own JAX and PyTorch (no venv): see benchmarks/gpu_check.py.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=.:$$PYTHONPATH $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

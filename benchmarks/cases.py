@@ -30,8 +30,8 @@ from dlcore.train.gan import create_gan_state, make_gan_step
 @dataclass(frozen=True)
 class Case:
   """`build(precision="float32")` -> (state, pure step(state, batch), batch of numpy arrays);
-  `torch(precision="float32")` -> a function running one PyTorch step (None without an
-  original)."""
+  `torch(precision="float32", compiled=False)` -> a function running one PyTorch step, its
+  modules under `torch.compile` when `compiled` (None without an original)."""
   id: str
   spec: str
   models: tuple[str, ...]
@@ -166,7 +166,7 @@ def _torch_step(name, inputs, loss, opt, lr):
   """One PyTorch step of ORIGINALS[name] (or of `name()` when it is a constructor) on
   `inputs` (numpy), `loss(out, *targets)`."""
 
-  def make(prec="float32"):
+  def make(prec="float32", compiled=False):
     import torch
 
     from dlcore.interop.originals import ORIGINALS
@@ -174,6 +174,7 @@ def _torch_step(name, inputs, loss, opt, lr):
     torch.manual_seed(0)
     net = (name if callable(name) else ORIGINALS[name])().train().to(torch_device())
     tx = _torch_opt(net, opt, lr)
+    net = torch.compile(net) if compiled else net
     backward = _Backward(prec, tx)
     args = [_to_torch(a) if isinstance(a, np.ndarray) else a for a in inputs[0]]
     targets = [_to_torch(a) for a in inputs[1]]
@@ -242,7 +243,7 @@ def _vae_case():
   n = 128
   x = _rng().uniform(size=(n, 28, 28, 1)).astype(np.float32)
 
-  def torch_make(prec="float32"):
+  def torch_make(prec="float32", compiled=False):
     import torch
     import torch.nn.functional as F
 
@@ -254,13 +255,18 @@ def _vae_case():
     backward = _Backward(prec, tx)
     tx_in = _to_torch(x).reshape(n, -1)
 
-    def step():  # the seed's training step: reparameterised z, BCE(sum) + KL
-      tx.zero_grad(set_to_none=True)
+    def forward(inp):
       with autocast(prec):
-        h = F.relu(net.fc1(tx_in))
+        h = F.relu(net.fc1(inp))
         mu, log_var = net.fc2(h).float(), net.fc3(h).float()
         z = mu + torch.exp(log_var / 2) * torch.randn_like(mu)
-        logits = net.fc5(F.relu(net.fc4(z))).float()
+        return net.fc5(F.relu(net.fc4(z))).float(), mu, log_var
+
+    forward = torch.compile(forward) if compiled else forward
+
+    def step():  # the seed's training step: reparameterised z, BCE(sum) + KL
+      tx.zero_grad(set_to_none=True)
+      logits, mu, log_var = forward(tx_in)
       bce = F.binary_cross_entropy_with_logits(logits, tx_in, reduction="sum")
       kl = -0.5 * torch.sum(1 + log_var - mu ** 2 - log_var.exp())
       loss = (bce + kl) / n
@@ -294,7 +300,7 @@ def _gan_case(variant):
     step = make_gan_step(latent_size=latent, conditional=conditional)
     return state, step, ({"x": x, "y": y} if conditional else {"x": x})
 
-  def torch_make(prec="float32"):
+  def torch_make(prec="float32", compiled=False):
     import torch
     import torch.nn.functional as F
 
@@ -305,6 +311,8 @@ def _gan_case(variant):
     gen, disc = ORIGINALS[g_name]().train().to(dev), ORIGINALS[d_name]().train().to(dev)
     g_opt = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    if compiled:
+      gen, disc = torch.compile(gen), torch.compile(disc)
     real = _to_torch(x)
     labels = (torch.from_numpy(y).long().to(dev),) if conditional else ()
     if variant == "gan":  # the seed's FC GAN: flat images, D ends in a Sigmoid, BCELoss
@@ -359,10 +367,12 @@ def _centered_case():
       return state, {"loss": jnp.sum(state.apply_fn({}, batch["x"]), dtype=jnp.float32)}
     return state, step, {"x": x}
 
-  def torch_make(prec="float32"):
+  def torch_make(prec="float32", compiled=False):
+    import torch
 
     from dlcore.interop.originals import MyLayer
     net, t = MyLayer(), _to_torch(x)
+    net = torch.compile(net) if compiled else net
 
     def step():
       with autocast(prec):

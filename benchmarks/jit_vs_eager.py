@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import jaxprs_in_params
 
-MODES = ("eager", "python", "jit_nodonate", "jit", "pmap", "sharded", "torch")
-CHART_MODES = ("eager", "python", "jit", "torch")
+MODES = ("eager", "python", "jit_nodonate", "jit", "pmap", "sharded", "torch", "torch_compile")
+DEFAULT_MODES = MODES[:-1]  # torch.compile takes 3-17 s per model to compile: on request
+CHART_MODES = ("eager", "python", "jit", "torch", "torch_compile")
 
 
 # ---- FLOPs -------------------------------------------------------------------------------
@@ -115,8 +116,8 @@ class Contestant:
 
   def __init__(self, case, mode: str, devices: int | None, prec: str = "float32"):
     self.case, self.mode = case, mode
-    if mode == "torch":
-      self._torch = case.torch(prec)
+    if mode.startswith("torch"):
+      self._torch = case.torch(prec, compiled=mode == "torch_compile")
       t0 = time.perf_counter()
       self._torch()
       self.first_s = time.perf_counter() - t0
@@ -134,7 +135,7 @@ class Contestant:
     self.first_s = time.perf_counter() - t0
 
   def run(self, n: int) -> None:
-    if self.mode == "torch":
+    if self.mode.startswith("torch"):
       for _ in range(n):
         out = self._torch()
       out.detach().item()  # waits for the step (PyTorch's CPU ops are synchronous; CUDA is not)
@@ -150,7 +151,7 @@ def skip_reason(case, mode: str, has_torch: bool, prec: str = "float32") -> str 
   n = jax.local_device_count()
   if prec == "float16" and any(m.startswith(("gan", "cgan", "dcgan")) for m in case.models):
     return "no float16 loss scaling in the GAN steps"
-  if mode == "torch" and (case.torch is None or not has_torch):
+  if mode.startswith("torch") and (case.torch is None or not has_torch):
     return "PyTorch not installed" if case.torch else "no PyTorch original"
   if mode in ("pmap", "sharded") and (case.batch == 0 or case.batch % n):
     return f"batch {case.batch} does not split over {n} devices"
@@ -389,7 +390,7 @@ def main(argv=None):
   p.add_argument("--all", action="store_true", help="every case (every registered model)")
   p.add_argument("--cases", nargs="+", default=None, help="case ids (see --list)")
   p.add_argument("--list", action="store_true", help="list the cases and exit")
-  p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+  p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--min-time", type=float, default=0.2,
                  help="seconds each contestant runs per round (steps are calibrated to it)")

@@ -103,6 +103,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if _joined:
     return jax.process_count() > 1
   timeout = float(timeout or os.environ.get(ENV_CONNECT_TIMEOUT) or CONNECT_TIMEOUT_S)
+  # CPU processes all-reduce through gloo; GPUs use NCCL and ignore this CPU-only setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if found == "auto":
     address, n, pid, where = None, None, None, "the cluster's coordinator"

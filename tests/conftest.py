@@ -1,4 +1,7 @@
-"""Four host CPU devices for the pmap/sharded tests; must run before JAX touches a device."""
+"""Four host CPU devices for the pmap/sharded tests; must run before JAX touches a device.
+
+The suite runs on the CPU. `DLCORE_TEST_PLATFORM=gpu` (set by `python -m benchmarks.gpu_check`)
+leaves JAX on its default backend instead, so the tests that touch the device run on a GPU."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -6,4 +9,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
-jax.config.update("jax_platforms", "cpu")
+if os.environ.get("DLCORE_TEST_PLATFORM", "cpu") == "cpu":
+  jax.config.update("jax_platforms", "cpu")

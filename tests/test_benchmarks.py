@@ -85,3 +85,21 @@ def test_tiny_run_writes_json_table_and_chart(tmp_path):
   bench.main(["--render", stem + ".json"])
   assert "| sequential_net (0.3, 400) |" in open(stem + ".md").read()
   assert open(stem + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_check_small_mode_runs_end_to_end(tmp_path):
+  """The GPU check's every step, tiny, on this machine's CPU: its device tests pass, every
+  precision has a timed step on both sides, and both training runs finish."""
+  from benchmarks import gpu_check
+  report = gpu_check.main(["--small", "--out", str(tmp_path)])
+  assert report["tests"]["returncode"] == 0 and "1 passed" in report["tests"]["summary"]
+  row = report["benchmark"]["precision_table"]["mlp"]
+  assert all(row["jit"][p] > 0 for p in gpu_check.PRECISIONS)
+  if any(row["torch"].values()):  # PyTorch installed
+    assert all(row["torch"][p] > 0 for p in gpu_check.PRECISIONS)
+  assert set(report["training"]) == {"float32", "bfloat16"}
+  assert all(0 <= r["test_accuracy"] <= 1 and r["seconds_per_epoch"] > 0
+             for r in report["training"].values())
+  md = [f for f in os.listdir(tmp_path) if f.startswith("gpu-") and f.endswith(".md")]
+  text = open(tmp_path / [f for f in md if "steps" not in f][0]).read()
+  assert "bfloat16" in text and "One training run" in text
