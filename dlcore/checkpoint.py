@@ -49,6 +49,23 @@ def _leaves_by_path(tree) -> dict[str, tuple]:
   return out
 
 
+def _match_loss_scale(saved_meta, target):
+  """A change of precision (`--allow-change precision`): a checkpoint with float16's loss
+  scale restores into a state without one (the scale is dropped), and one without into a
+  float16 state (which keeps its fresh scale). Returns (target to restore into, finish)."""
+  if not hasattr(target, "dynamic_scale"):
+    return target, lambda restored: restored
+  saved = any(k.startswith("dynamic_scale/") for k in _leaves_by_path(saved_meta))
+  if saved == (target.dynamic_scale is not None):
+    return target, lambda restored: restored
+  if saved:
+    from dlcore import precision
+    return (target.replace(dynamic_scale=precision.loss_scale("float16")),
+            lambda restored: restored.replace(dynamic_scale=None))
+  return (target.replace(dynamic_scale=None),
+          lambda restored: restored.replace(dynamic_scale=target.dynamic_scale))
+
+
 def _check_compatible(saved_meta, target, where: str) -> None:
   """Names the keys and shapes that differ between a checkpoint and the target."""
   saved, want = _leaves_by_path(saved_meta), _leaves_by_path(target)
@@ -177,10 +194,12 @@ class Checkpointer:
     for s in steps:
       bad = verify_step(self._step_dir(s))
       if bad is None:
-        _check_compatible(self.manager.item_metadata(s).tree, target,
-                          f"{self.directory}/{s}")
+        meta = self.manager.item_metadata(s).tree
+        into, finish = _match_loss_scale(meta, target)
+        _check_compatible(meta, into, f"{self.directory}/{s}")
         try:
-          restored = self.manager.restore(s, args=ocp.args.StandardRestore(_abstract(target)))
+          restored = finish(self.manager.restore(
+              s, args=ocp.args.StandardRestore(_abstract(into))))
         except (OSError, ValueError) as e:  # damage the manifest could not see
           bad = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
         else:

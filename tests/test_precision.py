@@ -216,6 +216,10 @@ def test_resume_with_another_precision_is_refused_by_name(tmp_path, capsys):
   # The same precision resumes (the loss scale is part of the checkpoint).
   summary = vae.main(args + ["--epochs", "2", "--resume", "--precision", "float16"])
   assert summary["2.8.1"]["epochs"] == 2 and np.isfinite(summary["2.8.1"]["test_loss"])
+  # On purpose: the loss scale is dropped from the restored state.
+  summary = vae.main(args + ["--epochs", "3", "--resume", "--precision", "float32",
+                             "--allow-change", "precision"])
+  assert summary["2.8.1"]["precision"] == "float32" and "skipped_steps" not in summary["2.8.1"]
 
 
 def test_gan_refuses_float16_in_one_line(capsys):
