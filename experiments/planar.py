@@ -86,7 +86,7 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
   return model, variables, final, history
 
 
-def reload_checks(net_id: str, run, model, variables, x) -> dict:
+def reload_checks(net_id: str, run, variables, x) -> dict:
   """Both ways of saving (seed 000): identical outputs after reloading?"""
   name, kwargs, _, _ = NETS[net_id]
   # Saved models are float32 whatever the run's precision: compare with the float32 net.
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
   for net_id in cfg.nets:
     model, variables, final, history = train_one(net_id, cfg, run, runner, data)
     show_layers(net_id, model, variables)
-    reload = reload_checks(net_id, run, model, variables, x)
+    reload = reload_checks(net_id, run, variables, x)
     summary[net_id] = {"loss": final["loss"], "accuracy": final["accuracy"],
                        "steps": history[-1]["step"] if history else 0, "reload_identical": reload,
                        "dataset": "planar_flower(m=400, seed=1)"}
