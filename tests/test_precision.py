@@ -200,6 +200,8 @@ def test_precision_switch_default_is_float32_bit_for_bit(tmp_path):
   # bfloat16 runs the same experiment to a close loss (not the same bits).
   c = _planar(tmp_path / "c", "--precision", "bfloat16")
   assert abs(c["0.3"]["loss"] - a["0.3"]["loss"]) < 0.05
+  for run, want in (("a", "float32"), ("c", "bfloat16")):  # summaries record it
+    assert json.load(open(tmp_path / run / "summary.json"))["0.3"]["precision"] == want
 
 
 def test_resume_with_another_precision_is_refused_by_name(tmp_path, capsys):

@@ -88,7 +88,8 @@ class RunDir:
   metrics.jsonl one JSON object per logged row (`split`, `step`, metrics)
   history.jsonl one record per epoch ({"epoch", "step", "train", "eval"}), so a resumed
                 run's summary and plots cover the whole run
-  summary.json  SPEC id -> final metrics, merged across calls to `update_summary`
+  summary.json  SPEC id -> final metrics (each with the run's precision), merged across calls
+                to `update_summary`
   tb/           TensorBoard events (with `tensorboard=True`; needs tensorboardX)
   *.png         figures; checkpoints/ and model/ for saved states
 
@@ -101,6 +102,8 @@ class RunDir:
                config=None, resume: bool = False, overwrite: bool = False,
                allow_change: tuple[str, ...] = ()):
     self.path = os.path.abspath(path)
+    # Every summary entry records the run's precision (`--precision`), when it has one.
+    self.precision = getattr(getattr(config, "common", None), "precision", None)
     try:
       os.makedirs(self.path, exist_ok=True)
     except OSError as e:
@@ -232,6 +235,9 @@ class RunDir:
     if os.path.exists(path):
       with open(path) as f:
         summary = json.load(f)
+    if self.precision is not None:
+      entries = {k: {"precision": self.precision} | v if isinstance(v, dict) else v
+                 for k, v in entries.items()}
     summary.update(jsonable(entries))
     with open(path, "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
