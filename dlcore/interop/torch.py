@@ -1,9 +1,10 @@
-"""PyTorch `state_dict`s of the seed networks -> dlcore (Flax) variables.
+"""PyTorch `state_dict`s of the seed networks <-> dlcore (Flax) variables.
 
     import torch
     from dlcore.interop.torch import convert
     variables = convert("lenet", torch_model.state_dict())       # {"params": ..., ...}
     logits = models.build("lenet").apply(variables, x_nhwc)
+    state_dict = to_state_dict("lenet", variables)                # and back: NumPy arrays
 
 PyTorch is optional: this module takes anything with `.detach().cpu().numpy()` or plain
 arrays, and never imports torch itself. Conventions applied (README, "PyTorch weights"):
@@ -288,6 +289,281 @@ CONVERTERS: dict[str, Callable[[StateDict, dict], dict]] = {
     "dcgan_generator": _dcgan_generator,
     "dcgan_discriminator": _dcgan_discriminator,
 }
+
+
+# ---- the other way: dlcore variables -> PyTorch state_dict --------------------------------
+# Each function is the exact inverse of its converter above (convert(to_state_dict(v)) == v).
+def _a(x) -> np.ndarray:
+  return np.ascontiguousarray(np.asarray(x, np.float32))
+
+
+def linear_out(p: dict, prefix: str) -> dict:
+  out = {f"{prefix}.weight": _a(p["kernel"]).T}
+  if "bias" in p:
+    out[f"{prefix}.bias"] = _a(p["bias"])
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def linear_after_flatten_out(p: dict, prefix: str, chw: tuple[int, int, int]) -> dict:
+  c, h, w = chw
+  kernel = _a(p["kernel"])
+  weight = kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
+  return {f"{prefix}.weight": np.ascontiguousarray(weight), f"{prefix}.bias": _a(p["bias"])}
+
+
+def linear_before_unflatten_out(p: dict, prefix: str, chw: tuple[int, int, int]) -> dict:
+  c, h, w = chw
+  kernel = _a(p["kernel"])
+  weight = kernel.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(kernel.shape[0], -1).T
+  bias = _a(p["bias"]).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+  return {f"{prefix}.weight": np.ascontiguousarray(weight),
+          f"{prefix}.bias": np.ascontiguousarray(bias)}
+
+
+def conv_out(p: dict, prefix: str) -> dict:
+  out = {f"{prefix}.weight": np.ascontiguousarray(_a(p["kernel"]).transpose(3, 2, 0, 1))}
+  if "bias" in p:
+    out[f"{prefix}.bias"] = _a(p["bias"])
+  return out
+
+
+def conv_transpose_out(p: dict, prefix: str) -> dict:
+  weight = _a(p["kernel"]).transpose(2, 3, 0, 1)[:, :, ::-1, ::-1]
+  out = {f"{prefix}.weight": np.ascontiguousarray(weight)}
+  if "bias" in p:
+    out[f"{prefix}.bias"] = _a(p["bias"])
+  return out
+
+
+def batchnorm_out(p: dict, stats: dict, prefix: str, num_batches_tracked: int = 0) -> dict:
+  """PyTorch keeps a count of training batches; dlcore does not (its momentum is fixed), so
+  `num_batches_tracked` is whatever the caller says (0 by default)."""
+  return {f"{prefix}.weight": _a(p["scale"]), f"{prefix}.bias": _a(p["bias"]),
+          f"{prefix}.running_mean": _a(stats["mean"]), f"{prefix}.running_var": _a(stats["var"]),
+          f"{prefix}.num_batches_tracked": np.asarray(num_batches_tracked, np.int64)}
+
+
+def embedding_out(p: dict, prefix: str) -> dict:
+  return {f"{prefix}.weight": _a(p["embedding"])}
+
+
+def lstm_cell_out(p: dict, prefix: str, layer: int = 0) -> dict:
+  """Flax's one bias per gate is PyTorch's b_ih + b_hh: it goes to bias_ih, bias_hh is 0."""
+  gates = "ifgo"
+  w_ih = np.concatenate([_a(p[f"i{g}"]["kernel"]).T for g in gates])
+  w_hh = np.concatenate([_a(p[f"h{g}"]["kernel"]).T for g in gates])
+  b = np.concatenate([_a(p[f"h{g}"]["bias"]) for g in gates])
+  return {f"{prefix}.weight_ih_l{layer}": w_ih, f"{prefix}.weight_hh_l{layer}": w_hh,
+          f"{prefix}.bias_ih_l{layer}": b, f"{prefix}.bias_hh_l{layer}": np.zeros_like(b)}
+
+
+def _raw_out(*names):
+  return lambda v, kw, o: {n: _a(v["params"][n]) for n in names}
+
+
+def _named_out(mapping: dict[str, str]):
+  return lambda v, kw, o: {k: a for dst, src in mapping.items()
+                           for k, a in linear_out(v["params"][dst], src).items()}
+
+
+def _mlp_out(v, kw, o):
+  """dlcore's MLP as the PyTorch `nn.Sequential` it mirrors: per hidden layer Linear,
+  [BatchNorm1d], activation, [Dropout]; then the last Linear."""
+  p, stats = v["params"], v.get("batch_stats", {})
+  n = len([k for k in p if k.startswith("fc")])
+  out, index = {}, 0
+  for i in range(1, n + 1):
+    out |= linear_out(p[f"fc{i}"], str(index))
+    index += 1
+    if i == n:
+      break
+    if f"bn{i}" in p:
+      out |= batchnorm_out(p[f"bn{i}"], stats[f"bn{i}"], str(index), o["num_batches_tracked"])
+      index += 1
+    index += 1 + (kw.get("dropout", 0.0) > 0)  # activation, dropout
+  return out
+
+
+def _mnist_mlp_out(v, kw, o):
+  """The book's `Net`: layer1 = Sequential(Linear, BatchNorm1d), layer2 likewise, layer3 =
+  Sequential(Linear)."""
+  p, stats = v["params"], v.get("batch_stats", {})
+  out = {}
+  for i in (1, 2, 3):
+    out |= linear_out(p[f"fc{i}"], f"layer{i}.0")
+    if f"bn{i}" in p:
+      out |= batchnorm_out(p[f"bn{i}"], stats[f"bn{i}"], f"layer{i}.1", o["num_batches_tracked"])
+  return out
+
+
+def _vae_out(v, kw, o):
+  names = (_VAE_EXAMPLES_NAMES if o["vae_names"] == "examples"
+           else {f"fc{i}": f"fc{i}" for i in range(1, 6)})
+  return _named_out(names)(v, kw, o)
+
+
+def _lenet_out(v, kw, o):
+  p = v["params"]
+  return (conv_out(p["conv1"], "conv1") | conv_out(p["conv2"], "conv2")
+          | linear_after_flatten_out(p["fc1"], "fc1", (16, 5, 5))
+          | linear_out(p["fc2"], "fc2") | linear_out(p["fc3"], "fc3"))
+
+
+def _alexnet_out(v, kw, o):
+  p = v["params"]
+  out = {}
+  for i in (0, 3, 6, 8, 10):
+    out |= conv_out(p[f"conv_{i}"], f"conv.{i}")
+  return (out | linear_after_flatten_out(p["fc_0"], "fc.0", (256, 5, 5))
+          | linear_out(p["fc_3"], "fc.3") | linear_out(p["fc_6"], "fc.6"))
+
+
+def _cnn_out(v, kw, o):
+  p = v["params"]
+  c2 = np.shape(p["conv2"]["kernel"])[3]
+  return (conv_out(p["conv1"], "conv1") | conv_out(p["conv2"], "conv2")
+          | linear_after_flatten_out(p["fc1"], "fc1", (c2, 7, 7)) | linear_out(p["fc2"], "fc2"))
+
+
+def _lstm_tagger_out(v, kw, o):
+  p = v["params"]
+  return (embedding_out(p["word_embeddings"], "word_embeddings")
+          | lstm_cell_out(p["lstm"]["cell"], "lstm") | linear_out(p["hidden2tag"], "hidden2tag"))
+
+
+def _lstm_regressor_out(v, kw, o):
+  p = v["params"]
+  layers = sorted(int(k[4:]) for k in p if k.startswith("lstm"))
+  out = {}
+  for i in layers:
+    out |= lstm_cell_out(p[f"lstm{i}"], "lstm", i - 1)
+  return out | linear_out(p["fc"], "fc")
+
+
+def _gan_player_out(v, kw, o, prefix=""):
+  return {k: a for i in (0, 2, 4) for k, a in linear_out(v["params"][f"layers_{i}"],
+                                                         f"{prefix}{i}").items()}
+
+
+def _cgan_discriminator_out(v, kw, o):
+  p = v["params"]
+  out = _gan_player_out(v, kw, o, "model.") | embedding_out(p["label_embed"], "label_embed")
+  if "projection" in p:
+    out |= embedding_out(p["projection"], "projection")
+  return out
+
+
+def _cgan_generator_out(v, kw, o):
+  return (_gan_player_out(v, kw, o, "model.")
+          | embedding_out(v["params"]["label_embed"], "label_embed"))
+
+
+def _dcgan_generator_out(v, kw, o):
+  p, s, n = v["params"], v["batch_stats"], o["num_batches_tracked"]
+  c2 = np.shape(p["bn0"]["scale"])[0]
+  return (linear_before_unflatten_out(p["fc"], "fc", (c2, 7, 7))
+          | batchnorm_out(p["bn0"], s["bn0"], "bn0", n) | conv_transpose_out(p["deconv1"], "deconv1")
+          | batchnorm_out(p["bn1"], s["bn1"], "bn1", n) | conv_transpose_out(p["deconv2"], "deconv2"))
+
+
+def _dcgan_discriminator_out(v, kw, o):
+  p, s = v["params"], v["batch_stats"]
+  c2 = np.shape(p["conv2"]["kernel"])[3]
+  return (conv_out(p["conv1"], "conv1") | conv_out(p["conv2"], "conv2")
+          | batchnorm_out(p["bn2"], s["bn2"], "bn2", o["num_batches_tracked"])
+          | linear_after_flatten_out(p["fc"], "fc", (c2, 7, 7)))
+
+
+EXPORTERS: dict[str, Callable[[dict, dict, dict], dict]] = {
+    "logistic_regression": _raw_out("w", "b"),
+    "raw_two_layer": _raw_out("w1", "b1", "w2", "b2"),
+    "sequential_net": _named_out({"layers_0": "0", "layers_2": "2"}),
+    "module_net": _named_out({"layer1": "layer1", "layer3": "layer3"}),
+    "mlp": _mlp_out,
+    "two_layer_net": _named_out({"linear1": "linear1", "linear2": "linear2"}),
+    "two_layer_sequential": _named_out({"layers_0": "0", "layers_2": "2"}),
+    "spiral_mlp": _named_out({"fc1": "fc1", "fc2": "fc2"}),
+    "basic_mlp": _named_out({"hidden": "hidden", "output": "output"}),
+    "mnist_mlp": _mnist_mlp_out,
+    "centered_layer": lambda v, kw, o: {},
+    "list_dense": lambda v, kw, o: {f"params.{i}": _a(v["params"][f"params_{i}"])
+                                    for i in range(4)},
+    "dict_dense": lambda v, kw, o: {f"params.{n}": _a(v["params"][n])
+                                    for n in ("linear1", "linear2", "linear3")},
+    "corr2d_conv": _raw_out("weight", "bias"),
+    "lenet": _lenet_out,
+    "alexnet": _alexnet_out,
+    "cnn": _cnn_out,
+    "lstm_tagger": _lstm_tagger_out,
+    "lstm_regressor": _lstm_regressor_out,
+    "vae": _vae_out,
+    "gan_discriminator": _gan_player_out,
+    "gan_generator": _gan_player_out,
+    "cgan_discriminator": _cgan_discriminator_out,
+    "cgan_generator": _cgan_generator_out,
+    "dcgan_generator": _dcgan_generator_out,
+    "dcgan_discriminator": _dcgan_discriminator_out,
+}
+
+
+def to_state_dict(name: str, variables: dict, *, vae_names: str = "seed",
+                  num_batches_tracked: int = 0, example_input=None,
+                  **model_kwargs) -> dict[str, np.ndarray]:
+  """The PyTorch `state_dict` (key -> float32 NumPy array; `num_batches_tracked` int64) of
+  registered model `name`'s `variables`, under the seed's key names: the exact inverse of
+  `convert` (Linear and Conv layouts, NHWC->NCHW flattening, transposed convolutions,
+  BatchNorm running statistics, embeddings, LSTM gates). `vae_names="examples"` names the
+  VAE's layers as pytorch/examples does (fc1, fc21, fc22, fc3, fc4). Needs no torch; load
+  the result with `net.load_state_dict({k: torch.from_numpy(v) ...}, strict=True)`.
+  `variables` are first checked against the model built with `model_kwargs`."""
+  from dlcore import models
+
+  if name not in EXPORTERS:
+    raise ConversionError(f"no PyTorch exporter for model {name!r}; exporters exist for "
+                          f"{sorted(EXPORTERS)}")
+  if vae_names not in ("seed", "examples"):
+    raise ValueError(f"vae_names must be 'seed' or 'examples', got {vae_names!r}")
+  model = models.build(name, **model_kwargs)
+  inputs = models.example_inputs(name) if example_input is None else (example_input,)
+  want = jax.eval_shape(lambda args: model.init(jax.random.PRNGKey(0), *args), inputs)
+  variables = jax.tree.map(np.asarray, dict(variables))
+  _check(want, variables)
+  return EXPORTERS[name](variables, model_kwargs, {"vae_names": vae_names,
+                                                   "num_batches_tracked": num_batches_tracked})
+
+
+def expected_state_dict(name: str, example_input=None, vae_names: str = "seed",
+                        **model_kwargs) -> dict[str, tuple[int, ...]]:
+  """The keys and shapes of the PyTorch state_dict that fits registered model `name`."""
+  from dlcore import models
+
+  model = models.build(name, **model_kwargs)
+  inputs = models.example_inputs(name) if example_input is None else (example_input,)
+  want = jax.eval_shape(lambda args: model.init(jax.random.PRNGKey(0), *args), inputs)
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), dict(want))
+  sd = EXPORTERS[name](zeros, model_kwargs, {"vae_names": vae_names, "num_batches_tracked": 0})
+  return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def check_state_dict(name: str, state_dict: dict, example_input=None, **model_kwargs) -> None:
+  """Raises `ConversionError` naming, in PyTorch's key names, every key of `state_dict` that
+  is missing, unexpected or mis-shaped for model `name` (`num_batches_tracked` optional)."""
+  if name not in EXPORTERS:
+    raise ConversionError(f"no PyTorch converter for model {name!r}")
+  if name in ("mlp", "mnist_mlp"):  # their converter takes the layers in order, by any names
+    return
+  names = "examples" if name == "vae" and "fc21.weight" in state_dict else "seed"
+  want = expected_state_dict(name, example_input, names, **model_kwargs)
+  got = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+  problems = [f"missing key {k} {s}" for k, s in want.items()
+              if k not in got and not k.endswith("num_batches_tracked")]
+  problems += [f"unexpected key {k} {s}" for k, s in got.items() if k not in want]
+  problems += [f"{k}: file {got[k]} vs model {s}" for k, s in want.items()
+               if k in got and got[k] != s]
+  if problems:
+    shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6
+                                       else "")
+    raise ConversionError(shown)
 
 
 def convert(name: str, state_dict: dict, example_input=None, **model_kwargs) -> dict:
