@@ -88,7 +88,8 @@ def write_state_dict(state_dict: dict[str, np.ndarray], path: str) -> str:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if ext == ".safetensors":
       from safetensors.numpy import save_file
-      save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path,
+      # np.array, not ascontiguousarray: that makes num_batches_tracked's 0-d array 1-d.
+      save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, path,
                 metadata={"format": "pt", "written_by": "dlcore"})
     else:
       torch = _torch("writing .pt")
