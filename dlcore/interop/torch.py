@@ -259,23 +259,29 @@ def _dcgan_discriminator(sd, kw):
           "batch_stats": {"bn2": s2}}
 
 
+# Models made of named Linear layers alone (dlcore submodule -> PyTorch module), and models
+# of raw parameters (the same names on both sides): both directions use these tables.
+_LINEAR_NAMES = {
+    "sequential_net": {"layers_0": "0", "layers_2": "2"},
+    "module_net": {"layer1": "layer1", "layer3": "layer3"},
+    "two_layer_net": {"linear1": "linear1", "linear2": "linear2"},
+    "two_layer_sequential": {"layers_0": "0", "layers_2": "2"},
+    "spiral_mlp": {"fc1": "fc1", "fc2": "fc2"},
+    "basic_mlp": {"hidden": "hidden", "output": "output"},
+}
+_RAW_NAMES = {"logistic_regression": ("w", "b"), "raw_two_layer": ("w1", "b1", "w2", "b2"),
+              "corr2d_conv": ("weight", "bias")}
+
 CONVERTERS: dict[str, Callable[[StateDict, dict], dict]] = {
-    "logistic_regression": _raw("w", "b"),
-    "raw_two_layer": _raw("w1", "b1", "w2", "b2"),
-    "sequential_net": _named({"layers_0": "0", "layers_2": "2"}),
-    "module_net": _named({"layer1": "layer1", "layer3": "layer3"}),
+    **{name: _named(mapping) for name, mapping in _LINEAR_NAMES.items()},
+    **{name: _raw(*keys) for name, keys in _RAW_NAMES.items()},
     "mlp": _mlp,
-    "two_layer_net": _named({"linear1": "linear1", "linear2": "linear2"}),
-    "two_layer_sequential": _named({"layers_0": "0", "layers_2": "2"}),
-    "spiral_mlp": _named({"fc1": "fc1", "fc2": "fc2"}),
-    "basic_mlp": _named({"hidden": "hidden", "output": "output"}),
     "mnist_mlp": _mlp,
     "centered_layer": lambda sd, kw: {},
     "list_dense": lambda sd, kw: {"params": {f"params_{i}": sd.take(f"params.{i}")
                                              for i in range(4)}},
     "dict_dense": lambda sd, kw: {"params": {n: sd.take(f"params.{n}")
                                              for n in ("linear1", "linear2", "linear3")}},
-    "corr2d_conv": _raw("weight", "bias"),
     "lenet": _lenet,
     "alexnet": _alexnet,
     "cnn": _cnn,
@@ -475,22 +481,15 @@ def _dcgan_discriminator_out(v, kw, o):
 
 
 EXPORTERS: dict[str, Callable[[dict, dict, dict], dict]] = {
-    "logistic_regression": _raw_out("w", "b"),
-    "raw_two_layer": _raw_out("w1", "b1", "w2", "b2"),
-    "sequential_net": _named_out({"layers_0": "0", "layers_2": "2"}),
-    "module_net": _named_out({"layer1": "layer1", "layer3": "layer3"}),
+    **{name: _named_out(mapping) for name, mapping in _LINEAR_NAMES.items()},
+    **{name: _raw_out(*keys) for name, keys in _RAW_NAMES.items()},
     "mlp": _mlp_out,
-    "two_layer_net": _named_out({"linear1": "linear1", "linear2": "linear2"}),
-    "two_layer_sequential": _named_out({"layers_0": "0", "layers_2": "2"}),
-    "spiral_mlp": _named_out({"fc1": "fc1", "fc2": "fc2"}),
-    "basic_mlp": _named_out({"hidden": "hidden", "output": "output"}),
     "mnist_mlp": _mnist_mlp_out,
     "centered_layer": lambda v, kw, o: {},
     "list_dense": lambda v, kw, o: {f"params.{i}": _a(v["params"][f"params_{i}"])
                                     for i in range(4)},
     "dict_dense": lambda v, kw, o: {f"params.{n}": _a(v["params"][n])
                                     for n in ("linear1", "linear2", "linear3")},
-    "corr2d_conv": _raw_out("weight", "bias"),
     "lenet": _lenet_out,
     "alexnet": _alexnet_out,
     "cnn": _cnn_out,
