@@ -112,15 +112,15 @@ def step_metrics(metrics: dict, scale: LossScale | None, apply) -> dict:
 
 
 def applied_means(means: dict) -> dict:
-  """Plain means of `step_metrics` rows -> means over the steps that were applied; a metric
-  of a window where every step was skipped is left out (no applied step measured it)."""
+  """Plain means of `step_metrics` rows -> means over the steps that were applied; in a
+  window where every step was skipped the other metrics are NaN (no applied step measured
+  them; `fit`'s guard knows such a window is not a divergence)."""
   if "skipped" not in means:
     return means
   frac = means["skipped"]
   out = {"skipped": frac, "loss_scale": means["loss_scale"]}
-  if frac < 1.0:
-    out |= {k: v / (1.0 - frac) for k, v in means.items() if k not in out}
-  return out
+  return out | {k: v / (1.0 - frac) if frac < 1.0 else float("nan")
+                for k, v in means.items() if k not in out}
 
 
 def skipped_steps(state) -> int | None:

@@ -160,6 +160,11 @@ def test_nan_guard_ignores_skipped_steps_but_stops_at_the_scale_floor():
   state, history = fit(_f16_state(), step, _Rows([huge, batch, batch]), runner=runner,
                        num_epochs=1, progress=False)
   assert precision.skipped_steps(state) == 1 and np.isfinite(history[0]["train"]["loss"])
+  # A window in which every step was skipped has no loss to report, and is no divergence.
+  state, history = fit(_f16_state(scale=2.0 ** 100), step, _Rows([batch, batch]),
+                       runner=runner, num_epochs=1, progress=False, log_every=1)
+  assert precision.skipped_steps(state) == 2 and history[0]["train"]["skipped"] == 1.0
+  assert np.isnan(history[0]["train"]["loss"])
   # At the floor (scale 1) float16 cannot do better: the guard stops the run.
   with pytest.raises(NonFiniteLossError):
     fit(_f16_state(scale=precision.FLOOR), step, _Rows([huge, batch, batch]), runner=runner,

@@ -140,7 +140,8 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       return None
     means = host_mean(pending)
     pending = []
-    if "loss" in means and not math.isfinite(means["loss"]):
+    all_skipped = means.get("skipped", 0.0) >= 1.0  # float16: no step applied, none diverged
+    if "loss" in means and not math.isfinite(means["loss"]) and not all_skipped:
       raise NonFiniteLossError(
           f"loss became {means['loss']} by step {step} (epoch {epoch}); {kept('good')}. Lower the "
           "learning rate, check the inputs for NaN/inf, or resume from the checkpoint.")
