@@ -33,7 +33,8 @@ def _apply(model, variables, xs, train):
   return out
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet" else n
+                                  for n in models.names()])  # AlexNet: make test-all (25 s)
 def test_bfloat16_model_has_float32_params_bfloat16_outputs_and_trains(name):
   model = models.build(name, dtype=jnp.bfloat16)
   xs = _inputs(name, 2 if name == "alexnet" else 4)
