@@ -170,13 +170,12 @@ def calibrate(c: Contestant, min_time: float, max_steps: int) -> int:
 
 def bench_steps(cases, modes, rounds, min_time, devices, has_torch, log=print,
                 precisions=("float32",)):
-  """Times every (case, mode[, precision]); keys are (case id, mode) for one precision,
-  (case id, mode, precision) for several."""
+  """Times every (case, mode, precision); keys are (case id, mode, precision)."""
   results, contestants = {}, {}
   for case in cases:
     for mode in modes:
       for prec in precisions:
-        key = (case.id, mode) if len(precisions) == 1 else (case.id, mode, prec)
+        key = (case.id, mode, prec)
         why = skip_reason(case, mode, has_torch, prec)
         if why:
           results[key] = {"skipped": why}
@@ -444,10 +443,8 @@ def main(argv=None):
   peak_run = matmul_peak(size)
   raw = bench_steps(cases, args.modes, args.rounds, args.min_time, args.devices or None,
                     has_torch, precisions=precs)
-  ptable = None
-  if len(precs) > 1:
-    ptable = precision_table(cases, args.modes, raw, precs)
-    raw = {k[:2]: v for k, v in raw.items() if k[2] == first}
+  ptable = precision_table(cases, args.modes, raw, precs) if len(precs) > 1 else None
+  raw = {k[:2]: v for k, v in raw.items() if k[2] == first}
   peaks = [peak_run() for _ in range(args.rounds)]
   peak = statistics.median(peaks)
   fused = bench_fused([c for c in cases if "tiny" in c.tags and skip_reason(c, "jit", True, first)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.training.dynamic_scale import DynamicScale
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -128,4 +129,4 @@ def skipped_steps(state) -> int | None:
   scale = getattr(state, "dynamic_scale", None)
   if scale is None:
     return None
-  return int(jnp.sum(jax.device_get(scale.skipped)))
+  return int(np.sum(jax.device_get(scale.skipped)))  # stacked members: all of them

@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
            "dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
            "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
            "loss": "per sample: BCE summed over pixels + KL, z sampled",
-           **cli.precision_entry(cfg.common, state)}
+           **cli.skipped_entry(state)}
   if cfg.latent_dim == 2:
     from scipy.stats import norm
 

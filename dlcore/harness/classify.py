@@ -70,5 +70,5 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
            "mode": cfg.common.mode, "devices": runner.devices, "model": model_name,
            "test_accuracy_per_epoch": [h.get("eval", {}).get("accuracy")
                                        for h in result.history],
-           **cli.precision_entry(cfg.common, result.state), **(extra or {})}
+           **cli.skipped_entry(result.state), **(extra or {})}
   return {spec_id: entry}, result

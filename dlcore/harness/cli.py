@@ -146,12 +146,12 @@ def loss_scale(common: Common):
   return precision.loss_scale(common.precision)
 
 
-def precision_entry(common: Common, state) -> dict:
-  """What a summary entry records of the run's precision: its name and, with float16, the
-  steps that loss scaling skipped."""
+def skipped_entry(state) -> dict:
+  """{"skipped_steps": n} for a float16 run's summary entry (steps its loss scaling skipped),
+  {} otherwise. The precision itself is added to every entry by `RunDir.update_summary`."""
   from dlcore import precision
   skipped = precision.skipped_steps(state)
-  return {"precision": common.precision} | ({} if skipped is None else {"skipped_steps": skipped})
+  return {} if skipped is None else {"skipped_steps": skipped}
 
 
 def _flag(path: str) -> str:

@@ -347,7 +347,7 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
     run = FollowerRun(ready)
   runner = Runner(common.mode, devices=common.devices)
   procs = f" processes={jax.process_count()}" if several else ""
-  if getattr(common, "precision", "float32") != "float32":
+  if common.precision != "float32":
     procs += f" precision={common.precision}"
   say(f"[{name}] mode={common.mode} devices={runner.devices}{procs} run directory: {run.path}"
       + (" (resumed)" if common.resume else ""))

@@ -38,11 +38,6 @@ def dtypes(module: nn.Module) -> dict:
   return {"dtype": module.dtype, "param_dtype": module.param_dtype}
 
 
-def as_dtype(x, dtype):
-  """`x` (a raw parameter or an input) cast to the computation dtype."""
-  return jnp.asarray(x, dtype)
-
-
 def _pair(v) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
 
