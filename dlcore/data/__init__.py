@@ -34,11 +34,18 @@ def batches(arrays: dict, batch_size: int, *, shuffle: bool = False, seed: int =
   n = len(next(iter(arrays.values())))
   if any(len(v) != n for v in arrays.values()):
     raise ValueError(f"arrays differ in length: { {k: len(v) for k, v in arrays.items()} }")
+  for sel in batch_indices(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                           drop_remainder=drop_remainder):
+    yield {k: v[sel] for k, v in arrays.items()}
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                  epoch: int = 0, drop_remainder: bool = False) -> Iterator[np.ndarray]:
+  """The example indices of each batch `batches` yields for `n` examples."""
   idx = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
   stop = n - n % batch_size if drop_remainder else n
   for start in range(0, stop, batch_size):
-    sel = idx[start:start + batch_size]
-    yield {k: v[sel] for k, v in arrays.items()}
+    yield idx[start:start + batch_size]
 
 
 def stacked_epoch(arrays: dict, batch_size: int) -> dict:

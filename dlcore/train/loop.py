@@ -77,17 +77,33 @@ def batch_evaluator(eval_step, batches: Callable[[], Iterable], *,
 
 def run_evaluators(evaluators: Sequence[Evaluator], state, eval_seed: int = 0) -> dict:
   """All of `evaluators` on `state` with the keys `fit` gives them: evaluator i gets
-  fold_in(PRNGKey(eval_seed), i)."""
+  fold_in(PRNGKey(eval_seed), i). A stacked member state (`dlcore.train.members`) is
+  evaluated member by member, member m with `eval_seed[m]` (a sequence) or `eval_seed`, and
+  gives the mean over members with their values under "per_seed"."""
+  if np.ndim(getattr(state, "step", 0)) != 0:
+    return _member_evaluations(evaluators, state, eval_seed)
   out: dict = {}
   for i, ev in enumerate(evaluators):
     out |= dict(ev(state, jax.random.fold_in(jax.random.PRNGKey(eval_seed), i)))
   return out
 
 
+def _member_evaluations(evaluators, state, eval_seed) -> dict:
+  from dlcore.train import members
+  n = members.num_members(state)
+  seeds = list(eval_seed) if np.ndim(eval_seed) else [eval_seed] * n
+  scores = [run_evaluators(evaluators, members.member(state, i), seeds[i]) for i in range(n)]
+  if not scores[0]:
+    return {}
+  means, per = members.combine(scores)
+  return means | {"per_seed": per}
+
+
 def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner,
         num_epochs: int, steps_per_call: int = 1, stacked: bool = False,
         eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
-        evaluators: Sequence[Evaluator] = (), eval_every: int = 1, eval_seed: int = 0,
+        evaluators: Sequence[Evaluator] = (), eval_every: int = 1,
+        eval_seed: int | Sequence[int] = 0,
         writer: MetricWriter | None = None, run: MetricWriter | None = None,
         checkpointer: Checkpointer | None = None, resume: bool = False,
         log_every: int = 50, progress: bool = True, desc: str = "train",
@@ -112,6 +128,13 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   Before each checkpoint and at the end, the state itself (params, optimizer state) must be
   finite, so every checkpoint written restores to finite values.
   history: one dict per epoch {"epoch", "step", "train": {...}, "eval": {...}}.
+
+  Members (`runner` a `dlcore.train.members.MemberRunner`, `state` stacked): the step's
+  metrics carry a members axis; "train" and "eval" hold the means over members and the
+  record's "per_seed" {"train": {metric: [member values]}, "eval": {...}} each member's
+  (writers get it as `per_seed=`); evaluators run member by member, member m with key seed
+  `eval_seed[m]` (a sequence, or the same int for all). A non-finite loss in any member
+  stops the run.
   """
   writer = writer if writer is not None else run
   evaluators = list(evaluators)
@@ -129,6 +152,15 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   state = runner.put_state(state)
   pending: list = []
   calls_done = 0  # calls whose steps are already in `state`
+  n_members = getattr(runner, "members", None)
+
+  def means_of(rows: list) -> tuple[dict, dict | None]:
+    """(the metrics' means, each member's values or None)."""
+    if n_members is None:
+      return host_mean(rows), None
+    from dlcore.train import members
+    means, per = members.combine([host_mean(r) for r in members.split_means(rows, n_members)])
+    return means, per
 
   def kept(which: str) -> str:
     return (f"the last {which} checkpoint (step {last_good}) is kept in "
@@ -138,15 +170,18 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     nonlocal pending
     if not pending:
       return None
-    means = host_mean(pending)
+    means, per = means_of(pending)
     pending = []
-    all_skipped = means.get("skipped", 0.0) >= 1.0  # float16: no step applied, none diverged
-    if "loss" in means and not math.isfinite(means["loss"]) and not all_skipped:
-      raise NonFiniteLossError(
-          f"loss became {means['loss']} by step {step} (epoch {epoch}); {kept('good')}. Lower the "
-          "learning rate, check the inputs for NaN/inf, or resume from the checkpoint.")
+    rows = [means] if per is None else [dict(zip(per, v)) for v in zip(*per.values())]
+    for row in rows:  # each member on its own
+      all_skipped = row.get("skipped", 0.0) >= 1.0  # float16: no step applied, none diverged
+      if "loss" in row and not math.isfinite(row["loss"]) and not all_skipped:
+        raise NonFiniteLossError(
+            f"loss became {row['loss']} by step {step} (epoch {epoch}); {kept('good')}. Lower "
+            "the learning rate, check the inputs for NaN/inf, or resume from the checkpoint.")
     if writer is not None:
-      writer.write("train", step, means, epoch=epoch)
+      writer.write("train", step, means, epoch=epoch, **({} if per is None else
+                                                           {"per_seed": per}))
     return means
 
   def check_state(host_state, step: int, epoch: int) -> None:
@@ -205,12 +240,19 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         bar.update(1)
         continue
       flush(step, epoch)
-      record = {"epoch": epoch, "step": step, "train": host_mean(epoch_rows)}
+      train_means, train_per = means_of(epoch_rows)
+      record = {"epoch": epoch, "step": step, "train": train_means}
+      if train_per is not None:
+        record["per_seed"] = {"train": train_per}
       host_state = runner.get_state(state)
       if evaluators and (scores := evaluate(host_state, epoch)):
+        eval_per = scores.pop("per_seed", None)
         record["eval"] = scores
+        if eval_per is not None:
+          record.setdefault("per_seed", {})["eval"] = eval_per
         if writer is not None:
-          writer.write("eval", step, record["eval"], epoch=epoch)
+          writer.write("eval", step, record["eval"], epoch=epoch,
+                       **({} if eval_per is None else {"per_seed": eval_per}))
       history.append(record)
       if hasattr(writer, "write_epoch"):
         writer.write_epoch(record)
