@@ -27,13 +27,11 @@ from typing import Annotated, Literal, TypeVar
 
 import tyro
 
+from dlcore.harness.errors import ConfigError, RunDirError
+from dlcore.harness.errors import flag as _flag
 from dlcore.harness.writers import TB_MISSING, say, tensorboard_available
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-  """A configuration that cannot run; the message names the option and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +67,10 @@ class Common:
   made)."""
   seed: int = 0
   """Seed of parameter init, data order, dropout and sampling."""
+  seeds: Annotated[int, Between(1)] = 1
+  """Train N runs side by side as one program, seeds seed..seed+N-1 (vmapped; split over the
+  devices under --mode sharded): summary numbers become means over the seeds with <key>_std
+  and per_seed; curves get a min-max band."""
   precision: Precision = "float32"
   """Computation dtype of the models (parameters, optimizer state and checkpoints stay
   float32; losses and batch statistics are float32); float16 adds dynamic loss scaling."""
@@ -154,10 +156,6 @@ def skipped_entry(state) -> dict:
   return {} if skipped is None else {"skipped_steps": skipped}
 
 
-def _flag(path: str) -> str:
-  return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
-
-
 def check(cfg) -> None:
   """Checks every `Between` range in `cfg` (recursively) and each `check()` method."""
   hints = typing.get_type_hints(type(cfg), include_extras=True)
@@ -174,10 +172,19 @@ def check(cfg) -> None:
     cfg.check()
 
 
+def _prog(config_cls) -> str | None:
+  """`python -m experiments.vae` for the usage line, not the script's path."""
+  module = config_cls.__module__
+  if module == "__main__":
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name if spec is not None else None
+  return f"python -m {module}" if module and module.startswith("experiments.") else None
+
+
 def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   """Parses argv (default: sys.argv[1:]) into `config_cls`; `--help` lists every option with
   its description, type and default. Invalid values stop with one line and exit code 2."""
-  cfg = tyro.cli(config_cls, args=argv, description=description)
+  cfg = tyro.cli(config_cls, args=argv, description=description, prog=_prog(config_cls))
   try:
     check(cfg)
     common = getattr(cfg, "common", None)
@@ -207,7 +214,6 @@ def _exit_code(error: BaseException) -> int | None:
   from dlcore.checkpoint import CheckpointError
   from dlcore.data import DataError
   from dlcore.data.images import DatasetUnavailableError
-  from dlcore.harness.rundir import RunDirError
   from dlcore.train.loop import NonFiniteLossError
 
   for kind, code in ((ConfigError, EXIT_USAGE), (RunDirError, EXIT_USAGE),

@@ -41,14 +41,27 @@ def decision_boundary(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray
   return _save(fig, path)
 
 
+def _line(ax, x, ys, label: str, **kw) -> None:
+  """One curve; 2-D `ys` (members x points, from `--seeds N`) is drawn as the mean over
+  members with a band from their minimum to their maximum."""
+  ys = np.asarray(ys, dtype=float)
+  if ys.ndim == 1:
+    ax.plot(x, ys, label=label, **kw)
+    return
+  (line,) = ax.plot(x, ys.mean(0), label=f"{label} (mean of {len(ys)} seeds, band min-max)",
+                    **kw)
+  ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
+
+
 def curves(series: dict[str, Sequence[float]], path: str, *, xs: dict | None = None,
            title: str = "", xlabel: str = "step", ylabel: str = "loss",
            logy: bool = False) -> str:
-  """Several named curves on one axis (loss curves, optimizer comparisons)."""
+  """Several named curves on one axis (loss curves, optimizer comparisons); a curve given
+  per seed (members x points) is drawn as a mean with a band."""
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, ys in series.items():
-    x = (xs or {}).get(name, np.arange(1, len(ys) + 1))
-    ax.plot(x, ys, label=name)
+    x = (xs or {}).get(name, np.arange(1, np.shape(ys)[-1] + 1))
+    _line(ax, x, ys, name)
   if logy:
     ax.set_yscale("log")
   ax.set_xlabel(xlabel)
@@ -76,7 +89,8 @@ def panels(groups: dict[str, dict[str, Sequence[float]]], path: str, *, x=None,
   fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
   for ax, (ylabel, series) in zip(axes[0], groups.items()):
     for name, ys in series.items():
-      ax.plot(x if x is not None else np.arange(1, len(ys) + 1), ys, label=name, marker=".")
+      _line(ax, x if x is not None else np.arange(1, np.shape(ys)[-1] + 1), ys, name,
+            marker=".")
     if ylabel in logy:
       ax.set_yscale("log")
     ax.set_xlabel(xlabel)

@@ -10,7 +10,8 @@ import os
 import shutil
 import uuid
 
-from dlcore.harness.cli import _flag
+from dlcore.harness.errors import ConfigError, RunDirError
+from dlcore.harness.errors import flag as _flag
 from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
                                     jsonable, say)
 
@@ -20,10 +21,6 @@ RESUMABLE = {"common.resume", "common.progress", "common.tensorboard", "common.m
              "common.devices", "common.overwrite", "common.allow_change", "common.workdir",
              "common.coordinator", "common.num_processes", "common.process_id",
              "epochs", "score_every"}
-
-
-class RunDirError(Exception):
-  """A run directory that cannot be used as asked; the message names the fix."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -318,7 +315,6 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
     set_host_devices(common.devices)
   several = distributed.initialize(common.coordinator, common.num_processes, common.process_id)
   if several and common.mode != "sharded":
-    from dlcore.harness.cli import ConfigError
     raise ConfigError(f"--mode {common.mode} runs in one process, and this job has "
                       f"{jax.process_count()}; use --mode sharded (one program over every "
                       "process's devices)")
