@@ -19,8 +19,9 @@ from dlcore import checkpoint, losses, models, optim
 from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, spread
 from dlcore.harness.writers import say
-from dlcore.train import create_train_state, fit, make_eval_step, make_train_step, repeat_step
+from dlcore.train import fit, make_eval_step, make_train_step, repeat_step
 
 # id -> (registered model, constructor kwargs, optimizer lr, steps); the seed's settings.
 NETS = {
@@ -56,18 +57,19 @@ def metrics_fn(logits, batch):
           "accuracy": losses.accuracy(logits, batch["y"])}
 
 
-def train_one(net_id: str, cfg: Config, run, runner, data: dict):
+def train_one(net_id: str, cfg: Config, run, runner, data: dict, seeds: Seeds):
   name, kwargs, lr, steps = NETS[net_id]
   steps = max(1, int(round(steps * cfg.steps_scale)))
   chunk = min(cfg.fuse, steps)
   if steps % chunk:
     raise ValueError(f"{net_id}: {steps} steps do not divide into --fuse {chunk} chunks")
   model = models.build(name, **kwargs, dtype=cli.model_dtype(cfg.common))
-  state = create_train_state(model, optim.make_optimizer("sgd", lr), data["x"], cfg.common.seed,
-                             loss_scale=cli.loss_scale(cfg.common))
+  state = seeds.state(model, optim.make_optimizer("sgd", lr), data["x"],
+                      loss_scale=cli.loss_scale(cfg.common))
   step = make_train_step(loss_fn)
   if chunk > 1:
     step = repeat_step(step, chunk)
+  step = seeds.step(step)  # full batch: every seed trains on the same data
   with checkpoint.Checkpointer(run.file("checkpoints", net_id), max_to_keep=2,
                                save_every_steps=max(chunk, steps // 10)) as ckpt:
     state, history = fit(
@@ -77,13 +79,14 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict):
         eval_batches=lambda: [data], writer=run.scoped(net_id), checkpointer=ckpt,
         resume=cfg.common.resume,
         progress=cfg.common.progress, desc=f"{net_id} {name}", log_every=10**9)
-  final = history[-1]["eval"] if history else metrics_fn(
-      model.apply({"params": state.params}, data["x"]), data)
-  variables = {"params": state.params}
+  finals = [h[-1]["eval"] if h else metrics_fn(model.apply({"params": s.params}, data["x"]),
+                                                 data)
+            for s, h in seeds.each(state, history)]
+  variables = {"params": seeds.first(state).params}  # figures and saved models: first seed
   predict = jax.jit(lambda x: (model.apply(variables, x) > 0).astype(np.int32)[:, 0])
   plots.decision_boundary(predict, data["x"], data["y"], run.file(f"boundary_{net_id}.png"),
                           title=f"{net_id} {TITLES[net_id]}")
-  return model, variables, final, history
+  return model, variables, finals, history
 
 
 def reload_checks(net_id: str, run, variables, x) -> dict:
@@ -121,20 +124,23 @@ def main(argv=None) -> dict:
   if unknown:
     raise cli.ConfigError(f"unknown net id(s) {sorted(unknown)}; choose from {list(NETS)}")
   run, runner = start_run(cfg, "planar")
+  seeds = Seeds.of(cfg.common)
+  runner = seeds.runner(runner)
   x, y = synthetic.planar_flower(seed=cfg.data_seed)
   data = {"x": x, "y": y}
   summary, curves, xs = {}, {}, {}
   for net_id in cfg.nets:
-    model, variables, final, history = train_one(net_id, cfg, run, runner, data)
+    model, variables, finals, history = train_one(net_id, cfg, run, runner, data, seeds)
     show_layers(net_id, model, variables)
     reload = reload_checks(net_id, run, variables, x)
-    summary[net_id] = {"loss": final["loss"], "accuracy": final["accuracy"],
-                       "steps": history[-1]["step"] if history else 0, "reload_identical": reload,
-                       "dataset": "planar_flower(m=400, seed=1)"}
-    curves[net_id] = [h["eval"]["loss"] for h in history]
+    entry = seeds.summarize([{"loss": f["loss"], "accuracy": f["accuracy"]} for f in finals])
+    summary[net_id] = entry | {"steps": history[-1]["step"] if history else 0,
+                               "reload_identical": reload,
+                               "dataset": "planar_flower(m=400, seed=1)"}
+    curves[net_id] = seeds.curve(history, "eval", "loss")
     xs[net_id] = [h["step"] for h in history]
-    say(f"  {net_id} {TITLES[net_id]}: loss {final['loss']:.4f} accuracy "
-          f"{final['accuracy']:.3f} reload identical {reload}")
+    say(f"  {net_id} {TITLES[net_id]}: loss {spread(entry, 'loss')} accuracy "
+          f"{spread(entry, 'accuracy', '.3f')} reload identical {reload}")
   plots.curves(curves, run.file("loss_curves.png"), xs=xs, title="planar: BCE loss",
                logy=False)
   run.update_summary(summary)

@@ -34,10 +34,10 @@ from dlcore.checkpoint import Checkpointer
 from dlcore.data.transforms import ImagePipeline
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, spread
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
-from dlcore.train import (batch_evaluator, create_train_state, fit, make_train_step,
-                          run_evaluators)
+from dlcore.train import batch_evaluator, fit, make_train_step, run_evaluators
 from dlcore.train.state import variables_of
 
 FALLBACK = ("fashion_mnist", "digits")
@@ -77,20 +77,21 @@ def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   data = cli.load_image_data(cfg.data, fallback=FALLBACK)
   run, runner = start_run(cfg, "vae")
+  seeds = Seeds.of(cfg.common)  # --seeds N: N VAEs side by side; figures from the first
+  runner = seeds.runner(runner)
   shape = data.image_shape
   model = models.build("vae", image_size=math.prod(shape), h_dim=cfg.hidden,
                        z_dim=cfg.latent_dim, image_shape=shape, dtype=cli.model_dtype(cfg.common))
   pipe = ImagePipeline("unit")
-  state = create_train_state(model, optim.make_optimizer("adam", cfg.lr),
-                             pipe(jnp.asarray(data.train_x[:2])), cfg.common.seed,
-                             loss_scale=cli.loss_scale(cfg.common))
+  state = seeds.state(model, optim.make_optimizer("adam", cfg.lr),
+                      pipe(jnp.asarray(data.train_x[:2])), loss_scale=cli.loss_scale(cfg.common))
 
   def loss_fn(out, batch):
     logits, mu, log_var = out
     return losses.vae_loss(logits, pipe(batch["x"]), mu, log_var)
 
-  step = runner.compile(make_train_step(loss_fn, preprocess=pipe))
-  test = data.test()
+  step = runner.compile(seeds.step(make_train_step(loss_fn, preprocess=pipe)))
+  train, test = data.train(), data.test()
   elbo = batch_evaluator(runner.compile_eval(elbo_metrics(pipe)),
                          lambda: dldata.batches(test, 1000), uses_key=True)
   decode = jax.jit(lambda s, z: s.apply_fn(variables_of(s), z, method=model.decode))
@@ -100,6 +101,7 @@ def main(argv=None) -> dict:
   originals = data.test_x[:32]
 
   def on_epoch_end(epoch, host_state, record):
+    host_state = seeds.first(host_state)
     rec = np.asarray(reconstruct(host_state, originals))
     pairs = np.stack([originals / 255.0, rec], 1).reshape(-1, *shape)  # original, recon, ...
     plots.image_grid(pairs, run.file("reconstructions", f"epoch_{epoch + 1:03d}.png"), nrow=16,
@@ -129,25 +131,30 @@ def main(argv=None) -> dict:
                     save_every_steps=steps_per_epoch) as ckpt:
     state, history = fit(
         state, step,
-        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.common.seed,
-                                 epoch=e),
+        lambda e: seeds.batches(train, cfg.batch_size, e),
         runner=runner, num_epochs=cfg.epochs, evaluators=evaluators,
-        eval_seed=10_000 + cfg.common.seed, writer=run, checkpointer=ckpt,
+        eval_seed=seeds.eval_seed(10_000), writer=run, checkpointer=ckpt,
         resume=cfg.common.resume, progress=cfg.common.progress, desc="VAE",
         log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end)
   # The last epoch is always evaluated; a resumed, finished run evaluates what it restored.
-  final = (history[-1]["eval"] if history
-           else run_evaluators(evaluators, state, 10_000 + cfg.common.seed))
+  entries = []
+  for seed, (member, hist) in zip(seeds.seeds, seeds.each(state, history)):
+    final = hist[-1]["eval"] if hist else run_evaluators(evaluators, member, 10_000 + seed)
+    entries.append({"test_loss": final["loss"], "test_bce": final["bce"],
+                    "test_kl": final["kl"],
+                    "train_loss": hist[-1]["train"]["loss"] if hist else None,
+                    **({"frechet_distance": final["frechet_distance"]}
+                       if cfg.score.score_samples else {}),
+                    **cli.skipped_entry(member)})
   epochs = [h["epoch"] + 1 for h in history]
-  plots.panels({"loss per sample": {"train": [h["train"]["loss"] for h in history],
-                                    "test": [h["eval"]["loss"] for h in history]}},
+  plots.panels({"loss per sample": {"train": seeds.curve(history, "train", "loss"),
+                                    "test": seeds.curve(history, "eval", "loss")}},
                run.file("loss_curves.png"), x=epochs, title=f"VAE on {data.name}")
-  entry = {"test_loss": final["loss"], "test_bce": final["bce"], "test_kl": final["kl"],
-           "train_loss": history[-1]["train"]["loss"] if history else None,
-           "dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
-           "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
-           "loss": "per sample: BCE summed over pixels + KL, z sampled",
-           **cli.skipped_entry(state)}
+  entry = seeds.summarize(entries)
+  entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
+            "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
+            "loss": "per sample: BCE summed over pixels + KL, z sampled"}
+  state = seeds.first(state)
   if cfg.latent_dim == 2:
     from scipy.stats import norm
 
@@ -156,13 +163,13 @@ def main(argv=None) -> dict:
     plots.image_grid(np.asarray(decode(state, z)), run.file("latent_manifold.png"), nrow=20,
                      title="2-D latent manifold (figure 8-8)")
   if cfg.score.score_samples:
-    entry |= {"frechet_distance": final["frechet_distance"],
-              "frechet_distance_train_vs_test": scorer.frechet_distance(
+    entry |= {"frechet_distance_train_vs_test": scorer.frechet_distance(
                   data.train_x[:cfg.score.score_samples], data.test_x[:cfg.score.score_samples]),
               "classifier": scorer.describe()}
-    say(f"Frechet distance (CNN features), samples vs test: {entry['frechet_distance']:.3f}; "
+    say(f"Frechet distance (CNN features), samples vs test: "
+        f"{spread(entry, 'frechet_distance', '.3f')}; "
         f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")
-  say(f"VAE on {data.name}: test loss {final['loss']:.2f} per sample")
+  say(f"VAE on {data.name}: test loss {spread(entry, 'test_loss', '.2f')} per sample")
   summary = run.update_summary({"2.8.1": entry})
   run.close()
   return summary

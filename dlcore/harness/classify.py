@@ -12,6 +12,7 @@ from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import RunDir
+from dlcore.harness.seeds import Seeds, curve, spread
 from dlcore.harness.writers import say
 from dlcore.train.classify import ClassifierRun, predict_logits, train_classifier
 from dlcore.train.modes import Runner
@@ -24,7 +25,7 @@ def plot_history(history: list[dict], path: str, title: str = "") -> str:
   series = {}
   for split, key in (("train", "train"), ("test", "eval")):
     for metric in ("loss", "accuracy"):
-      series[f"{split} {metric}"] = [h.get(key, {}).get(metric, np.nan) for h in history]
+      series[f"{split} {metric}"] = curve(history, key, metric)
   return plots.panels(
       {"loss": {k: v for k, v in series.items() if k.endswith("loss")},
        "accuracy": {k: v for k, v in series.items() if k.endswith("accuracy")}},
@@ -48,27 +49,31 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   and return the summary entry under `spec_id` (SPEC ids; with test_accuracy, dataset,
   epochs). `cfg.common` is a `cli.Common` (its --precision is the model's dtype; the saved
   model is float32 and its kwargs leave the dtype out), `cfg` has `epochs`, `batch_size`."""
+  seeds = Seeds.of(cfg.common)
   model = models.build(model_name, **model_kwargs, dtype=cli.model_dtype(cfg.common))
   result = train_classifier(model, data, tx, pipeline=pipeline, batch_size=cfg.batch_size,
                             epochs=cfg.epochs, runner=runner, writer=run, seed=cfg.common.seed,
                             resume=cfg.common.resume, progress=cfg.common.progress, desc=title,
                             checkpoint_dir=run.file("checkpoints"), on_epoch_end=print_epoch,
-                            loss_scale=cli.loss_scale(cfg.common))
+                            loss_scale=cli.loss_scale(cfg.common), seeds=seeds.seeds)
+  runs = result.members or [result]  # each seed's run; the figures and the model: the first
   plot_history(result.history, run.file(f"{model_name}_curves.png"),
                f"{title} on {data.name} ({cfg.common.mode})")
-  pred = predict_logits(result.state, data.test_x, pipeline).argmax(-1)
+  pred = predict_logits(runs[0].state, data.test_x, pipeline).argmax(-1)
+  which = f" (seed {seeds.seeds[0]})" if seeds.many else ""
   plots.confusion(data.test_y, pred, data.class_names, run.file(f"{model_name}_confusion.png"),
-                  title=f"{title}: test accuracy {result.test_accuracy:.4f}")
+                  title=f"{title}{which}: test accuracy {runs[0].test_accuracy:.4f}")
   input_shape = pipeline(jnp.zeros((1, *data.image_shape), jnp.uint8)).shape[1:]
-  save_model(run.file("model"), model_name, variables_of(result.state),
+  save_model(run.file("model"), model_name, variables_of(runs[0].state),
              input_shape=input_shape, kwargs=model_kwargs)
-  say(f"{title}: test accuracy {result.test_accuracy:.4f} on {data.name} after "
-        f"{cfg.epochs} epochs; model saved to {run.file('model')}")
-  entry = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-           "train_accuracy": result.train_accuracy, "dataset": data.source,
-           "dataset_name": data.name, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-           "mode": cfg.common.mode, "devices": runner.devices, "model": model_name,
-           "test_accuracy_per_epoch": [h.get("eval", {}).get("accuracy")
-                                       for h in result.history],
-           **cli.skipped_entry(result.state), **(extra or {})}
+  entry = seeds.summarize([
+      {"test_accuracy": r.test_accuracy, "test_loss": r.test_loss,
+       "train_accuracy": r.train_accuracy,
+       "test_accuracy_per_epoch": [h.get("eval", {}).get("accuracy") for h in r.history],
+       **cli.skipped_entry(r.state)} for r in runs])
+  entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "mode": cfg.common.mode, "devices": runner.devices,
+            "model": model_name, **(extra or {})}
+  say(f"{title}: test accuracy {spread(entry, 'test_accuracy')} on {data.name} after "
+      f"{cfg.epochs} epochs; model{which} saved to {run.file('model')}")
   return {spec_id: entry}, result

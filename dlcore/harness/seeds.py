@@ -86,14 +86,19 @@ class Seeds:
     return mb.member(state, 0) if self.many else state
 
   def curve(self, history: list[dict], split: str, key: str):
-    """A metric per epoch: a list (one seed) or members x epochs (drawn with a band)."""
-    if not self.many:
-      return [h.get(split, {}).get(key, np.nan) for h in history]
-    return np.array([[h.get("per_seed", {}).get(split, {}).get(key, [np.nan] * self.n)[i]
-                      for h in history] for i in range(self.n)], dtype=float)
+    return curve(history, split, key)
 
   def summarize(self, entries: Sequence[dict]) -> dict:
     return summarize(entries, self.seeds)
+
+
+def curve(history: list[dict], split: str, key: str):
+  """A metric per epoch from `fit`'s history: a list (one seed), or members x epochs from
+  the records' "per_seed" (plots draw it as a mean with a band)."""
+  per = [h.get("per_seed", {}).get(split, {}).get(key) for h in history]
+  if not history or any(p is None for p in per):
+    return [h.get(split, {}).get(key, np.nan) for h in history]
+  return np.array(per, dtype=float).T
 
 
 def _number(v) -> bool:
@@ -101,8 +106,8 @@ def _number(v) -> bool:
 
 
 def summarize(entries: Sequence[dict], seeds: Sequence[int] | None = None) -> dict:
-  """One summary entry from each seed's: a number becomes the mean over seeds under its own
-  key, its sample standard deviation (ddof=1) under `<key>_std` and every seed's value in
+  """One summary entry from each seed's results (settings are added by the caller): a number
+  becomes the mean over seeds under its own key, its sample standard deviation (ddof=1) under `<key>_std` and every seed's value in
   `per_seed[key]` (`per_seed[key][i]` is seed i's); a list of numbers is averaged element by
   element; nested dicts are summarised the same way; other values kept when all seeds agree,
   else listed per seed. One entry is returned unchanged."""

@@ -8,7 +8,7 @@ inside the compiled step. Evaluation is exact: batches are weighted by their siz
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from dlcore import losses
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
+from dlcore.train import members as mb
 from dlcore.train.loop import MetricWriter, fit, host_mean
 from dlcore.train.modes import Runner
 from dlcore.train.state import TrainState, create_train_state, variables_of
@@ -45,6 +46,9 @@ class ClassifierRun:
   test_accuracy: float
   test_loss: float
   train_accuracy: float
+  # With several seeds: `state` is stacked, the numbers above are means over the seeds and
+  # each seed's own run is here (its state, its history, its numbers).
+  members: list["ClassifierRun"] = dataclasses.field(default_factory=list)
 
 
 def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *,
@@ -52,11 +56,21 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
                      writer: MetricWriter | None = None, seed: int = 0, resume: bool = False,
                      progress: bool = True, desc: str = "train", eval_batch_size: int = 1000,
                      checkpoint_dir: str | None = None,
-                     on_epoch_end: Callable | None = None, loss_scale=None) -> ClassifierRun:
+                     on_epoch_end: Callable | None = None, loss_scale=None,
+                     seeds: Sequence[int] | None = None) -> ClassifierRun:
   """Trains `model` on `data.train()` for `epochs` (shuffled each epoch, deterministic in
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
   into `checkpoint_dir` (none: no checkpoints) and resumes from there. `loss_scale`: see
-  `create_train_state` (float16)."""
+  `create_train_state` (float16). `seeds` (more than one): those runs side by side as
+  members (`dlcore.train.members`), each as the single run with its seed; `seed` is unused."""
+  if seeds is not None and len(seeds) > 1:
+    return _train_members(model, data, tx, seeds, pipeline=pipeline, batch_size=batch_size,
+                          epochs=epochs, runner=runner, writer=writer, resume=resume,
+                          progress=progress, desc=desc, eval_batch_size=eval_batch_size,
+                          checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end,
+                          loss_scale=loss_scale)
+  if seeds is not None:
+    seed = seeds[0]
   for split, y in (("train", data.train_y), ("test", data.test_y)):
     dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   example = pipeline(jnp.asarray(data.train_x[:2]))
@@ -88,6 +102,41 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   final = evaluate_classifier(state, test, pipeline, eval_batch_size)
   train_acc = history[-1]["train"]["accuracy"] if history else float("nan")
   return ClassifierRun(state, history, final["accuracy"], final["loss"], train_acc)
+
+
+def _train_members(model, data: ImageData, tx, seeds: Sequence[int], *, pipeline, batch_size,
+                   epochs, runner, writer, resume, progress, desc, eval_batch_size,
+                   checkpoint_dir, on_epoch_end, loss_scale) -> ClassifierRun:
+  for split, y in (("train", data.train_y), ("test", data.test_y)):
+    dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
+  runner = mb.MemberRunner(runner, len(seeds))
+  state = mb.create_members(model, tx, pipeline(jnp.asarray(data.train_x[:2])), seeds,
+                            loss_scale=loss_scale)
+  step = runner.compile(mb.over_members(make_train_step(xent_loss, preprocess=pipeline)))
+  evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline))
+  steps_per_epoch = -(-len(data.train_x) // batch_size)
+  train, test = jax.device_put(data.train()), data.test()
+  ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
+          if checkpoint_dir else None)
+  try:
+    state, history = fit(state, step, lambda e: mb.member_batches(train, batch_size, seeds, e),
+                         runner=runner, num_epochs=epochs, eval_step=evaluate,
+                         eval_batches=lambda: dldata.batches(test, eval_batch_size),
+                         writer=writer, checkpointer=ckpt, resume=resume, progress=progress,
+                         desc=f"{desc} x{len(seeds)} seeds",
+                         log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  runs = []
+  for i in range(len(seeds)):
+    s, h = mb.member(state, i), mb.member_view(history, i)
+    final = evaluate_classifier(s, test, pipeline, eval_batch_size)
+    runs.append(ClassifierRun(s, h, final["accuracy"], final["loss"],
+                              h[-1]["train"]["accuracy"] if h else float("nan")))
+  mean = lambda f: float(np.mean([getattr(r, f) for r in runs]))  # noqa: E731
+  return ClassifierRun(state, history, mean("test_accuracy"), mean("test_loss"),
+                       mean("train_accuracy"), runs)
 
 
 def evaluate_classifier(state: TrainState, arrays: dict, pipeline: ImagePipeline,

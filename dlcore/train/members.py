@@ -117,6 +117,7 @@ class MemberRunner:
     mesh = runner._mesh
     # Split the members over the devices when they divide; otherwise replicate them.
     self.split = mesh is not None and members % mesh.devices.size == 0
+    self._placed: dict = {}
     self._sharding = (None if mesh is None
                       else NamedSharding(mesh, P("batch") if self.split else P()))
 
@@ -151,8 +152,11 @@ class MemberRunner:
       return batch
     spec = self._sharding.spec
     if isinstance(batch, Indexed):
-      return Indexed(jax.tree.map(lambda x: self._place(x, P()), batch.data),
-                     self._place(batch.idx, spec))
+      key = id(batch.data)  # the data set is placed once, not at every step
+      if key not in self._placed:
+        self._placed = {key: (batch.data, jax.tree.map(lambda x: self._place(x, P()),
+                                                       batch.data))}
+      return Indexed(self._placed[key][1], self._place(batch.idx, spec))
     if isinstance(batch, PerMember):
       return PerMember(jax.tree.map(lambda x: self._place(x, spec), batch.batch))
     return jax.tree.map(lambda x: self._place(x, P()), batch)
