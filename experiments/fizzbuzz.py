@@ -8,8 +8,9 @@ correct answers.
 
 How many of 1..100 one trained net gets right depends on its random init (the seed's own
 PyTorch code gets 88-99), so one run says little. By default `--seeds 10` nets with different
-inits train in lockstep (`jax.vmap` over the train step, one compiled call for all) and the
-report gives the median, min, max and every seed's count; `--seeds 1` trains one net.
+inits train as one program (the engine's members, `dlcore.train.members`: the step vmapped
+over their stacked states) and the report gives the mean, standard deviation, median, min,
+max and every seed's count; `--seeds 1` trains one net.
 Each compiled call runs `--fuse` whole epochs (`lax.scan`), which computes what a Python loop
 over the same batches computes (`--fuse 0`).
 """
@@ -27,9 +28,9 @@ from dlcore.checkpoint import Checkpointer
 from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, spread
 from dlcore.harness.writers import say
-from dlcore.train import (create_train_state, fit, fused_epoch, make_train_step, repeat_step,
-                          stack_states)
+from dlcore.train import fit, fused_epoch, make_train_step, repeat_step
 
 
 @dataclasses.dataclass
@@ -45,8 +46,6 @@ class Config:
   """Width of the hidden layer."""
   num_digits: cli.Positive[int] = 10
   """Bits of the binary input encoding."""
-  seeds: cli.Positive[int] = 10
-  """Nets trained side by side (seed, seed+1, ...); 1 is the seed's single run."""
   fuse: cli.Positive[int] | None = 100
   """Epochs per compiled call (lax.scan); None: a Python loop of jitted steps."""
   drop_remainder: bool = False
@@ -65,6 +64,8 @@ def loss_fn(logits, batch):
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   run, runner = start_run(cfg, "fizzbuzz")
+  seeds = Seeds.of(cfg.common, default=10)
+  runner = seeds.runner(runner)
   x, y = synthetic.fizzbuzz(101, 2 ** cfg.num_digits, cfg.num_digits)
   train = {"x": x, "y": y}
   if cfg.drop_remainder:
@@ -73,21 +74,20 @@ def main(argv=None) -> dict:
   model = models.build("mlp", widths=(cfg.hidden, 4), activation="relu",
                        dtype=cli.model_dtype(cfg.common))
   tx = optim.make_optimizer("sgd", cfg.lr)
-  seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
-  state = stack_states([create_train_state(model, tx, x[:2], s, loss_scale=cli.loss_scale(cfg.common)) for s in seeds])
+  state = seeds.state(model, tx, x[:2], loss_scale=cli.loss_scale(cfg.common))
 
-  # The same batch goes to every member; each has its own parameters and init.
-  step = jax.vmap(make_train_step(loss_fn), in_axes=(0, None))
+  # In order, as the seed: the same batches go to every member; each has its own init.
+  step = make_train_step(loss_fn)
   n_batches = -(-len(train["x"]) // cfg.batch_size)
   if cfg.fuse:
     if cfg.common.mode in ("pmap", "sharded"):
       raise cli.ConfigError("--fuse with pmap/sharded is not supported: pass --fuse None "
                        "--drop-remainder")
     epoch_data = dldata.stacked_epoch(train, cfg.batch_size)
-    call, batches = repeat_step(fused_epoch(step), cfg.fuse), (lambda e: [epoch_data])
+    call, batches = seeds.step(repeat_step(fused_epoch(step), cfg.fuse)), (lambda e: [epoch_data])
     num_calls, steps_per_call = cfg.epochs // cfg.fuse, n_batches * cfg.fuse
   else:
-    call = step
+    call = seeds.step(step)
     batches = lambda e: dldata.batches(train, cfg.batch_size)  # noqa: E731
     num_calls, steps_per_call = cfg.epochs, 1
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
@@ -95,33 +95,38 @@ def main(argv=None) -> dict:
     state, history = fit(state, runner.compile(call), batches, runner=runner,
                          num_epochs=num_calls, steps_per_call=steps_per_call, run=run,
                          checkpointer=ckpt, resume=cfg.common.resume, progress=cfg.common.progress,
-                         desc=f"fizzbuzz x{cfg.seeds} seeds", log_every=10**9 if cfg.fuse else 500)
+                         desc=f"fizzbuzz x{seeds.n} seeds", log_every=10**9 if cfg.fuse else 500)
 
   test_x, test_y = synthetic.fizzbuzz(1, 101, cfg.num_digits)
-  logits = jax.jit(jax.vmap(model.apply, in_axes=(0, None)))({"params": state.params}, test_x)
-  preds = np.asarray(logits.argmax(-1))           # (seeds, 100)
+  apply = jax.jit(model.apply)
+  members = list(seeds.each(state, history))
+  preds = np.stack([np.asarray(apply({"params": m.params}, test_x).argmax(-1))
+                    for m, _ in members])                # (seeds, 100)
   per_seed = (preds == test_y).sum(1).astype(int)
   vote = np.array([np.bincount(col, minlength=4).argmax() for col in preds.T])
   best = int(np.argmax(per_seed == int(np.median(per_seed))))  # a member at the median
   words = [synthetic.fizz_buzz_decode(i, int(p)) for i, p in zip(range(1, 101), preds[best])]
   say(" ".join(words))
-  for s, c in zip(seeds, per_seed):
+  for s, c in zip(seeds.seeds, per_seed):
     say(f"  seed {s}: {c} / 100 correct")
   median = float(np.median(per_seed))
-  say(f"  median {median} (min {per_seed.min()}, max {per_seed.max()}) over {len(seeds)} "
-        f"seeds; majority vote of the {len(seeds)} nets: {int((vote == test_y).sum())} / 100")
+  entry = seeds.summarize([
+      {"correct_of_100": int(c), "final_train_loss": h[-1]["train"]["loss"] if h else None}
+      for c, (_, h) in zip(per_seed, members)])
+  say(f"  correct of 100: {spread(entry, 'correct_of_100', '.1f')}; median {median} (min "
+      f"{per_seed.min()}, max {per_seed.max()}); majority vote of the {seeds.n} nets: "
+      f"{int((vote == test_y).sum())} / 100")
   epochs_per_point = cfg.fuse if cfg.fuse else 1
-  plots.curves({"train loss (mean over seeds)": [h["train"]["loss"] for h in history]},
+  plots.curves({"train loss": seeds.curve(history, "train", "loss")},
                run.file("loss_curve.png"), logy=True, xlabel="epoch", title="FizzBuzz",
-               xs={"train loss (mean over seeds)":
-                   np.arange(1, len(history) + 1) * epochs_per_point})
-  summary = {"1.7": {
-      "correct_of_100": median, "statistic": f"median over {len(seeds)} seeds",
-      "correct_per_seed": dict(zip(map(str, seeds), per_seed.tolist())),
+               xs={"train loss": np.arange(1, len(history) + 1) * epochs_per_point})
+  summary = {"1.7": entry | {
+      "statistic": f"mean over {seeds.n} seeds" if seeds.many else "one seed",
+      "median_correct_of_100": median,
+      "correct_per_seed": dict(zip(map(str, seeds.seeds), per_seed.tolist())),
       "min": int(per_seed.min()), "max": int(per_seed.max()),
       "vote_correct_of_100": int((vote == test_y).sum()),
       "predictions_median_seed": words,
-      "final_train_loss": history[-1]["train"]["loss"] if history else None,
       "epochs": cfg.epochs, "dataset": "fizzbuzz 101..1023 (10-bit)"}}
   run.update_summary(summary)
   run.close()

@@ -7,7 +7,7 @@ tagger: the seed's two tagged sentences, tags {DET: 0, NN: 1, V: 2}, one sentenc
 NLL loss, SGD lr 0.1, 300 epochs; tags the seed's test sentences. Words never seen in
 training map to a reserved <unk> index; `--unk-prob` replaces training words by <unk> at that
 rate so <unk> learns "a word I don't know, in this context". `--seeds 10` trains ten taggers
-side by side (vmap) and counts how many reproduce the seed's printed tags.
+side by side (the engine's members, each with its own word dropout) and counts how many reproduce the seed's printed tags.
 
 Which sentences? The seed's printed indices (The=0, cat=1, ate=2, the=3, fish=4, They=5) show
 that its vocabulary held "cat", "fish" and "They": the book trained on "The cat ate the fish"
@@ -41,8 +41,9 @@ from dlcore.checkpoint import Checkpointer
 from dlcore.data import series, text
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds
 from dlcore.harness.writers import say
-from dlcore.train import create_train_state, fit, make_train_step, stack_states
+from dlcore.train import PerMember, fit, make_train_step
 
 
 @dataclasses.dataclass
@@ -60,8 +61,6 @@ class Config:
   """tagger: word embedding size."""
   unk_prob: cli.Fraction[float] = 0.1
   """tagger: probability of replacing a training word by <unk> (word dropout)."""
-  seeds: cli.Positive[int] = 10
-  """tagger: nets trained side by side (vmap), seeds seed..seed+N-1."""
   sentences: Literal["book", "spec"] = "book"
   """tagger: the seed's own training sentences, or SPEC's dog/apple ones."""
   corpus: str | None = None
@@ -97,46 +96,55 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   model = models.build("lstm_tagger", vocab_size=len(vocab), tagset_size=len(tag_to_ix),
                        embedding_dim=cfg.embedding, hidden_dim=cfg.hidden or 6,
                        dtype=cli.model_dtype(cfg.common))
-  seeds = list(range(cfg.common.seed, cfg.common.seed + cfg.seeds))
+  seeds = Seeds.of(cfg.common, default=10)  # members of the engine, one program
+  runner = seeds.runner(runner)
   tx = optim.make_optimizer("sgd", lr)
-  state = stack_states([create_train_state(model, tx, sents[0][0][None], s,
-                                                 loss_scale=cli.loss_scale(cfg.common)) for s in seeds])
-  step = jax.vmap(make_train_step(nll_loss), in_axes=(0, None))
+  state = seeds.state(model, tx, sents[0][0][None], loss_scale=cli.loss_scale(cfg.common))
+  step = seeds.step(make_train_step(nll_loss))
 
-  def batches(epoch):  # one sentence per step, in order, as the seed; word dropout to <unk>
-    rng = np.random.default_rng([cfg.common.seed, epoch])
+  def sentences(seed, epoch):  # one sentence per step, in order, as the seed; word dropout
+    rng = np.random.default_rng([seed, epoch])
     for ids, tags in sents:
       ids = np.where(rng.random(len(ids)) < cfg.unk_prob, 0, ids).astype(np.int32)
       yield {"x": ids[None], "y": tags[None]}
+
+  def batches(epoch):  # each seed drops its own words, as its single run would
+    if not seeds.many:
+      return sentences(seeds.seeds[0], epoch)
+    return (PerMember(jax.tree.map(lambda *b: np.stack(b), *bs))
+            for bs in zip(*(sentences(s, epoch) for s in seeds.seeds)))
 
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=max(1, epochs * len(sents) // 5)) as ckpt:
     state, history = fit(state, runner.compile(step), batches, runner=runner,
                          num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.common.resume,
-                         progress=cfg.common.progress, desc=f"tagger x{len(seeds)} seeds",
+                         progress=cfg.common.progress, desc=f"tagger x{seeds.n} seeds",
                          log_every=10**9)
-  apply = jax.jit(jax.vmap(model.apply, in_axes=(0, None)))
+  apply = jax.jit(model.apply)
+  members = list(seeds.each(state, history))
   tests = text.TEST_SENTENCES
   per_seed = {}
   for words in tests:
-    pred = np.asarray(apply({"params": state.params}, vocab.encode(words)[None]).argmax(-1))
-    per_seed[" ".join(words)] = pred[:, 0, :]  # (seeds, time)
+    ids = vocab.encode(words)[None]
+    per_seed[" ".join(words)] = np.stack(  # (seeds, time)
+        [np.asarray(apply({"params": m.params}, ids).argmax(-1))[0] for m, _ in members])
   matches = [all(per_seed[k][i].tolist() == text.SEED_PREDICTIONS.get(k) for k in per_seed)
-             for i in range(len(seeds))]
+             for i in range(seeds.n)]
   first = {k: v[0].tolist() for k, v in per_seed.items()}
   for k, tags in first.items():
     unknown = vocab.unknown(k.split())
     say(f"  {k!r} -> {tags} {[ix_to_tag[t] for t in tags]}  (seed printed "
           f"{text.SEED_PREDICTIONS.get(k)}; unknown words: {unknown or 'none'})")
-  say(f"  {sum(matches)} of {len(seeds)} seeds reproduce the seed's printed tags")
-  plots.curves({"NLL (mean over seeds)": [h["train"]["loss"] for h in history]},
+  say(f"  {sum(matches)} of {seeds.n} seeds reproduce the seed's printed tags")
+  plots.curves({"NLL": seeds.curve(history, "train", "loss")},
                run.file("loss_curve.png"), xlabel="epoch", title="LSTM tagger", logy=True)
-  return {"2.7.1": {
+  entry = seeds.summarize([
+      {"final_train_loss": h[-1]["train"]["loss"] if h else None,
+       "final_train_accuracy": h[-1]["train"]["accuracy"] if h else None} for _, h in members])
+  return {"2.7.1": entry | {
       "predictions": first, "matches_seed": bool(matches[0]),
-      "seeds_matching": f"{sum(matches)}/{len(seeds)}",
-      "matches_per_seed": dict(zip(map(str, seeds), matches)),
-      "final_train_loss": history[-1]["train"]["loss"] if history else None,
-      "final_train_accuracy": history[-1]["train"]["accuracy"] if history else None,
+      "seeds_matching": f"{sum(matches)}/{seeds.n}",
+      "matches_per_seed": dict(zip(map(str, seeds.seeds), matches)),
       "vocabulary": vocab.itos, "corpus": cfg.corpus or f"{cfg.sentences} sentences",
       "training_sentences": [" ".join(w) for w, _ in data]}}
 
@@ -165,10 +173,11 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   epochs, lr = cfg.epochs or 60, 1e-3 if cfg.lr is None else cfg.lr
   model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32,
                        dtype=cli.model_dtype(cfg.common))
-  state = create_train_state(model, optim.make_optimizer("adam", lr), train["x"][:2],
-                             cfg.common.seed)
+  seeds = Seeds.of(cfg.common)
+  runner = seeds.runner(runner)
+  state = seeds.state(model, optim.make_optimizer("adam", lr), train["x"][:2])
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
-  step = make_train_step(mse)
+  step = seeds.step(make_train_step(mse))  # in order: every seed sees the same batches
   steps_per_epoch = -(-len(train["x"]) // cfg.batch_size)  # with the partial batch
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=max(1, steps_per_epoch * epochs // 5)) as ckpt:
@@ -177,13 +186,17 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
         lambda e: dldata.batches(train, cfg.batch_size),
         runner=runner, num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.common.resume,
         progress=cfg.common.progress, desc="lstm timeseries")
-  pred = np.asarray(jax.jit(model.apply)({"params": state.params}, test["x"]))[:, 0]
+  apply = jax.jit(model.apply)
+  preds = [np.asarray(apply({"params": m.params}, test["x"]))[:, 0] for m, _ in seeds.each(state)]
+  pred = preds[0]  # the figure: the first seed's
   truth = test["y"][:, 0]
   persistence = test["x"][:, -1, 0]
   linear = LinearRegression().fit(train["x"][..., 0], train["y"][:, 0]).predict(
       test["x"][..., 0])
   results = {name: float(np.mean((p - truth) ** 2))
              for name, p in (("lstm", pred), ("persistence", persistence), ("linear", linear))}
+  mses = seeds.summarize([{"test_mse": float(np.mean((p - truth) ** 2))} for p in preds])
+  results["lstm"] = mses["test_mse"]  # the mean over seeds
   winner = min(results, key=results.get)
   for name, v in results.items():
     say(f"  test MSE (normalised) {name}: {v:.5f}   RMSE in price units {np.sqrt(v) * std:.3f}")
@@ -192,9 +205,9 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   plots.prediction(test_dates, {"actual": truth * std + mean, "LSTM": pred * std + mean,
                                 "persistence": persistence * std + mean},
                    run.file("prediction_test.png"), title=f"Test span: {source}")
-  plots.curves({"train MSE": [h["train"]["loss"] for h in history]},
+  plots.curves({"train MSE": seeds.curve(history, "train", "loss")},
                run.file("loss_curve.png"), xlabel="epoch", title="LSTM regressor", logy=True)
-  return {"2.7.2": {"test_mse": results["lstm"], "persistence_mse": results["persistence"],
+  return {"2.7.2": {**mses, "persistence_mse": results["persistence"],
                     "linear_mse": results["linear"], "best": winner,
                     "scale": "MSE of values normalised by the training span's mean/std",
                     "rmse_price_units": {k: float(np.sqrt(v) * std) for k, v in results.items()},

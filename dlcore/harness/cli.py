@@ -67,10 +67,10 @@ class Common:
   made)."""
   seed: int = 0
   """Seed of parameter init, data order, dropout and sampling."""
-  seeds: Annotated[int, Between(1)] = 1
+  seeds: Annotated[int | None, Between(1)] = None
   """Train N runs side by side as one program, seeds seed..seed+N-1 (vmapped; split over the
   devices under --mode sharded): summary numbers become means over the seeds with <key>_std
-  and per_seed; curves get a min-max band."""
+  and per_seed; curves get a min-max band. None: 1 (fizzbuzz and the LSTM tagger: 10)."""
   precision: Precision = "float32"
   """Computation dtype of the models (parameters, optimizer state and checkpoints stay
   float32; losses and batch statistics are float32); float16 adds dynamic loss scaling."""

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from dlcore import data as dldata
+from dlcore.harness.errors import ConfigError
 from dlcore.train import members as mb
 from dlcore.train.state import create_train_state
 
@@ -30,9 +31,10 @@ class Seeds:
   seeds: list[int]
 
   @classmethod
-  def of(cls, common) -> "Seeds":
-    """The seeds `--seed S --seeds N` ask for (a `cli.Common`)."""
-    return cls(mb.member_seeds(common.seed, getattr(common, "seeds", 1)))
+  def of(cls, common, default: int = 1) -> "Seeds":
+    """The seeds `--seed S --seeds N` ask for (a `cli.Common`); `default` when N is None."""
+    n = getattr(common, "seeds", None)
+    return cls(mb.member_seeds(common.seed, default if n is None else n))
 
   @property
   def n(self) -> int:
@@ -43,7 +45,12 @@ class Seeds:
     return self.n > 1
 
   def runner(self, runner):
-    return mb.MemberRunner(runner, self.n) if self.many else runner
+    if not self.many:
+      return runner
+    try:
+      return mb.MemberRunner(runner, self.n)
+    except ValueError as e:  # pmap: one line that names the fix
+      raise ConfigError(str(e)) from None
 
   def state(self, model, tx, example_x, *, init_args: tuple = (), loss_scale=None):
     if not self.many:
