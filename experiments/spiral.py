@@ -29,8 +29,9 @@ from dlcore import losses, models, optim
 from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, is_number, curve, spread
 from dlcore.harness.writers import say
-from dlcore.train import create_train_state, fit, make_train_step
+from dlcore.train import fit, make_train_step
 from dlcore.train.state import variables_of
 
 
@@ -76,20 +77,23 @@ def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, 
   model = models.build("spiral_mlp", input_dim=x_train.shape[1], hidden_dim=hidden,
                        num_classes=num_classes, dropout_p=dropout,
                        init_scheme=init_scheme, dtype=cli.model_dtype(cfg.common))
-  state = create_train_state(model, optim.make_optimizer("adam", lr), x_train[:2], cfg.common.seed,
-                             loss_scale=cli.loss_scale(cfg.common))
+  seeds = Seeds.of(cfg.common)
+  runner = seeds.runner(runner)
+  state = seeds.state(model, optim.make_optimizer("adam", lr), x_train[:2],
+                      loss_scale=cli.loss_scale(cfg.common))
 
   def loss_fn(logits, batch):
     return losses.cross_entropy(logits, batch["y"], weight=weights), {
         "accuracy": losses.accuracy(logits, batch["y"])}
 
-  step = runner.compile(make_train_step(loss_fn))
+  step = runner.compile(seeds.step(make_train_step(loss_fn)))  # full batch, shared
   full = {"x": x_train, "y": y_train}
   state, history = fit(state, step, lambda e: [full], runner=runner, num_epochs=epochs,
                        run=run, progress=cfg.common.progress, desc=name, log_every=10)
   predict = jax.jit(lambda s, x: s.apply_fn(variables_of(s), x).argmax(-1))
-  pred = {k: np.asarray(predict(state, x)) for k, (x, _) in data.items()}
-  return state, history, pred, predict
+  runs = [(s, h, {k: np.asarray(predict(s, x)) for k, (x, _) in data.items()})
+          for s, h in seeds.each(state, history)]
+  return runs, history, predict
 
 
 def metrics_of(y_true, y_pred, class_names):
@@ -116,24 +120,27 @@ def main(argv=None) -> dict:
   for spec_id, name, kw in (("3.1", "default init", {}),
                             ("3.2", "xavier relu init", {"init_scheme": "xavier_relu"}),
                             ("3.3", f"dropout {cfg.dropout}", {"dropout": cfg.dropout})):
-    state, history, pred, predict = train_mlp(cfg, run, runner, data, name=name,
-                                              num_classes=len(class_names), hidden=cfg.hidden,
-                                              lr=cfg.lr, epochs=cfg.epochs, **kw)
-    test = metrics_of(data["test"][1], pred["test"], class_names)
-    entry = {"test_accuracy": test["accuracy"], "per_class": test["per_class"],
-             "train_accuracy": float(np.mean(pred["train"] == data["train"][1])),
-             "val_accuracy": float(np.mean(pred["val"] == data["val"][1])),
-             "final_train_loss": history[-1]["train"]["loss"], "data": source,
-             "epochs": cfg.epochs}
+    runs, _, predict = train_mlp(cfg, run, runner, data, name=name,
+                                 num_classes=len(class_names), hidden=cfg.hidden, lr=cfg.lr,
+                                 epochs=cfg.epochs, **kw)
+    entries = []
+    for _, history, pred in runs:
+      test = metrics_of(data["test"][1], pred["test"], class_names)
+      entries.append({"test_accuracy": test["accuracy"], "per_class": test["per_class"],
+                      "train_accuracy": float(np.mean(pred["train"] == data["train"][1])),
+                      "val_accuracy": float(np.mean(pred["val"] == data["val"][1])),
+                      "final_train_loss": history[-1]["train"]["loss"]})
+    entry = Seeds.of(cfg.common).summarize(entries) | {"data": source, "epochs": cfg.epochs}
     summary[spec_id] = entry
-    say(f"{spec_id} {name}: test accuracy {entry['test_accuracy']:.3f} (train "
+    say(f"{spec_id} {name}: test accuracy {spread(entry, 'test_accuracy', '.3f')} (train "
           f"{entry['train_accuracy']:.3f}, val {entry['val_accuracy']:.3f})")
+    state = runs[0][0]  # the figures: the first seed's net
     for split_name in ("train", "test"):
       xs, ys = data[split_name]
       plots.decision_boundary(lambda p: predict(state, p), xs, ys,
                               run.file(f"boundary_{spec_id}_{split_name}.png"),
                               title=f"{spec_id} {name}: {split_name}")
-  say("3.1 per class (test):", {c: {k: round(v, 3) for k, v in m.items()}
+  say("3.1 per class (test):", {c: {k: round(v, 3) for k, v in m.items() if is_number(v)}
                                    for c, m in summary["3.1"]["per_class"].items()})
   summary["3.4"] = overfit(cfg, run, runner)
   run.update_summary(summary)
@@ -148,12 +155,15 @@ def overfit(cfg, run, runner) -> dict:
   x = rng.rand(n * c, d).astype(np.float32)
   y = np.repeat(np.arange(c), n).astype(np.int32)
   data = split(x, y, cfg.split_seed)
-  state, history, pred, predict = train_mlp(
+  runs, history, predict = train_mlp(
       cfg, run, runner, data, name="overfit", num_classes=c, hidden=2 * n * c + d,
       lr=cfg.overfit_lr, epochs=cfg.overfit_epochs, dropout=cfg.dropout)
-  train_acc = float(np.mean(pred["train"] == data["train"][1]))
-  test_acc = float(np.mean(pred["test"] == data["test"][1]))
-  plots.curves({"train accuracy (batch, dropout on)": [h["train"]["accuracy"] for h in history]},
+  entry = Seeds.of(cfg.common).summarize([
+      {"train_accuracy": float(np.mean(pred["train"] == data["train"][1])),
+       "test_accuracy": float(np.mean(pred["test"] == data["test"][1]))} for _, _, pred in runs])
+  train_acc, test_acc = entry["train_accuracy"], entry["test_accuracy"]
+  state = runs[0][0]
+  plots.curves({"train accuracy (batch, dropout on)": curve(history, "train", "accuracy")},
                run.file("overfit_train_accuracy.png"), xlabel="epoch", ylabel="accuracy",
                title=f"3.4 random labels: final train {train_acc:.2f} vs test {test_acc:.2f} "
                      f"(chance 0.33)")
@@ -164,8 +174,7 @@ def overfit(cfg, run, runner) -> dict:
                             title=f"3.4 overfitting: {split_name}")
   say(f"3.4 overfitting: train accuracy {train_acc:.3f}, test accuracy {test_acc:.3f} "
         f"(chance 0.333)")
-  return {"train_accuracy": train_acc, "test_accuracy": test_acc, "hidden": 2 * n * c + d,
-          "epochs": cfg.overfit_epochs}
+  return entry | {"hidden": 2 * n * c + d, "epochs": cfg.overfit_epochs}
 
 
 if __name__ == "__main__":

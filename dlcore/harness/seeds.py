@@ -108,7 +108,7 @@ def curve(history: list[dict], split: str, key: str):
   return np.array(per, dtype=float).T
 
 
-def _number(v) -> bool:
+def is_number(v) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
@@ -124,21 +124,22 @@ def summarize(entries: Sequence[dict], seeds: Sequence[int] | None = None) -> di
   out, per = {}, {}
   for key in entries[0]:
     vals = [e.get(key) for e in entries]
-    if all(_number(v) for v in vals):
+    if all(is_number(v) for v in vals):
       out[key] = float(np.mean(vals))
       out[f"{key}_std"] = float(np.std(vals, ddof=1))
       per[key] = vals
     elif all(isinstance(v, dict) for v in vals):
       out[key] = summarize(vals)
     elif (all(isinstance(v, (list, tuple)) for v in vals) and len({len(v) for v in vals}) == 1
-          and all(_number(x) for v in vals for x in v)):
+          and all(is_number(x) for v in vals for x in v)):
       out[key] = np.mean(np.asarray(vals, dtype=float), 0).tolist()
       per[key] = vals
     elif all(v == vals[0] for v in vals):
       out[key] = vals[0]
     else:
       out[key] = per[key] = vals
-  out["per_seed"] = per
+  if per:
+    out["per_seed"] = per
   if seeds is not None:
     out["seeds"] = list(seeds)
   return out
