@@ -22,8 +22,9 @@ from dlcore import losses, manual, models, optim
 from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, curve
 from dlcore.harness.writers import say
-from dlcore.train import create_train_state, fit, make_train_step, repeat_step
+from dlcore.train import PerMember, fit, make_train_step, repeat_step
 
 
 @dataclasses.dataclass
@@ -57,8 +58,8 @@ def scalar_autograd() -> dict:
   return {"dy_dx": float(dx), "dy_dw": float(dw), "dy_db": float(db)}
 
 
-def manual_runs(cfg: Config, x, y) -> tuple[dict, dict]:
-  rng = np.random.RandomState(cfg.common.seed + 1)
+def manual_runs(cfg: Config, x, y, seed: int) -> tuple[dict, dict]:
+  rng = np.random.RandomState(seed + 1)
   w1 = rng.randn(cfg.d_in, cfg.hidden)
   w2 = rng.randn(cfg.hidden, cfg.d_out)
   x64, y64 = x.astype(np.float64), y.astype(np.float64)
@@ -112,8 +113,13 @@ def manual_runs(cfg: Config, x, y) -> tuple[dict, dict]:
   return results, curves | {"_gradcheck": rel}
 
 
-def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
-  data = {"x": x, "y": y}
+def module_runs(cfg: Config, run, runner, datasets: list[dict]) -> tuple[list[dict], dict]:
+  """1.4-1.6 for each seed (its own data, `datasets[i]`) as one program; per-seed results."""
+  seeds = Seeds.of(cfg.common)
+  runner = seeds.runner(runner)
+  x = datasets[0]["x"]
+  data = (PerMember(jax.tree.map(lambda *a: np.stack(a), *datasets)) if seeds.many
+          else datasets[0])
   variants = {
       "1.4": ("two_layer_sequential", "sgd"),
       "1.5": ("two_layer_sequential", "adam"),
@@ -122,41 +128,49 @@ def module_runs(cfg: Config, run, runner, x, y) -> tuple[dict, dict]:
   chunk = min(cfg.fuse, cfg.steps)
   if cfg.steps % chunk:
     raise cli.ConfigError(f"--steps {cfg.steps} must be a multiple of --fuse {chunk}")
-  results, curves = {}, {}
+  results, curves = [{} for _ in datasets], {}
   for sid, (name, opt) in variants.items():
     model = models.build(name, num_input=cfg.d_in, hidden=cfg.hidden, num_output=cfg.d_out,
                          dtype=cli.model_dtype(cfg.common))
-    state = create_train_state(model, optim.make_optimizer(opt, cfg.lr_module), x, cfg.common.seed,
-                               loss_scale=cli.loss_scale(cfg.common))
+    state = seeds.state(model, optim.make_optimizer(opt, cfg.lr_module), x,
+                        loss_scale=cli.loss_scale(cfg.common))
     step = make_train_step(lambda out, b: (losses.mse(out, b["y"], "sum"), {}))
     if chunk > 1:
       step = repeat_step(step, chunk)
+    step = seeds.step(step)
     t0 = time.perf_counter()
     state, history = fit(state, runner.compile(step), lambda e: [data], runner=runner,
                          num_epochs=cfg.steps // chunk, steps_per_call=chunk, run=run,
                          progress=cfg.common.progress, desc=f"{sid} {name} {opt}", log_every=10**9)
     seconds = time.perf_counter() - t0
-    final = float(losses.mse(model.apply({"params": state.params}, x), y, "sum"))
-    results[sid] = {"loss": final, "model": name, "optimizer": opt,
-                    "wall_ms_per_step": 1e3 * seconds / cfg.steps}
-    curves[f"{sid} {name} {opt}"] = [h["train"]["loss"] for h in history]
+    for res, (member, _), d in zip(results, seeds.each(state), datasets):
+      final = float(losses.mse(model.apply({"params": member.params}, d["x"]), d["y"], "sum"))
+      res[sid] = {"loss": final, "model": name, "optimizer": opt,
+                  "wall_ms_per_step": 1e3 * seconds / cfg.steps}
+    curves[f"{sid} {name} {opt}"] = curve(history, "train", "loss")
   return results, curves
 
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   run, runner = start_run(cfg, "two_layer")
-  x, y = synthetic.random_regression(cfg.n, cfg.d_in, cfg.d_out, seed=cfg.common.seed)
-  manual_res, manual_curves = manual_runs(cfg, x, y)
-  gradcheck = manual_curves.pop("_gradcheck")
-  module_res, module_curves = module_runs(cfg, run, runner, x, y)
+  seeds = Seeds.of(cfg.common)  # each seed draws its own data, as its single run does
+  datasets = [dict(zip("xy", synthetic.random_regression(cfg.n, cfg.d_in, cfg.d_out, seed=s)))
+              for s in seeds.seeds]
+  manual = [manual_runs(cfg, d["x"], d["y"], s) for d, s in zip(datasets, seeds.seeds)]
+  gradcheck = max(c.pop("_gradcheck") for _, c in manual)
+  manual_curves = {k: np.array([c[k] for _, c in manual]) if seeds.many else manual[0][1][k]
+                   for k in manual[0][1]}
+  module_res, module_curves = module_runs(cfg, run, runner, datasets)
   plots.curves(manual_curves, run.file("loss_manual.png"), logy=True,
                title="1.1-1.3: N(0,1) weights, lr 1e-6 (sum of squared errors)")
   chunk = min(cfg.fuse, cfg.steps)
   plots.curves(module_curves, run.file("loss_modules.png"), logy=True,
-               xs={k: np.arange(1, len(v) + 1) * chunk for k, v in module_curves.items()},
+               xs={k: np.arange(1, np.shape(v)[-1] + 1) * chunk for k, v in module_curves.items()},
                title="1.4-1.6: modules, lr 1e-4 (mean over each fused chunk)")
-  summary = {**manual_res, **module_res,
+  per_seed = [m | r for (m, _), r in zip(manual, module_res)]
+  summary = {k: seeds.summarize([p[k] for p in per_seed]) for k in per_seed[0]}
+  summary |= {
              "1.1-gradcheck": {"max_relative_error": gradcheck, "passed": gradcheck < 1e-10},
              "1.0-scalar": scalar_autograd()}
   for k, v in summary.items():
