@@ -37,10 +37,12 @@ from dlcore import data as dldata
 from dlcore import losses, models, optim
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import RunDir, start_run
+from dlcore.harness.seeds import Seeds, curve, spread
 from dlcore.harness.writers import say
 from dlcore.models.init import torch_kernel_init
 from dlcore.models.layers import Linear, Sequential
-from dlcore.train import Runner, create_train_state, fit, make_eval_step, make_train_step
+from dlcore.train import (PerMember, Runner, batch_evaluator, fit, make_eval_step,
+                          make_train_step)
 
 
 @dataclasses.dataclass
@@ -90,24 +92,45 @@ def mse_metrics(out, batch):
           "count": jnp.asarray(batch["y"].shape[0], jnp.float32)}
 
 
-def train_regressor(cfg, model, tx, train, test, *, epochs, batch_size, runner=None, run=None,
-                    desc="", drop_remainder=False, state=None):
-  runner = runner or Runner("jit")
-  state = state or create_train_state(model, tx, train["x"][:2], cfg.common.seed,
-                                      loss_scale=cli.loss_scale(cfg.common))
-  step = runner.compile(make_train_step(mse_loss))
-  evaluate = runner.compile_eval(make_eval_step(mse_metrics))
-  state, history = fit(
-      state, step, lambda e: dldata.batches(train, batch_size, shuffle=True, seed=cfg.common.seed,
-                                            epoch=e, drop_remainder=drop_remainder),
-      runner=runner, num_epochs=epochs, eval_step=evaluate,
-      eval_batches=lambda: dldata.batches(test, 1000), run=run, progress=cfg.common.progress,
-      desc=desc, log_every=10**9)
-  return state, history
+def train_regressor(cfg, model, tx, splits: list[tuple[dict, dict]], *, epochs, batch_size,
+                    runner=None, run=None, desc="", drop_remainder=False, state=None,
+                    seeds: Seeds | None = None):
+  """Trains on `splits[i]` = (train, test) of seed i (`seeds`, default --seed alone): several
+  seeds train as the engine's members, each on its own split and in its own order."""
+  seeds = seeds or Seeds([cfg.common.seed])
+  runner = seeds.runner(runner or Runner("jit"))
+  state = state or seeds.state(model, tx, splits[0][0]["x"][:2],
+                               loss_scale=cli.loss_scale(cfg.common))
+  step = runner.compile(seeds.step(make_train_step(mse_loss)))
+
+  def order(i, e):
+    return dldata.batches(splits[i][0], batch_size, shuffle=True, seed=seeds.seeds[i], epoch=e,
+                          drop_remainder=drop_remainder)
+
+  if not seeds.many:
+    batches, evaluators = (lambda e: order(0, e)), [batch_evaluator(
+        runner.compile_eval(make_eval_step(mse_metrics)),
+        lambda: dldata.batches(splits[0][1], 1000))]
+  else:  # each seed's batches from its own split; each seed's own test set, vmapped
+    def batches(e):
+      return (PerMember(jax.tree.map(lambda *b: np.stack(b), *bs))
+              for bs in zip(*(order(i, e) for i in range(seeds.n))))
+
+    tests = jax.tree.map(lambda *t: np.stack(t), *(test for _, test in splits))
+    evaluate = jax.jit(jax.vmap(make_eval_step(mse_metrics)))
+
+    def own_tests(state, key):
+      return {k: np.asarray(v).tolist() for k, v in evaluate(state, tests).items()}
+
+    own_tests.stacked = True
+    evaluators = [own_tests]
+  return fit(state, step, batches, runner=runner, num_epochs=epochs, evaluators=evaluators,
+             run=run, progress=cfg.common.progress, desc=desc, log_every=10**9)
 
 
 def regularizers(cfg, run) -> dict:
-  train, test = load_diabetes(cfg.common.seed)
+  seeds = Seeds.of(cfg.common)
+  splits = [load_diabetes(s) for s in seeds.seeds]  # each seed's single run splits by its seed
   widths = (cfg.hidden, cfg.hidden, 1)
   pairs = {
       "2.5.1": ("weight decay", {}, {"weight_decay": cfg.weight_decay}, {}, {}),
@@ -125,14 +148,16 @@ def regularizers(cfg, run) -> dict:
       # Variants are recomputed on every run of the experiment, so each starts over.
       sub = RunDir(run.file("variants", f"{spec_id}_{label}"), overwrite=True,
                    tensorboard=cfg.common.tensorboard)
-      _, hist = train_regressor(cfg, model, tx, train, test, epochs=cfg.epochs,
-                                batch_size=cfg.batch_size, run=sub,
-                                desc=f"{spec_id} {label} {what}")
+      state, hist = train_regressor(cfg, model, tx, splits, epochs=cfg.epochs,
+                                    batch_size=cfg.batch_size, run=sub, seeds=seeds,
+                                    desc=f"{spec_id} {label} {what}")
       sub.close()
-      curves[f"train, {label} {what}"] = [h["train"]["loss"] for h in hist]
-      curves[f"test, {label} {what}"] = [h["eval"]["loss"] for h in hist]
-      finals[label] = {"train_mse": hist[-1]["train"]["loss"], "test_mse": hist[-1]["eval"]["loss"],
-                       "best_test_mse": min(h["eval"]["loss"] for h in hist)}
+      curves[f"train, {label} {what}"] = curve(hist, "train", "loss")
+      curves[f"test, {label} {what}"] = curve(hist, "eval", "loss")
+      finals[label] = seeds.summarize([
+          {"train_mse": h[-1]["train"]["loss"], "test_mse": h[-1]["eval"]["loss"],
+           "best_test_mse": min(r["eval"]["loss"] for r in h)}
+          for _, h in seeds.each(state, hist)])
     plots.curves(curves, run.file(f"{spec_id}_{what.replace(' ', '_')}.png"), xlabel="epoch",
                  ylabel="MSE (standardised target)", logy=True,
                  title=f"{spec_id}: {what} on diabetes, 10-{cfg.hidden}-{cfg.hidden}-1 ReLU")
@@ -207,35 +232,42 @@ def loss_checks() -> dict:
 
 
 def compare_optimizers(cfg, run) -> dict:
-  train, test = load_diabetes(cfg.common.seed)
+  seeds = Seeds.of(cfg.common)
+  splits = [load_diabetes(s) for s in seeds.seeds]
   model = models.build("mlp", widths=(64, 64, 1), activation="relu", dtype=cli.model_dtype(cfg.common))
   curves, finals = {}, {}
+
+  def final(state, hist):
+    return seeds.summarize([{"train_mse": h[-1]["train"]["loss"],
+                             "test_mse": h[-1]["eval"]["loss"]}
+                            for _, h in seeds.each(state, hist)])
+
   for name in optim.NAMES:
     tx = optim.make_optimizer(name, cfg.optimizer_lr)
-    _, hist = train_regressor(cfg, model, tx, train, test, epochs=cfg.optimizer_epochs,
-                              batch_size=cfg.batch_size, desc=f"2.5.6 {name}")
-    curves[name] = [h["train"]["loss"] for h in hist]
-    finals[name] = {"train_mse": curves[name][-1], "test_mse": hist[-1]["eval"]["loss"]}
+    state, hist = train_regressor(cfg, model, tx, splits, epochs=cfg.optimizer_epochs,
+                                  batch_size=cfg.batch_size, desc=f"2.5.6 {name}", seeds=seeds)
+    curves[name] = curve(hist, "train", "loss")
+    finals[name] = final(state, hist)
   # Adam for the first half, then SGD from Adam's weights (a fresh SGD state).
   half = cfg.optimizer_epochs // 2
   adam = optim.make_optimizer("adam", cfg.optimizer_lr)
-  state, h1 = train_regressor(cfg, model, adam, train, test, epochs=half,
+  state, h1 = train_regressor(cfg, model, adam, splits, epochs=half, seeds=seeds,
                               batch_size=cfg.batch_size, desc="2.5.6 adam then sgd (adam)")
   sgd = optim.make_optimizer("sgd", cfg.optimizer_lr)
-  state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+  init = jax.vmap(sgd.init) if seeds.many else sgd.init
+  state = state.replace(tx=sgd, opt_state=init(state.params))
   # `fit` continues from the state's step (it skips the epochs already done, as on resume),
   # so this trains epochs half..end on the same batches the other optimizers saw there.
-  _, h2 = train_regressor(cfg, model, sgd, train, test, epochs=cfg.optimizer_epochs,
-                          batch_size=cfg.batch_size, desc="2.5.6 adam then sgd (sgd)",
-                          state=state)
-  curves["adam then sgd"] = [h["train"]["loss"] for h in h1 + h2]
-  finals["adam then sgd"] = {"train_mse": curves["adam then sgd"][-1],
-                             "test_mse": h2[-1]["eval"]["loss"]}
+  state, h2 = train_regressor(cfg, model, sgd, splits, epochs=cfg.optimizer_epochs,
+                              batch_size=cfg.batch_size, desc="2.5.6 adam then sgd (sgd)",
+                              state=state, seeds=seeds)
+  curves["adam then sgd"] = curve(h1 + h2, "train", "loss")
+  finals["adam then sgd"] = final(state, h2)
   plots.curves(curves, run.file("2.5.6_optimizers.png"), xlabel="epoch", logy=True,
                ylabel="train MSE (standardised target)",
                title=f"2.5.6: six optimizers, lr {cfg.optimizer_lr}, 10-64-64-1 on diabetes")
   for k, v in finals.items():
-    say(f"2.5.6 {k:<14} train MSE {v['train_mse']:.4f}, test MSE {v['test_mse']:.4f}")
+    say(f"2.5.6 {k:<14} train MSE {spread(v, 'train_mse')}, test MSE {spread(v, 'test_mse')}")
   return {"2.5.6": {"final": finals, "epochs": cfg.optimizer_epochs, "lr": cfg.optimizer_lr}}
 
 
@@ -246,6 +278,8 @@ def net1(in_features: int = 10) -> Sequential:
 
 
 def data_parallel(cfg, run) -> dict:
+  """pmap against one device, on --seed alone: a check that two modes agree, not a result
+  with a spread over seeds."""
   train, test = load_diabetes(cfg.common.seed)
   devices = jax.local_device_count()
   bs = cfg.parallel_batch_size - cfg.parallel_batch_size % devices
@@ -257,7 +291,7 @@ def data_parallel(cfg, run) -> dict:
         f" -> per device {tuple(shard.shape[1:])} on each of {shard.shape[0]}")
   results = {}
   for mode, runner in (("pmap", pm), ("single", Runner("jit"))):
-    state, hist = train_regressor(cfg, model, tx, train, test, epochs=cfg.parallel_epochs,
+    state, hist = train_regressor(cfg, model, tx, [(train, test)], epochs=cfg.parallel_epochs,
                                   batch_size=bs, runner=runner, drop_remainder=True,
                                   desc=f"2.5.7 {mode}")
     full = float(losses.mse(model.apply({"params": state.params}, train["x"]), train["y"]))

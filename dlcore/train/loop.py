@@ -89,10 +89,22 @@ def run_evaluators(evaluators: Sequence[Evaluator], state, eval_seed: int = 0) -
 
 
 def _member_evaluations(evaluators, state, eval_seed) -> dict:
+  """Evaluator i on each member m with key fold_in(PRNGKey(eval_seed[m]), i); one marked
+  `stacked = True` is called once with the stacked state and returns each metric as a list
+  over the members (e.g. a vmapped evaluation of each member's own test set)."""
   from dlcore.train import members
   n = members.num_members(state)
   seeds = list(eval_seed) if np.ndim(eval_seed) else [eval_seed] * n
-  scores = [run_evaluators(evaluators, members.member(state, i), seeds[i]) for i in range(n)]
+  scores: list[dict] = [{} for _ in range(n)]
+  for i, ev in enumerate(evaluators):
+    if getattr(ev, "stacked", False):
+      out = dict(ev(state, jax.random.PRNGKey(0)))
+      for m in range(n):
+        scores[m] |= {k: v[m] for k, v in out.items()}
+      continue
+    for m in range(n):
+      scores[m] |= dict(ev(members.member(state, m),
+                           jax.random.fold_in(jax.random.PRNGKey(seeds[m]), i)))
   if not scores[0]:
     return {}
   means, per = members.combine(scores)
