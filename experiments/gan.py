@@ -31,15 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlcore import data as dldata
 from dlcore import models, optim
 from dlcore.checkpoint import Checkpointer
 from dlcore.data.transforms import ImagePipeline
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, curve, spread
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
-from dlcore.train import fit
+from dlcore.train import fit, stack_states
 from dlcore.train.gan import create_gan_state, generate, make_gan_step
 
 VARIANTS = {  # variant -> (generator, discriminator, latent, epochs, SPEC id)
@@ -93,16 +93,19 @@ def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   data = cli.load_image_data(cfg.data)
   run, runner = start_run(cfg, f"gan_{cfg.variant}")
+  seeds = Seeds.of(cfg.common)  # --seeds N: N GANs side by side; figures from the first
+  runner = seeds.runner(runner)
   *_, default_epochs, spec_id = VARIANTS[cfg.variant]
   epochs = cfg.epochs or default_epochs
   conditional = cfg.variant == "cgan"
   generator, discriminator, latent = build_players(cfg, data)
   tx = optim.make_optimizer("adam", cfg.lr, b1=cfg.beta1)
-  state = create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
-                           image_shape=data.image_shape, seed=cfg.common.seed,
-                           conditional=conditional)
-  step = runner.compile(make_gan_step(latent_size=latent,
-                                      preprocess=ImagePipeline("pm1"), conditional=conditional))
+  states = [create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
+                             image_shape=data.image_shape, seed=s, conditional=conditional)
+            for s in seeds.seeds]
+  state = stack_states(states) if seeds.many else states[0]
+  step = runner.compile(seeds.step(make_gan_step(
+      latent_size=latent, preprocess=ImagePipeline("pm1"), conditional=conditional)))
   # Fixed noise so epochs compare; the cgan grid has one row per class.
   n_show = 10 * data.num_classes if conditional else 64
   fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.common.seed + 1), (n_show, latent))
@@ -110,6 +113,7 @@ def main(argv=None) -> dict:
   sample = jax.jit(generate)
 
   def on_epoch_end(epoch, host_state, record):
+    host_state = seeds.first(host_state)
     imgs = np.asarray(sample(host_state, fixed_z, fixed_y))
     plots.image_grid(imgs, run.file("samples", f"epoch_{epoch + 1:03d}.png"),
                      nrow=10 if conditional else 8, value_range=(-1, 1),
@@ -138,37 +142,40 @@ def main(argv=None) -> dict:
   steps_per_epoch = len(data.train_x) // cfg.batch_size
   if runner.mode in ("pmap", "sharded") and cfg.batch_size % runner.devices:
     raise cli.ConfigError(f"--batch-size {cfg.batch_size} must divide over {runner.devices} devices")
+  train = data.train()
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=steps_per_epoch) as ckpt:
     state, history = fit(
-        state, step,
-        lambda e: dldata.batches(data.train(), cfg.batch_size, shuffle=True, seed=cfg.common.seed,
-                                 epoch=e, drop_remainder=True),
-        runner=runner, num_epochs=epochs, evaluators=evaluators, eval_seed=cfg.common.seed + 2,
+        state, step, lambda e: seeds.batches(train, cfg.batch_size, e, drop_remainder=True),
+        runner=runner, num_epochs=epochs, evaluators=evaluators, eval_seed=seeds.eval_seed(2),
         writer=run, checkpointer=ckpt, resume=cfg.common.resume,
         progress=cfg.common.progress, desc=cfg.variant, log_every=max(1, steps_per_epoch // 4),
         on_epoch_end=on_epoch_end)
   if history:
     x = [h["epoch"] + 1 for h in history]
-    plots.panels({"loss": {k: [h["train"][k] for h in history] for k in ("d_loss", "g_loss")},
+    plots.panels({"loss": {k: curve(history, "train", k) for k in ("d_loss", "g_loss")},
                   "discriminator output": {
-                      "D(x)": [h["train"]["d_real"] for h in history],
-                      "D(G(z))": [h["train"]["d_fake"] for h in history]}},
+                      "D(x)": curve(history, "train", "d_real"),
+                      "D(G(z))": curve(history, "train", "d_fake")}},
                  run.file("curves.png"), x=x, title=f"{cfg.variant} on {data.name}")
-  entry = {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
-           "mode": cfg.common.mode, "devices": runner.devices,
-           "final": history[-1]["train"] if history else None}
+  runs = [h for _, h in seeds.each(state, history)]
+  entry = seeds.summarize([{"final": h[-1]["train"] if h else None,
+                            **(h[-1]["eval"] if cfg.score.score_samples and h else {})}
+                           for h in runs])
+  entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
+            "mode": cfg.common.mode, "devices": runner.devices}
   if cfg.score.score_samples and history:
-    scores = history[-1]["eval"]
     n = cfg.score.score_samples
-    entry |= scores | {
+    entry |= {
         "frechet_distance_train_vs_test": scorer.frechet_distance(data.train_x[:n],
                                                                   data.test_x[:n]),
         "classifier": scorer.describe(), "scored_samples": n}
-    say(f"Frechet distance (CNN features), samples vs test: {entry['frechet_distance']:.3f}; "
+    say(f"Frechet distance (CNN features), samples vs test: "
+        f"{spread(entry, 'frechet_distance', '.3f')}; "
         f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")
     if conditional:
-      say(f"classifier agrees with the requested label on {entry['label_accuracy']:.3f} of "
+      say(f"classifier agrees with the requested label on "
+          f"{spread(entry, 'label_accuracy', '.3f')} of "
           f"the samples (its accuracy on real test images: {scorer.test_accuracy:.3f})")
   summary = run.update_summary({spec_id: entry})
   run.close()
