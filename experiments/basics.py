@@ -25,10 +25,12 @@ from typing import Annotated
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from dlcore import distributed
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import RunDir
+from dlcore.harness.seeds import spread, summarize
 from dlcore.harness.writers import say
 
 SEED_PRINTED = {"numpy": {"w": 2.9586, "b": 2.1018}, "autograd": {"w": 2.9645, "b": 2.1146},
@@ -43,6 +45,10 @@ class Config:
   """Run directory for config, summary and the fitted-curve figure."""
   seed: int = 100
   """The book's np.random.seed(100): data noise and initial w, b."""
+  seeds: cli.Positive[int] = 1
+  """Repeat 2.2.1 for seeds seed..seed+N-1 (each its own data noise and initial w, b); the
+  summary gives means, <key>_std and per_seed. The three ways run seed after seed: they are
+  the lesson, and each seed takes well under a second."""
   steps: cli.Positive[int] = 800
   """Gradient-descent steps."""
   lr: Annotated[float, cli.Between(0.0)] = 1e-3
@@ -108,8 +114,10 @@ def timed(fn, *args):
   return out, time.perf_counter() - start
 
 
-def gradient_descent_three_ways(cfg: Config, run: RunDir) -> dict:
-  x, y, w0, b0 = make_data(cfg.seed)
+def gradient_descent_three_ways(cfg: Config, run: RunDir, seed: int, *,
+                                report: bool = True) -> dict:
+  """2.2.1 with `seed`'s data and initial w, b; `report`: print and draw the figure."""
+  x, y, w0, b0 = make_data(seed)
   xf, yf = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
   results = {}
   (w, b), t = timed(train_numpy, x, y, w0, b0, cfg.lr, cfg.steps)
@@ -125,6 +133,10 @@ def gradient_descent_three_ways(cfg: Config, run: RunDir) -> dict:
   for name, r in results.items():
     r["loss"] = float(loss_fn((r["w"], r["b"]), x, y))
     r["mse"] = float(np.mean((r["w"] * x ** 2 + r["b"] - y) ** 2))
+  entry = {**results, "init": {"w": w0, "b": b0}}
+  if not report:
+    return entry
+  for name, r in results.items():
     say(f"  {name:<6} w={r['w']:.4f} b={r['b']:.4f} loss={r['loss']:.4f} "
           f"(MSE {r['mse']:.4f})  {r['ms_per_step']:.4f} ms/step")
   say("  seed printed: numpy w=2.9586 b=2.1018; autograd w=2.9645 b=2.1146; TF (2000 "
@@ -135,8 +147,7 @@ def gradient_descent_three_ways(cfg: Config, run: RunDir) -> dict:
   plots.scatter_fit(x[:, 0], y[:, 0], {k: (grid, r["w"] * grid ** 2 + r["b"])
                                        for k, r in results.items()},
                     run.file("regression.png"), title="y = w x^2 + b by gradient descent")
-  return {"2.2.1": {**results, "seed_printed": SEED_PRINTED, "steps": cfg.steps, "lr": cfg.lr,
-                    "init": {"w": w0, "b": b0}}}
+  return entry
 
 
 def jacobian_demo() -> dict:
@@ -161,7 +172,16 @@ def main(argv=None) -> dict:
   run = RunDir(cfg.workdir, config=cfg, overwrite=cfg.overwrite)
   say(f"[basics] run directory: {run.path}\n2.2.1 gradient descent three ways "
         f"({cfg.steps} steps, lr {cfg.lr}):")
-  summary = gradient_descent_three_ways(cfg, run) | jacobian_demo()
+  seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+  entry = summarize([gradient_descent_three_ways(cfg, run, s, report=s == cfg.seed)
+                     for s in tqdm(seeds, desc="2.2.1 seeds", disable=cfg.seeds == 1 or
+                                   not cfg.progress)], list(seeds))
+  if cfg.seeds > 1:
+    say(f"  over {cfg.seeds} seeds: " + "; ".join(
+        f"{k} w={spread(entry[k], 'w')} b={spread(entry[k], 'b')}"
+        for k in ("numpy", "eager", "jit")))
+  entry |= {"seed_printed": SEED_PRINTED, "steps": cfg.steps, "lr": cfg.lr}
+  summary = {"2.2.1": entry} | jacobian_demo()
   run.update_summary(summary)
   run.close()
   return summary
