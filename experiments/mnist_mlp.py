@@ -35,9 +35,10 @@ from dlcore.data.transforms import ImagePipeline
 from dlcore.harness import cli, plots
 from dlcore.harness.classify import classifier_experiment
 from dlcore.harness.rundir import start_run
+from dlcore.harness.seeds import Seeds, spread
 from dlcore.harness.writers import say
 from dlcore.models.summary import count_params, param_table
-from dlcore.train import create_train_state, make_train_step
+from dlcore.train import create_train_state, make_train_step, stack_states
 
 SEED_REFERENCE = "MNIST, book's run: test accuracy 0.9836-0.9839 over the last 5 of 20 epochs"
 COMPARED = {  # name -> make_optimizer arguments (SPEC 2.3.3, plus AdaGrad)
@@ -117,29 +118,44 @@ def regression_data(seed: int = 0):
 def compare_optimizers(cfg: Config, run, *, names=tuple(COMPARED)) -> dict:
   """Trains the same 1-20-1 net with each optimizer on identical batches; one jit call
   steps all of them, so they also see the same data at the same time."""
-  train = regression_data(cfg.common.seed)
+  seeds = Seeds.of(cfg.common)  # each seed: its own noise, init and order, as its single run
+  data = [regression_data(s) for s in seeds.seeds]
   model = models.build("mlp", widths=(20, 1), activation="relu", dtype=cli.model_dtype(cfg.common))
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
-  states = tuple(create_train_state(model, optim.make_optimizer(COMPARED[n][0], cfg.compare_lr,
-                                                                **COMPARED[n][1]),
-                                    train["x"][:2], cfg.common.seed, loss_scale=cli.loss_scale(cfg.common))
-                 for n in names)
+
+  txs = [optim.make_optimizer(COMPARED[n][0], cfg.compare_lr, **COMPARED[n][1]) for n in names]
+
+  def init(seed, x):
+    return tuple(create_train_state(model, tx, x, seed, loss_scale=cli.loss_scale(cfg.common))
+                 for tx in txs)
+
   step = make_train_step(mse)
-  step_all = jax.jit(lambda ss, b: tuple(zip(*[step(s, b) for s in ss])))
-  history = {n: [] for n in names}
+  step_all = lambda ss, b: tuple(zip(*[step(s, b) for s in ss]))  # noqa: E731
+  if seeds.many:  # the seeds as members: one vmapped call steps every optimizer of every seed
+    states = stack_states([init(s, d["x"][:2]) for s, d in zip(seeds.seeds, data)])
+    step_all = jax.vmap(step_all)
+  else:
+    states = init(seeds.seeds[0], data[0]["x"][:2])
+  step_all = jax.jit(step_all)
+  history = {n: [] for n in names}  # per step: the loss (one seed) or each seed's
   for epoch in range(cfg.compare_epochs):
-    for batch in dldata.batches(train, cfg.compare_batch_size, shuffle=True, seed=cfg.common.seed,
-                                epoch=epoch):
+    orders = [dldata.batches(d, cfg.compare_batch_size, shuffle=True, seed=s, epoch=epoch)
+              for s, d in zip(seeds.seeds, data)]
+    for parts in zip(*orders):
+      batch = jax.tree.map(lambda *b: np.stack(b), *parts) if seeds.many else parts[0]
       states, metrics = step_all(states, batch)
       for n, m in zip(names, jax.device_get(metrics)):
-        history[n].append(float(m["loss"]))
-  plots.curves(history, run.file("optimizer_comparison.png"), logy=True,
+        history[n].append(np.asarray(m["loss"], float) if seeds.many else float(m["loss"]))
+  curves = {n: np.array(h).T if seeds.many else h for n, h in history.items()}
+  plots.curves(curves, run.file("optimizer_comparison.png"), logy=True,
                title=f"1-20-1 net on y = x^2 + noise: lr {cfg.compare_lr}, batch "
                      f"{cfg.compare_batch_size}, {cfg.compare_epochs} epochs")
   steps_per_epoch = len(history[names[0]]) // max(1, cfg.compare_epochs)
-  final = {n: float(np.mean(h[-steps_per_epoch:])) for n, h in history.items()}
-  for n, v in sorted(final.items(), key=lambda kv: kv[1]):
-    say(f"  {n:<20} mean loss over the last epoch {v:.5f}")
+  finals = [{n: float(np.mean(np.reshape(c, (seeds.n, -1))[i, -steps_per_epoch:]))
+             for n, c in curves.items()} for i in range(seeds.n)]
+  final = seeds.summarize(finals)
+  for n in sorted(names, key=final.get):
+    say(f"  {n:<20} mean loss over the last epoch {spread(final, n, '.5f')}")
   return {"2.3.3": {"last_epoch_mean_loss": final, "steps": len(history[names[0]]),
                     "figure": "optimizer_comparison.png"}}
 
