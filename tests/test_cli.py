@@ -15,7 +15,7 @@ from tests.test_package import ROOT
 
 EXPERIMENTS = ["basics", "planar", "two_layer", "fizzbuzz", "spiral", "regularization", "lstm",
                "mnist_mlp", "cnn", "model_building", "vae", "gan"]
-SHARED = ["--workdir", "--mode", "--devices", "--seed", "--resume"]
+SHARED = ["--workdir", "--mode", "--devices", "--seed", "--seeds", "--resume"]
 
 
 def _options(module):
@@ -94,3 +94,5 @@ def test_help_runs_from_the_checkout():
   out = subprocess.run([sys.executable, "-m", "experiments.vae", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120, check=True).stdout
   assert "common options" in out and "--score-samples" in out and "--dataset" in out
+  assert out.startswith("usage: python -m experiments.vae "), out[:120]  # not the file path
+

@@ -91,8 +91,9 @@ def test_resume_on_a_folder_without_a_run_is_refused(tmp_path):
     fizzbuzz.main(["--workdir", str(tmp_path / "typo"), "--resume", *FIZZ])
 
 
-def test_kill_9_then_resume_covers_every_epoch_once_and_matches(tmp_path):
-  args = ["--seeds", "1", "--epochs", "3000", "--fuse", "10", *QUIET]
+@pytest.mark.parametrize("seeds", ["1", "4"])  # one run; four members in one stacked state
+def test_kill_9_then_resume_covers_every_epoch_once_and_matches(tmp_path, seeds):
+  args = ["--seeds", seeds, "--epochs", "3000", "--fuse", "10", *QUIET]
   killed = str(tmp_path / "killed")
   proc = subprocess.Popen([sys.executable, "-m", "experiments.fizzbuzz", "--workdir", killed,
                            *args], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -119,6 +120,7 @@ def test_kill_9_then_resume_covers_every_epoch_once_and_matches(tmp_path):
   whole = fizzbuzz.main(["--workdir", str(tmp_path / "whole"), *args])["1.7"]
   assert resumed["final_train_loss"] == whole["final_train_loss"]  # bitwise
   assert resumed["correct_per_seed"] == whole["correct_per_seed"]
+  assert resumed.get("per_seed") == whole.get("per_seed")  # every member, bitwise
 
 
 # ---- finite checkpoints -----------------------------------------------------------------------

@@ -30,3 +30,19 @@ def test_snippet_runs_as_written(index):
   with contextlib.redirect_stdout(out):
     exec(compile(code, f"README.md snippet {index}", "exec"), {"__name__": "readme"})
   assert out.getvalue().strip(), "every snippet prints what it shows"
+
+
+def test_the_docs_link_nothing_outside_the_repository():
+  """README.md and docs/ stand on their own: every relative link resolves to a file of the
+  repository, and no text points at the folders beside it (../shared)."""
+  pages = [os.path.join(ROOT, "README.md")] + [
+      os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ROOT, "docs")) for f in fs
+      if f.endswith(".md")]
+  for page in pages:
+    text = open(page).read()
+    assert "../shared" not in text and "SPEC.md" not in text, page
+    for link in re.findall(r"\]\(([^)#\s]+)", text):
+      if link.startswith(("http://", "https://")):
+        continue
+      target = os.path.realpath(os.path.join(os.path.dirname(page), link))
+      assert target.startswith(ROOT + os.sep) and os.path.exists(target), (page, link)
