@@ -111,6 +111,21 @@ def _member_evaluations(evaluators, state, eval_seed) -> dict:
   return means | {"per_seed": per}
 
 
+def _members_batch_evaluator(eval_step, batches, n: int) -> Evaluator:
+  """`batch_evaluator` for a stacked member state: one vmapped call per batch evaluates every
+  member; returns each metric as a list over the members (a `stacked` evaluator)."""
+  from dlcore.train import members
+  step = jax.vmap(eval_step, in_axes=(0, None))
+
+  def evaluate(state, key):
+    per = [host_mean(rows) for rows in members.split_means([step(state, b) for b in batches()],
+                                                            n)]
+    return {k: [p[k] for p in per] for k in per[0]}
+
+  evaluate.stacked = True
+  return evaluate
+
+
 def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner,
         num_epochs: int, steps_per_call: int = 1, stacked: bool = False,
         eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
@@ -150,10 +165,12 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   """
   writer = writer if writer is not None else run
   evaluators = list(evaluators)
+  n_members = getattr(runner, "members", None)
   if eval_step is not None:
     if eval_batches is None:
       raise ValueError("fit: eval_step needs eval_batches (a function returning the batches)")
-    evaluators.insert(0, batch_evaluator(eval_step, eval_batches))
+    evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
+                      _members_batch_evaluator(eval_step, eval_batches, n_members))
   history: list[dict] = []
   if resume and checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
@@ -164,7 +181,6 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   state = runner.put_state(state)
   pending: list = []
   calls_done = 0  # calls whose steps are already in `state`
-  n_members = getattr(runner, "members", None)
 
   def means_of(rows: list) -> tuple[dict, dict | None]:
     """(the metrics' means, each member's values or None)."""
