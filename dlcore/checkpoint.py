@@ -25,6 +25,7 @@ from dlcore import distributed
 from dlcore.models import registry
 
 FORMAT_VERSION = 1
+EXTRA = "dlcore_extra.json"
 
 
 class CheckpointError(ValueError):
@@ -171,12 +172,17 @@ class Checkpointer:
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state, *, force: bool = False) -> bool:
-    """Saves the (unreplicated) state at `step` if the interval says so, or if `force`."""
+  def save(self, step: int, state, *, force: bool = False, extra: dict | None = None) -> bool:
+    """Saves the (unreplicated) state at `step` if the interval says so, or if `force`.
+    `extra`: a JSON-able dict stored beside the arrays (covered by the manifest), read back
+    with `extra(step)`; `fit` keeps an interrupted epoch's metrics there."""
     try:
       saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
       if saved and self.primary:
         folder = self._step_dir(int(step))
+        if extra is not None:
+          with open(os.path.join(folder, EXTRA), "w") as f:
+            json.dump(extra, f)
         with open(os.path.join(folder, MANIFEST), "w") as f:
           json.dump({"step": int(step), "sha256": _file_hashes(folder)}, f)
     except OSError as e:
@@ -208,6 +214,20 @@ class Checkpointer:
           return restored
       problems.append(f"step {s} in {self.directory} is damaged ({bad})")
     raise CheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(problems))
+
+  def extra(self, step: int) -> dict | None:
+    """The `extra` dict saved with `step`, or None. Read as JSON only (no code runs)."""
+    path = os.path.join(self._step_dir(int(step)), EXTRA)
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        value = json.load(f)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"unreadable {path}: {e}") from None
+    if not isinstance(value, dict):
+      raise CheckpointError(f"{path} holds no JSON object")
+    return value
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

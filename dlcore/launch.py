@@ -10,10 +10,14 @@ output is kept in `<log-dir>/process-<i>.log`.
 If a process fails (non-zero exit or a signal), the others are stopped (SIGTERM, then SIGKILL
 after 5 s) and the launcher exits with that process's code, printing one line: which
 process, how it ended, and where its log is. When every process finishes, it exits 0.
+A SIGTERM to the launcher (a scheduler's preemption notice) is passed on to every process:
+they agree on a step (`dlcore.preemption`), save it together and exit 143, and so does the
+launcher.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -27,6 +31,7 @@ from dlcore.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_
                                 EXIT_PEER)
 
 GRACE_S = 5      # SIGTERM -> SIGKILL
+TERM_GRACE_S = 90.0  # after a forwarded SIGTERM, how long the processes get to save and exit
 SETTLE_S = 1.0   # after a failure, how long to wait for the others' exits to find the cause
 FINISH_S = 60    # after one process finished well, how long the others may take
 
@@ -97,12 +102,24 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
       relays.append(t)
   print(f"dlcore.launch: {n} processes of {module} (pids {' '.join(str(p.pid) for p in procs)}"
         f"), coordinator {address}, logs in {log_dir}", file=sys.stderr, flush=True)
+  terminated = threading.Event()
+
+  def forward(signum, frame):  # a scheduler's SIGTERM: every process saves and stops
+    terminated.set()
+    for p in procs:
+      if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+          os.killpg(p.pid, signal.SIGTERM)
+
+  previous = signal.signal(signal.SIGTERM, forward)
   try:
-    code = _watch(procs, log_dir)
+    code = _watch(procs, log_dir, terminated)
   except KeyboardInterrupt:
     _stop(procs)
     print("dlcore.launch: interrupted; stopped every process", file=sys.stderr)
     code = 130
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   for t in relays:
     t.join(5)
   for log in logs:
@@ -110,9 +127,11 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
   return code
 
 
-def _watch(procs, log_dir: str) -> int:
+def _watch(procs, log_dir: str, terminated: threading.Event | None = None) -> int:
   first_done = None
   while True:
+    if terminated is not None and terminated.is_set():
+      return _wait_terminated(procs)
     codes = [p.poll() for p in procs]
     failed = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
     if failed:
@@ -142,6 +161,24 @@ def _watch(procs, log_dir: str) -> int:
               f"{os.path.join(log_dir, f'process-{late[0]}.log')}", file=sys.stderr)
         return 1
     time.sleep(0.1)
+
+
+def _wait_terminated(procs) -> int:
+  """After a forwarded SIGTERM: the processes agree on a step, save it together and exit
+  (143); none is cut short unless it overruns TERM_GRACE_S."""
+  deadline = time.monotonic() + TERM_GRACE_S
+  while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+    time.sleep(0.1)
+  late = [p for p in procs if p.poll() is None]
+  if late:
+    _stop(late)
+    print(f"dlcore.launch: {len(late)} process(es) had not stopped {TERM_GRACE_S} s after "
+          "SIGTERM and were killed", file=sys.stderr, flush=True)
+  codes = [p.poll() for p in procs]
+  print(f"dlcore.launch: SIGTERM passed on to every process; exit codes {codes}",
+        file=sys.stderr, flush=True)
+  return 143 if all(c in (0, 143) for c in codes) else max(c if c > 0 else 128 - c
+                                                           for c in codes)
 
 
 def main(argv=None) -> None:

@@ -9,5 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+from dlcore.harness import jaxcache  # noqa: E402
+
+jaxcache.enable()  # a second run of the suite skips compilation (DLCORE_JAX_CACHE=0: off)
 if os.environ.get("DLCORE_TEST_PLATFORM", "cpu") == "cpu":
   jax.config.update("jax_platforms", "cpu")

@@ -76,6 +76,9 @@ class Common:
   float32; losses and batch statistics are float32); float16 adds dynamic loss scaling."""
   resume: bool = False
   """Continue the run in --workdir from its latest good checkpoint (same settings)."""
+  auto_resume: bool = False
+  """Continue the run in --workdir if it holds one (same settings, as --resume), else start
+  it: one command for a job's first start and its requeues (SLURM --requeue)."""
   overwrite: bool = False
   """Start over in a --workdir that holds a run: its contents are deleted first."""
   allow_change: tuple[str, ...] = ()
@@ -208,6 +211,7 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
 
 # Exit codes of `entry` (the README lists them).
 EXIT_USAGE, EXIT_DATA, EXIT_CHECKPOINT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. a scheduler's preemption notice
 
 
 def _exit_code(error: BaseException) -> int | None:
@@ -228,14 +232,19 @@ def entry(main) -> None:
   """Runs an experiment's `main()` as a command: dlcore's own errors (bad settings, run
   folder conflicts, missing data, damaged or unwritable checkpoints, divergence, a lost or
   missing peer process) end in one line `error: ...` and their exit code; any other
-  exception keeps its traceback.
+  exception keeps its traceback. SIGTERM and Ctrl-C stop training after the step in flight
+  with a checkpoint at that step (`dlcore.preemption`): exit 143 and 130, one line.
 
   In a job of several processes a failing process exits at once (`os._exit`): JAX's
   shutdown would otherwise wait for peers that are gone, then abort with a C++ stack."""
-  from dlcore import distributed
+  from dlcore import distributed, preemption
 
+  preemption.install()  # SIGTERM / Ctrl-C: finish the step, save, stop (exit 143 / 130)
   try:
     main()
+  except preemption.Preempted as e:
+    print(f"error: {e}", file=sys.stderr)
+    _leave(e.exit_code)
   except KeyboardInterrupt:
     print("interrupted; continue with --resume", file=sys.stderr)
     _leave(EXIT_INTERRUPTED)

@@ -17,7 +17,7 @@ from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, Ten
 
 # Settings a resumed run may change: how it runs, not what it computes (a mode never changes
 # a result), and how long it trains (extending --epochs is what resume is for).
-RESUMABLE = {"common.resume", "common.progress", "common.tensorboard", "common.mode",
+RESUMABLE = {"common.resume", "common.auto_resume", "common.progress", "common.tensorboard", "common.mode",
              "common.devices", "common.overwrite", "common.allow_change", "common.workdir",
              "common.coordinator", "common.num_processes", "common.process_id",
              "epochs", "score_every"}
@@ -92,12 +92,13 @@ class RunDir:
 
   A lock (`.lock`, an flock the OS drops when its holder dies) keeps a second run out while
   this one is alive. A folder that holds a run is only reused with `resume` (same settings,
-  see `RESUMABLE`) or `overwrite` (its contents are deleted first).
+  see `RESUMABLE`) or `overwrite` (its contents are deleted first); `auto_resume` resumes
+  when the folder holds a run and starts one when it does not (`resumed` says which).
   """
 
   def __init__(self, path: str, *, tensorboard: bool = False, console: tuple[str, ...] = (),
                config=None, resume: bool = False, overwrite: bool = False,
-               allow_change: tuple[str, ...] = ()):
+               allow_change: tuple[str, ...] = (), auto_resume: bool = False):
     self.path = os.path.abspath(path)
     # Every summary entry records the run's precision (`--precision`), when it has one.
     self.precision = getattr(getattr(config, "common", None), "precision", None)
@@ -108,6 +109,12 @@ class RunDir:
     self._lock = self._acquire_lock()
     holds_run = any(os.path.exists(os.path.join(self.path, f))
                     for f in ("run.json", "config.json", "metrics.jsonl", "checkpoints"))
+    if auto_resume:  # the same command starts the run and continues it after a requeue
+      if overwrite:
+        self._release()
+        raise RunDirError("--auto-resume and --overwrite contradict each other; drop one")
+      resume = holds_run
+    self.resumed = resume
     if resume and not holds_run:
       self._release()
       raise RunDirError(f"--resume: {self.path} holds no run; check --workdir, or drop "
@@ -251,6 +258,7 @@ class FollowerRun:
   (every process takes part in Orbax saves); any other file goes to a private scratch
   folder, removed on `close`, so experiment code runs unchanged. `resume` reads the run's
   history without rewriting it."""
+  resumed = False  # set by start_run from process 0's decision
 
   def __init__(self, path: str):
     import tempfile
@@ -300,7 +308,8 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
-  """Common experiment start: host devices, joining a job of several processes
+  """Common experiment start: JAX's compilation cache (`jaxcache`), host devices, joining a
+  job of several processes
   (`dlcore.distributed`), run directory (identity, lock, resume checks, config.json; with
   several processes only process 0 writes it, the others get a `FollowerRun`), Runner.
   `cfg.common` is a `dlcore.harness.cli.Common`.
@@ -310,7 +319,10 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
   from dlcore import distributed
   from dlcore.train.modes import Runner, set_host_devices
 
+  from dlcore.harness import jaxcache
+
   common = cfg.common
+  jaxcache.enable()  # a repeated or restarted run skips the compilations done before
   if common.devices:
     set_host_devices(common.devices)
   several = distributed.initialize(common.coordinator, common.num_processes, common.process_id)
@@ -323,7 +335,7 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
   def open_run() -> RunDir:
     return RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
                   resume=common.resume, overwrite=common.overwrite,
-                  allow_change=common.allow_change)
+                  allow_change=common.allow_change, auto_resume=common.auto_resume)
 
   if not several:
     run = open_run()
@@ -333,14 +345,18 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
     except Exception:
       distributed.publish(_RUN_KEY, "")  # the others stop; this process says why
       raise
-    distributed.publish(_RUN_KEY, run.path)
+    distributed.publish(_RUN_KEY, f"{int(run.resumed)}:{run.path}")
   else:
     ready = distributed.wait_for(_RUN_KEY, RUN_WAIT_S, what="open the run directory")
     if not ready:
       raise distributed.DistributedError(
           f"process {jax.process_index()}: process 0 could not open the run directory "
           "(its output says why)")
+    resumed, _, ready = ready.partition(":")
     run = FollowerRun(ready)
+    run.resumed = resumed == "1"
+  # --auto-resume decided here whether this run continues: the experiment reads --resume.
+  common.resume = run.resumed
   runner = Runner(common.mode, devices=common.devices)
   procs = f" processes={jax.process_count()}" if several else ""
   if common.precision != "float32":

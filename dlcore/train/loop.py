@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlcore import distributed, precision
+from dlcore import distributed, precision, preemption
 from dlcore.checkpoint import Checkpointer
 from dlcore.train.modes import Runner
 
@@ -172,10 +172,17 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
                       _members_batch_evaluator(eval_step, eval_batches, n_members))
   history: list[dict] = []
+  carried: tuple[int, list] | None = None  # an interrupted epoch's rows, from its checkpoint
   if resume and checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     if hasattr(writer, "resume"):
       history = list(writer.resume(step_of(state)))
+    extra = checkpointer.extra(step_of(state)) or {}
+    if "epoch_rows" in extra:  # back in their dtypes, so the epoch's means are bit-equal
+      dtypes = extra.get("dtypes", {})
+      carried = (int(extra["epoch"]),
+                 [{k: np.asarray(v, dtypes.get(k)) for k, v in row.items()}
+                  for row in extra["epoch_rows"]])
   start_step = step_of(state)
   last_good = checkpointer.latest_step() if checkpointer is not None else None
   state = runner.put_state(state)
@@ -244,9 +251,27 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   # With several processes only process 0 shows a bar.
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress or not distributed.is_primary(),
              unit="epoch", dynamic_ncols=True)
+  def stop(step: int, epoch: int, epoch_rows: list, signal_name: str):
+    """A signal arrived: save this step with the epoch's rows so far, then stop."""
+    flush(step, epoch)
+    where = None
+    if checkpointer is not None:
+      host = runner.get_state(state)
+      check_state(host, step, epoch)
+      rows = jax.device_get(epoch_rows)
+      checkpointer.save(step, host, force=True, extra={
+          "epoch": epoch, "epoch_rows": [{k: np.asarray(v).tolist() for k, v in r.items()}
+                                         for r in rows],
+          "dtypes": {k: str(np.asarray(v).dtype) for k, v in (rows[0] if rows else {}).items()}})
+      checkpointer.wait()
+      where = checkpointer.directory
+    raise preemption.Preempted(signal_name, step, where)
+
+  guard = preemption.training()  # a signal now only asks to stop after the step in flight
+  guard.__enter__()
   try:
     for epoch in range(num_epochs):
-      epoch_rows = []
+      epoch_rows = list(carried[1]) if carried and carried[0] == epoch else []
       for batch in batches(epoch):
         if (calls_done + 1) * steps_per_call <= start_step:  # replaying up to the resume point
           calls_done += 1
@@ -258,6 +283,8 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         pending.append(metrics)
         epoch_rows.append(metrics)
         step = calls_done * steps_per_call
+        if (signal_name := preemption.reached(step)) is not None:
+          stop(step, epoch, epoch_rows, signal_name)
         if checkpointer is not None and checkpointer.should_save(step):
           flush(step, epoch)
           due_save = (step, epoch)
@@ -292,6 +319,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
                          if np.ndim(v) == 0 and k != "count"})
       bar.update(1)
   finally:
+    guard.__exit__(None, None, None)
     bar.close()
   host_state = runner.get_state(state)
   if checkpointer is not None:

@@ -1,0 +1,34 @@
+"""JAX's persistent compilation cache for the experiments and the test suite: a program
+compiled once is read back from `$DLCORE_CACHE/jax` (default `~/.cache/dlcore/jax`) by every
+later process, so a restarted or repeated run skips the compilation it has done before.
+`DLCORE_JAX_CACHE=0` turns it off; results do not depend on it (a cached executable is the
+same program)."""
+from __future__ import annotations
+
+import os
+
+ENV_OFF = "DLCORE_JAX_CACHE"
+
+
+def cache_dir() -> str:
+  root = os.environ.get("DLCORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "dlcore")
+  return os.path.join(root, "jax")
+
+
+def enable() -> str | None:
+  """Turns the cache on (unless DLCORE_JAX_CACHE=0); returns its folder or None."""
+  if os.environ.get(ENV_OFF, "1").strip().lower() in ("0", "false", "no", "off"):
+    return None
+  import jax
+
+  path = cache_dir()
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None  # an unwritable cache only costs compile time
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Every program, not only those over 1 s to compile: the small steps add up.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
