@@ -19,7 +19,7 @@ run: install
 	$(PY) -m experiments.vae --workdir $(WORKDIR)/vae --overwrite
 
 test: install
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" --durations=15
 
 test-all: install
 	$(PY) -m pytest tests
