@@ -29,6 +29,8 @@ from dlcore.train.state import create_train_state
 @dataclasses.dataclass
 class Seeds:
   seeds: list[int]
+  # id(host arrays) -> (those arrays, their device copy): the data goes to the device once
+  _device: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @classmethod
   def of(cls, common, default: int = 1) -> "Seeds":
@@ -70,11 +72,10 @@ class Seeds:
                              shuffle=shuffle, drop_remainder=drop_remainder)
 
   def _on_device(self, arrays: dict) -> dict:
-    cache = self.__dict__.setdefault("_device", {})
     key = id(arrays)
-    if key not in cache:  # once per array set: only indices travel per step
-      cache[key] = (arrays, jax.device_put(arrays))
-    return cache[key][1]
+    if key not in self._device:  # once per array set: only indices travel per step
+      self._device[key] = (arrays, jax.device_put(arrays))
+    return self._device[key][1]
 
   def eval_seed(self, offset: int = 0):
     """`fit`'s eval_seed when a single run uses `seed + offset`."""

@@ -7,6 +7,7 @@ provides JSON-lines, console and TensorBoard writers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -267,9 +268,8 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       where = checkpointer.directory
     raise preemption.Preempted(signal_name, step, where)
 
-  guard = preemption.training()  # a signal now only asks to stop after the step in flight
-  guard.__enter__()
-  try:
+  # While training, a signal only asks to stop after the step in flight (see `stop`).
+  with preemption.training(), contextlib.closing(bar):
     for epoch in range(num_epochs):
       epoch_rows = list(carried[1]) if carried and carried[0] == epoch else []
       for batch in batches(epoch):
@@ -318,9 +318,6 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
                       | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
                          if np.ndim(v) == 0 and k != "count"})
       bar.update(1)
-  finally:
-    guard.__exit__(None, None, None)
-    bar.close()
   host_state = runner.get_state(state)
   if checkpointer is not None:
     final = step_of(host_state)
