@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from dlcore.harness import jaxcache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = ["experiments.mnist_mlp", "--dataset", "digits", "--no-compare", "--epochs", "1"]
 
@@ -46,8 +48,7 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     cache = os.path.join(tmp, "cache")
     # The scorer cache lives under DLCORE_CACHE too: link the user's, so only JAX's is cold.
-    user = os.environ.get("DLCORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "dlcore")
+    user = jaxcache.cache_root()
     os.makedirs(cache)
     if os.path.isdir(os.path.join(user, "scorers")):
       os.symlink(os.path.join(user, "scorers"), os.path.join(cache, "scorers"))

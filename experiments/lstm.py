@@ -43,7 +43,7 @@ from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds
 from dlcore.harness.writers import say
-from dlcore.train import PerMember, fit, make_train_step
+from dlcore.train import fit, make_train_step, per_member
 
 
 @dataclasses.dataclass
@@ -111,8 +111,7 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   def batches(epoch):  # each seed drops its own words, as its single run would
     if not seeds.many:
       return sentences(seeds.seeds[0], epoch)
-    return (PerMember(jax.tree.map(lambda *b: np.stack(b), *bs))
-            for bs in zip(*(sentences(s, epoch) for s in seeds.seeds)))
+    return map(per_member, zip(*(sentences(s, epoch) for s in seeds.seeds)))
 
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
                     save_every_steps=max(1, epochs * len(sents) // 5)) as ckpt:

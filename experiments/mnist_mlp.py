@@ -38,7 +38,7 @@ from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, spread
 from dlcore.harness.writers import say
 from dlcore.models.summary import count_params, param_table
-from dlcore.train import create_train_state, make_train_step, stack_states
+from dlcore.train import create_train_state, make_train_step, per_member, stack_states
 
 SEED_REFERENCE = "MNIST, book's run: test accuracy 0.9836-0.9839 over the last 5 of 20 epochs"
 COMPARED = {  # name -> make_optimizer arguments (SPEC 2.3.3, plus AdaGrad)
@@ -142,7 +142,7 @@ def compare_optimizers(cfg: Config, run, *, names=tuple(COMPARED)) -> dict:
     orders = [dldata.batches(d, cfg.compare_batch_size, shuffle=True, seed=s, epoch=epoch)
               for s, d in zip(seeds.seeds, data)]
     for parts in zip(*orders):
-      batch = jax.tree.map(lambda *b: np.stack(b), *parts) if seeds.many else parts[0]
+      batch = per_member(parts).batch if seeds.many else parts[0]
       states, metrics = step_all(states, batch)
       for n, m in zip(names, jax.device_get(metrics)):
         history[n].append(np.asarray(m["loss"], float) if seeds.many else float(m["loss"]))

@@ -41,8 +41,8 @@ from dlcore.harness.seeds import Seeds, curve, spread
 from dlcore.harness.writers import say
 from dlcore.models.init import torch_kernel_init
 from dlcore.models.layers import Linear, Sequential
-from dlcore.train import (PerMember, Runner, batch_evaluator, fit, make_eval_step,
-                          make_train_step)
+from dlcore.train import (Runner, batch_evaluator, fit, make_eval_step, make_train_step,
+                          per_member)
 
 
 @dataclasses.dataclass
@@ -113,10 +113,9 @@ def train_regressor(cfg, model, tx, splits: list[tuple[dict, dict]], *, epochs, 
         lambda: dldata.batches(splits[0][1], 1000))]
   else:  # each seed's batches from its own split; each seed's own test set, vmapped
     def batches(e):
-      return (PerMember(jax.tree.map(lambda *b: np.stack(b), *bs))
-              for bs in zip(*(order(i, e) for i in range(seeds.n))))
+      return map(per_member, zip(*(order(i, e) for i in range(seeds.n))))
 
-    tests = jax.tree.map(lambda *t: np.stack(t), *(test for _, test in splits))
+    tests = per_member([test for _, test in splits]).batch
     evaluate = jax.jit(jax.vmap(make_eval_step(mse_metrics)))
 
     def own_tests(state, key):

@@ -24,7 +24,7 @@ from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, curve
 from dlcore.harness.writers import say
-from dlcore.train import PerMember, fit, make_train_step, repeat_step
+from dlcore.train import fit, make_train_step, per_member, repeat_step
 
 
 @dataclasses.dataclass
@@ -118,8 +118,7 @@ def module_runs(cfg: Config, run, runner, datasets: list[dict]) -> tuple[list[di
   seeds = Seeds.of(cfg.common)
   runner = seeds.runner(runner)
   x = datasets[0]["x"]
-  data = (PerMember(jax.tree.map(lambda *a: np.stack(a), *datasets)) if seeds.many
-          else datasets[0])
+  data = per_member(datasets) if seeds.many else datasets[0]
   variants = {
       "1.4": ("two_layer_sequential", "sgd"),
       "1.5": ("two_layer_sequential", "adam"),

@@ -10,10 +10,14 @@ import os
 ENV_OFF = "DLCORE_JAX_CACHE"
 
 
-def cache_dir() -> str:
-  root = os.environ.get("DLCORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+def cache_root() -> str:
+  """dlcore's cache folder: `$DLCORE_CACHE`, default `~/.cache/dlcore` (scorers, JAX)."""
+  return os.environ.get("DLCORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                          "dlcore")
-  return os.path.join(root, "jax")
+
+
+def cache_dir() -> str:
+  return os.path.join(cache_root(), "jax")
 
 
 def enable() -> str | None:

@@ -27,6 +27,7 @@ from dlcore.checkpoint import load_model, save_model
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
 from dlcore.harness.cli import ConfigError
+from dlcore.harness.jaxcache import cache_root
 from dlcore.harness.writers import say
 from dlcore.train.classify import evaluate_classifier, train_classifier
 from dlcore.train.modes import Runner
@@ -56,11 +57,6 @@ def data_hash(data: ImageData) -> str:
   for a in (data.train_x, data.train_y, data.test_x, data.test_y):
     h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
-
-
-def cache_root() -> str:
-  return os.environ.get("DLCORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "dlcore")
 
 
 def default_scorer_path(data: ImageData, epochs: int, seed: int) -> str:

@@ -2,7 +2,7 @@
 from dlcore.train.loop import (Evaluator, MetricWriter, NonFiniteLossError, batch_evaluator, fit,
                                host_mean, run_evaluators, step_of)
 from dlcore.train.members import (Indexed, MemberRunner, PerMember, create_members,
-                                  member_batches, member_seeds, over_members)
+                                  member_batches, member_seeds, over_members, per_member)
 from dlcore.train.modes import MODES, Runner, set_host_devices
 from dlcore.train.state import (TrainState, create_train_state, stack_states, unstack_state,
                                 variables_of)
@@ -10,7 +10,7 @@ from dlcore.train.steps import (fused_epoch, make_eval_step, make_train_step, me
                                 repeat_step, scan_steps)
 
 __all__ = ["MODES", "Evaluator", "Indexed", "MemberRunner", "PerMember", "create_members",
-           "member_batches", "member_seeds", "over_members", "MetricWriter", "NonFiniteLossError", "Runner", "TrainState",
+           "member_batches", "member_seeds", "over_members", "per_member", "MetricWriter", "NonFiniteLossError", "Runner", "TrainState",
            "batch_evaluator", "create_train_state", "fit", "fused_epoch", "host_mean",
            "make_eval_step", "make_train_step", "mean_metrics", "repeat_step", "run_evaluators",
            "scan_steps", "set_host_devices", "stack_states", "step_of", "unstack_state",

@@ -62,30 +62,34 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
   into `checkpoint_dir` (none: no checkpoints) and resumes from there. `loss_scale`: see
   `create_train_state` (float16). `seeds` (more than one): those runs side by side as
-  members (`dlcore.train.members`), each as the single run with its seed; `seed` is unused."""
-  if seeds is not None and len(seeds) > 1:
-    return _train_members(model, data, tx, seeds, pipeline=pipeline, batch_size=batch_size,
-                          epochs=epochs, runner=runner, writer=writer, resume=resume,
-                          progress=progress, desc=desc, eval_batch_size=eval_batch_size,
-                          checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end,
-                          loss_scale=loss_scale)
-  if seeds is not None:
-    seed = seeds[0]
+  members (`dlcore.train.members`), each as the single run with its seed (then `seed` is
+  unused; the returned numbers are means and `members` holds each seed's run)."""
+  seeds = [seed] if seeds is None else list(seeds)
+  many = len(seeds) > 1
   for split, y in (("train", data.train_y), ("test", data.test_y)):
     dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   example = pipeline(jnp.asarray(data.train_x[:2]))
-  state = create_train_state(model, tx, example, seed, loss_scale=loss_scale)
-  step = runner.compile(make_train_step(xent_loss, preprocess=pipeline))
+  train_step = make_train_step(xent_loss, preprocess=pipeline)
+  if many:
+    runner = mb.MemberRunner(runner, len(seeds))
+    state = mb.create_members(model, tx, example, seeds, loss_scale=loss_scale)
+    train_step = mb.over_members(train_step)
+  else:
+    state = create_train_state(model, tx, example, seeds[0], loss_scale=loss_scale)
+    if batch_size % runner.devices:
+      raise ValueError(f"batch size {batch_size} does not divide over {runner.devices} "
+                       f"devices; choose a multiple of {runner.devices}")
+  step = runner.compile(train_step)
   evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline))
-  n = len(data.train_x)
-  if batch_size % runner.devices:
-    raise ValueError(f"batch size {batch_size} does not divide over {runner.devices} devices; "
-                     f"choose a multiple of {runner.devices}")
-  steps_per_epoch = -(-n // batch_size)  # the last, partial batch too, in every mode
+  steps_per_epoch = -(-len(data.train_x) // batch_size)  # the partial batch too, every mode
   train, test = data.train(), data.test()
-
-  def batches(epoch):
-    return dldata.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
+  if many:  # the data goes to the device once; each member's indices are gathered there
+    on_device = jax.device_put(train)
+    batches = lambda e: mb.member_batches(on_device, batch_size, seeds, e)  # noqa: E731
+    desc = f"{desc} x{len(seeds)} seeds"
+  else:
+    batches = lambda e: dldata.batches(train, batch_size, shuffle=True,  # noqa: E731
+                                       seed=seeds[0], epoch=e)
 
   ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
           if checkpoint_dir else None)
@@ -99,41 +103,14 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   finally:
     if ckpt is not None:
       ckpt.close()
-  final = evaluate_classifier(state, test, pipeline, eval_batch_size)
-  train_acc = history[-1]["train"]["accuracy"] if history else float("nan")
-  return ClassifierRun(state, history, final["accuracy"], final["loss"], train_acc)
-
-
-def _train_members(model, data: ImageData, tx, seeds: Sequence[int], *, pipeline, batch_size,
-                   epochs, runner, writer, resume, progress, desc, eval_batch_size,
-                   checkpoint_dir, on_epoch_end, loss_scale) -> ClassifierRun:
-  for split, y in (("train", data.train_y), ("test", data.test_y)):
-    dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
-  runner = mb.MemberRunner(runner, len(seeds))
-  state = mb.create_members(model, tx, pipeline(jnp.asarray(data.train_x[:2])), seeds,
-                            loss_scale=loss_scale)
-  step = runner.compile(mb.over_members(make_train_step(xent_loss, preprocess=pipeline)))
-  evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline))
-  steps_per_epoch = -(-len(data.train_x) // batch_size)
-  train, test = jax.device_put(data.train()), data.test()
-  ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
-          if checkpoint_dir else None)
-  try:
-    state, history = fit(state, step, lambda e: mb.member_batches(train, batch_size, seeds, e),
-                         runner=runner, num_epochs=epochs, eval_step=evaluate,
-                         eval_batches=lambda: dldata.batches(test, eval_batch_size),
-                         writer=writer, checkpointer=ckpt, resume=resume, progress=progress,
-                         desc=f"{desc} x{len(seeds)} seeds",
-                         log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
   runs = []
-  for i in range(len(seeds)):
-    s, h = mb.member(state, i), mb.member_view(history, i)
+  for s, h in (((mb.member(state, i), mb.member_view(history, i)) for i in range(len(seeds)))
+               if many else [(state, history)]):
     final = evaluate_classifier(s, test, pipeline, eval_batch_size)
     runs.append(ClassifierRun(s, h, final["accuracy"], final["loss"],
                               h[-1]["train"]["accuracy"] if h else float("nan")))
+  if not many:
+    return runs[0]
   mean = lambda f: float(np.mean([getattr(r, f) for r in runs]))  # noqa: E731
   return ClassifierRun(state, history, mean("test_accuracy"), mean("test_loss"),
                        mean("train_accuracy"), runs)

@@ -52,6 +52,11 @@ class PerMember(NamedTuple):
   batch: Any
 
 
+def per_member(batches) -> PerMember:
+  """Each member's own host batch (trees of equal shapes), stacked as one `PerMember`."""
+  return PerMember(jax.tree.map(lambda *b: np.stack(b), *batches))
+
+
 def member_seeds(seed: int, n: int) -> list[int]:
   """The seeds of `n` members starting at `seed`: member i is the run `--seed seed+i`."""
   return list(range(seed, seed + n))
