@@ -17,7 +17,8 @@ Where the data comes from, in order (the first that has it wins; `data.source` s
    TensorFlow needed) from `$TFDS_DATA_DIR` or ~/tensorflow_datasets. Under
    `tfds.testing.mock_data` this is the path the tests take.
 4. A download of the files TFDS registers for the dataset (its URLs and SHA-256 checksums),
-   into ~/.cache/dlcore/datasets/<name>. TFDS's own `download_and_prepare` would encode the
+   into ~/.cache/dlcore/datasets/<name>, all or nothing per file (`fetch`: a broken, stalled
+   or mismatching transfer keeps nothing), with a progress bar. TFDS's own `download_and_prepare` would encode the
    images with TensorFlow, which dlcore does not install; reading the raw files needs only
    NumPy. The network is probed first (3 s): offline, `load` fails at once with an error that
    names the fix instead of reaching TFDS's ~205-second retry loop. `DLCORE_OFFLINE=1` skips
@@ -29,20 +30,25 @@ with a printed warning.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import socket
 import sys
 import tarfile
+import tempfile
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -272,8 +278,86 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
   return bool(ok)
 
 
-def _download(ds: DatasetInfo) -> tuple[str | None, str]:
-  """Downloads the files TFDS registers for `ds` into the cache, checking their SHA-256."""
+DOWNLOAD_TIMEOUT_S = 30.0  # seconds without a byte before a download gives up
+_CHUNK = 1 << 16
+
+
+class DownloadError(OSError):
+  """A download that failed or was refused; nothing of it was kept. One line, says why."""
+
+
+def download_timeout() -> float:
+  """Seconds a download may wait for its next byte: `$DLCORE_DOWNLOAD_TIMEOUT` or 30."""
+  raw = os.environ.get("DLCORE_DOWNLOAD_TIMEOUT")
+  if raw is None:
+    return DOWNLOAD_TIMEOUT_S
+  try:
+    value = float(raw)
+  except ValueError:
+    value = -1.0
+  if not value > 0:
+    raise ValueError(f"DLCORE_DOWNLOAD_TIMEOUT={raw!r} is not a positive number of seconds")
+  return value
+
+
+def fetch(url: str, path: str, *, sha256: str | None = None, size: int | None = None,
+          timeout: float | None = None, progress: bool = True) -> str:
+  """Downloads `url` to `path`, all or nothing.
+
+  The bytes stream into a private temporary file beside `path` (so two processes filling
+  the same cache never see each other's halves) while their SHA-256 is computed; the file
+  becomes `path` (an atomic rename) only when every byte the server announced arrived and
+  the checksum matches. A stall of `timeout` seconds (default `download_timeout()`), a
+  connection that breaks, an HTTP error or a wrong checksum removes the temporary file and
+  raises `DownloadError` with one line. A tqdm bar shows bytes and rate on stderr.
+  """
+  timeout = download_timeout() if timeout is None else timeout
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".part")
+  digest, received, expected = hashlib.sha256(), 0, size
+  try:
+    with os.fdopen(fd, "wb") as out:
+      try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+          length = response.headers.get("Content-Length")
+          expected = int(length) if length and length.isdigit() else size
+          with tqdm(total=expected, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+                    file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+            while chunk := response.read(_CHUNK):
+              out.write(chunk)
+              digest.update(chunk)
+              received += len(chunk)
+              bar.update(len(chunk))
+      except urllib.error.HTTPError as e:
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+      except (OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+          raise DownloadError(
+              f"{url}: no data for {timeout:g} s after {received} bytes (a stalled server; "
+              f"DLCORE_DOWNLOAD_TIMEOUT sets the wait)") from None
+        raise DownloadError(f"{url}: the connection failed after {received} bytes "
+                            f"({type(reason).__name__}: {reason})") from None
+    if expected is not None and received != expected:
+      raise DownloadError(f"{url}: the connection closed after {received} of {expected} "
+                          f"bytes; nothing was kept, the next run downloads it again")
+    if sha256 and digest.hexdigest() != sha256:
+      raise DownloadError(f"{url}: refused, SHA-256 {digest.hexdigest()[:16]}... is not the "
+                          f"registered {sha256[:16]}...; nothing was kept (a proxy or a "
+                          f"changed file on the server?)")
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def _download(ds: DatasetInfo, progress: bool = True) -> tuple[str | None, str]:
+  """Downloads the files TFDS registers for `ds` (its URL table: URLs, sizes, SHA-256) into
+  the cache; files already there were verified when they arrived and are not fetched again.
+  Returns (folder, how) or (None, why not)."""
   if os.environ.get("DLCORE_OFFLINE"):
     return None, "skipped (DLCORE_OFFLINE is set)"
   import tensorflow_datasets as tfds
@@ -282,29 +366,28 @@ def _download(ds: DatasetInfo) -> tuple[str | None, str]:
   if not url_infos:
     return None, f"TFDS registers no download URLs for {ds.tfds_name}"
   first = next(iter(url_infos))
+  host = urllib.parse.urlparse(first).hostname
   if not _reachable(first):
-    host = urllib.parse.urlparse(first).hostname
     return None, f"network unreachable ({host} did not answer within 3 s)"
   dest = cache_dir(ds.name)
-  os.makedirs(dest, exist_ok=True)
+  missing = [(url, meta) for url, meta in url_infos.items()
+             if not os.path.exists(os.path.join(dest, meta.filename or os.path.basename(url)))]
+  if missing:
+    print(f"downloading {ds.name} ({len(missing)} files) from {host} into {dest}",
+          file=sys.stderr)
+  try:
+    for url, meta in missing:
+      fetch(url, os.path.join(dest, meta.filename or os.path.basename(url)),
+            sha256=meta.checksum or None, size=int(meta.size) if meta.size else None,
+            progress=progress)
+  except DownloadError as e:
+    return None, str(e)
   for url, meta in url_infos.items():
     path = os.path.join(dest, meta.filename or os.path.basename(url))
-    if not os.path.exists(path):
-      print(f"downloading {url} ({meta.size}) -> {path}")
-      tmp = path + ".part"
-      with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-        while chunk := r.read(1 << 20):
-          f.write(chunk)
-      digest = hashlib.sha256(open(tmp, "rb").read()).hexdigest()
-      if meta.checksum and digest != meta.checksum:
-        os.remove(tmp)
-        raise IOError(f"{url}: SHA-256 {digest} differs from TFDS's registered "
-                      f"{meta.checksum}; the download is corrupt, try again")
-      os.replace(tmp, path)
     if path.endswith(".tar.gz"):
       with tarfile.open(path) as tar:
         tar.extractall(dest, filter="data")
-  return dest, f"downloaded from {urllib.parse.urlparse(first).hostname}"
+  return dest, f"downloaded from {host}, SHA-256 checked"
 
 
 def _digits() -> dict:
@@ -323,14 +406,16 @@ SOURCES = ("files", "tfds", "download")
 
 def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = None,
          sources: Sequence[str] = SOURCES,
-         fallback: str | Sequence[str] | None = None) -> ImageData:
+         fallback: str | Sequence[str] | None = None, progress: bool = True) -> ImageData:
   """Loads dataset `name` (see the module docstring for where it looks).
 
   data_dir: a folder with the dataset's files; when given, only that folder is tried.
   sources: which of "files" (known folders), "tfds" (prepared TFDS data) and "download" to
     try, in that order.
   fallback: a dataset (or several, tried in order) to load instead when `name` is
-    unavailable; prints a warning, and the returned `source` says what was used.
+    unavailable; prints a warning that says why, and the returned `source` says what was
+    used.
+  progress: show a progress bar (bytes, rate) while downloading.
   """
   ds = info(name)
   if ds.file_format == "sklearn":
@@ -357,7 +442,7 @@ def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = 
       if arrays is None:
         tried.append(f"TFDS: {source}")
     if arrays is None and "download" in sources and ds.tfds_name:
-      folder, note = _download(ds)
+      folder, note = _download(ds, progress)
       arrays = _read_folder(ds, folder) if folder else None
       source = f"files in {folder} ({note})"
       if arrays is None:
@@ -373,9 +458,11 @@ def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = 
   chain = [fallback] if isinstance(fallback, str) else list(fallback or [])
   chain = [f for f in chain if f != name]
   if chain:
-    print(f"note: {name} is not here; using {chain[0]} instead (name one with --dataset)",
-          file=sys.stderr)
-    data = load(chain[0], sources=sources, fallback=chain[1:])
+    # The last source tried (normally the download) is the one that says why.
+    why = f"no local copy; {tried[-1]}" if len(tried) > 1 else tried[-1]
+    print(f"note: {name} is not available ({why}); using {chain[0]} instead (name one with "
+          f"--dataset)", file=sys.stderr)
+    data = load(chain[0], sources=sources, fallback=chain[1:], progress=progress)
     return dataclasses.replace(data, source=f"{data.source} (fallback: {name} unavailable)")
   raise DatasetUnavailableError(message)
 
