@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
     say(f"Frechet distance (CNN features), samples vs test: "
         f"{spread(entry, 'frechet_distance', '.3f')}; "
         f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")
-  say(f"VAE on {data.name}: test loss {spread(entry, 'test_loss', '.2f')} per sample")
+  say(f"VAE on {data.label}: test loss {spread(entry, 'test_loss', '.2f')} per sample")
   summary = run.update_summary({"2.8.1": entry})
   run.close()
   return summary

@@ -103,6 +103,7 @@ class ImageData:
   test_y: np.ndarray
   class_names: tuple[str, ...]
   source: str          # where the arrays came from (recorded in summary.json)
+  replaced: tuple[str, ...] = ()  # the datasets asked for first, not available (fallback)
 
   @property
   def num_classes(self) -> int:
@@ -124,6 +125,13 @@ class ImageData:
         self, train_x=self.train_x[:train], train_y=self.train_y[:train],
         test_x=self.test_x[:test], test_y=self.test_y[:test],
         source=self.source + (f" (first {train} train / {test} test)" if train or test else ""))
+
+  @property
+  def label(self) -> str:
+    """The name, and what it stands in for: `digits (mnist, fashion_mnist not available)`."""
+    if not self.replaced:
+      return self.name
+    return f"{self.name} ({', '.join(self.replaced)} not available)"
 
   def describe(self) -> str:
     return (f"{self.name}: {len(self.train_x)} train / {len(self.test_x)} test images "
@@ -463,7 +471,8 @@ def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = 
     print(f"note: {name} is not available ({why}); using {chain[0]} instead (name one with "
           f"--dataset)", file=sys.stderr)
     data = load(chain[0], sources=sources, fallback=chain[1:], progress=progress)
-    return dataclasses.replace(data, source=f"{data.source} (fallback: {name} unavailable)")
+    return dataclasses.replace(data, source=f"{data.source} (fallback: {name} unavailable)",
+                               replaced=(name, *data.replaced))
   raise DatasetUnavailableError(message)
 
 
@@ -476,3 +485,22 @@ def _assemble(ds: DatasetInfo, arrays: dict, source: str) -> ImageData:
       raise ValueError(f"{ds.name} {split} images have shape {shape}, expected {ds.shape}; "
                        f"the files in {source} are not {ds.name}")
   return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """python -m dlcore.data.images NAME...: finds each dataset (downloading it when it is
+  nowhere here and the network answers) and says where it is; exit 1 when one is missing."""
+  names_asked = list(sys.argv[1:] if argv is None else argv)
+  if not names_asked or any(n.startswith("-") for n in names_asked):
+    print(f"usage: python -m dlcore.data.images NAME... (one of {', '.join(names())})")
+    raise SystemExit(0 if names_asked and names_asked[0] in ("-h", "--help") else 2)
+  for name in names_asked:
+    try:
+      print(load(name).describe())
+    except (DatasetUnavailableError, KeyError) as e:
+      print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
+      raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+  main()
