@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs
 
-.PHONY: install run test test-all bench gpu-check clean
+.PHONY: install run data test test-all bench gpu-check clean
 
 # PYTHONWARNINGS hides setuptools' "Editable installation" notice: nothing a user can act on.
 $(VENV)/.installed: pyproject.toml
@@ -17,6 +17,15 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m experiments.vae --workdir $(WORKDIR)/vae --overwrite
+
+# Offline Fashion-MNIST (what `make run` trains on without internet): Debian's package, with
+# sudo when not root; where apt cannot install it, dlcore downloads it (TFDS's URLs, SHA-256).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+data: install
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist \
+	  || echo "apt-get could not install dataset-fashion-mnist; trying a download"; fi
+	$(PY) -m dlcore.data.images fashion_mnist
 
 test: install
 	$(PY) -m pytest tests -m "not slow" --durations=15

@@ -469,7 +469,7 @@ def load(name: str, *, data_dir: str | None = None, tfds_data_dir: str | None = 
     # The last source tried (normally the download) is the one that says why.
     why = f"no local copy; {tried[-1]}" if len(tried) > 1 else tried[-1]
     print(f"note: {name} is not available ({why}); using {chain[0]} instead (name one with "
-          f"--dataset)", file=sys.stderr)
+          f"--dataset; to get {name}: {ds.hint})", file=sys.stderr)
     data = load(chain[0], sources=sources, fallback=chain[1:], progress=progress)
     return dataclasses.replace(data, source=f"{data.source} (fallback: {name} unavailable)",
                                replaced=(name, *data.replaced))
