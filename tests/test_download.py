@@ -192,10 +192,12 @@ def test_a_bad_timeout_setting_is_named(monkeypatch):
     images.download_timeout()
 
 
-def test_the_flagship_trains_on_served_mnist_end_to_end(served, tmp_path, monkeypatch):
+def test_the_flagship_trains_on_served_mnist_end_to_end(served, tmp_path, monkeypatch, capsys):
   """`python -m experiments.vae` with its defaults' dataset (MNIST) on a machine with
-  internet: downloads, trains, scores with a CNN trained on the same data, and says so."""
+  internet: downloads, trains, scores with a CNN trained on the same data, and ends with
+  the README's line for that machine."""
   from experiments import vae
+  from tests.test_readme import make_run_endings
 
   monkeypatch.setenv("DLCORE_CACHE", str(tmp_path / "cache"))
   workdir = tmp_path / "vae"
@@ -211,3 +213,5 @@ def test_the_flagship_trains_on_served_mnist_end_to_end(served, tmp_path, monkey
   assert history[1]["eval"]["loss"] < history[0]["eval"]["loss"]  # it learns the blobs
   for f in ("loss_curves.png", "samples/epoch_002.png", "reconstructions/epoch_002.png"):
     assert (workdir / f).exists(), f
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert make_run_endings()["mnist"].match(last), last

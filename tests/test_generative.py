@@ -1,5 +1,6 @@
 """Chapter 8: VAE, GAN, CGAN, DCGAN: shapes, the reparameterisation, one step in eager / jit /
 pmap, pmap == jit, both players checkpointed, Frechet distance, the flagship's fallback."""
+import dataclasses
 import json
 import os
 
@@ -203,18 +204,34 @@ def test_gan_experiment_resumes_both_players(tmp_path):
                                                                    "epoch_002.png"]
 
 
-def test_vae_flagship_falls_back_offline(isolated_home, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("machine", ["debian_package", "neither"])
+def test_vae_flagship_falls_back_offline_and_ends_as_the_readme_says(
+    isolated_home, tmp_path, monkeypatch, capsys, machine):  # noqa: F811
+  """Offline, `make run` trains on Fashion-MNIST where Debian's package is installed and on
+  the bundled digits where it is not; its last line is the README's for that machine."""
+  from dlcore.data import images
   from experiments import vae
+  from tests.test_readme import make_run_endings
 
   monkeypatch.setenv("DLCORE_OFFLINE", "1")
+  expected = {"debian_package": "fashion_mnist", "neither": "digits"}[machine]
+  if machine == "neither":
+    monkeypatch.setitem(images.DATASETS, "fashion_mnist", dataclasses.replace(
+        images.DATASETS["fashion_mnist"], system_dirs=()))
+  elif not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    pytest.skip("needs Debian's dataset-fashion-mnist (make data)")
   workdir = str(tmp_path / "vae")
   summary = vae.main(["--workdir", workdir, "--epochs", "1", "--train-limit", "512",
                       "--test-limit", "256", "--score-samples", "0", "--latent-dim", "2",
                       *QUIET])
   entry = summary["2.8.1"]
   assert "fallback: mnist unavailable" in entry["dataset"]
-  assert entry["dataset_name"] in ("fashion_mnist", "digits")
+  assert entry["dataset_name"] == expected
   assert np.isfinite(entry["test_loss"]) and entry["test_loss"] > 0
+  captured = capsys.readouterr()
+  last = captured.out.strip().splitlines()[-1]
+  assert make_run_endings()[expected].match(last), last
+  assert "note: mnist is not available (no local copy; download: skipped" in captured.err
   for f in ("loss_curves.png", "latent_manifold.png", "samples/epoch_001.png",
             "reconstructions/epoch_001.png"):
     assert os.path.exists(os.path.join(workdir, f)), f

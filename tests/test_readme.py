@@ -46,3 +46,22 @@ def test_the_docs_link_nothing_outside_the_repository():
         continue
       target = os.path.realpath(os.path.join(os.path.dirname(page), link))
       assert target.startswith(ROOT + os.sep) and os.path.exists(target), (page, link)
+
+
+def make_run_endings() -> dict[str, re.Pattern]:
+  """The README's table "What `make run` trains, by machine": dataset -> the last line it
+  promises, as a pattern (its numbers, or the placeholder L, stand for any number)."""
+  rows = re.findall(r"^\|[^|]+\|[^|]+\| `(VAE on (\w+)[^`]*)` \|", README, re.M)
+  endings = {}
+  for line, name in rows:
+    pattern = re.sub(r"(?:\d+\.\d+|\bL\b)", "NUMBER", line)
+    endings[name] = re.compile(re.escape(pattern).replace("NUMBER", r"\d+\.\d+") + "$")
+  return endings
+
+
+def test_the_readme_says_what_make_run_ends_with_on_each_machine():
+  endings = make_run_endings()
+  assert set(endings) == {"mnist", "fashion_mnist", "digits"}
+  assert endings["digits"].match(
+      "VAE on digits (mnist, fashion_mnist not available): test loss 25.60 per sample")
+  assert not endings["digits"].match("VAE on digits: test loss 25.60 per sample")
