@@ -25,13 +25,23 @@ import sys
 import tempfile
 import time
 
-SETTINGS = {"ynn_fusion": {"DLCORE_XLA_DEFAULTS": "1"}, "xla_kernel": {"DLCORE_XLA_DEFAULTS": "0"}}
+# name -> (environment, what it is). The first is the reference the others are compared to.
+SETTINGS = {
+    "ynn_fusion": ({"DLCORE_XLA_DEFAULTS": "1"}, "JAX's default: convolutions in YNNPACK"),
+    "xla_kernel": ({"DLCORE_XLA_DEFAULTS": "0"}, "dlcore's default: XLA's convolution kernel"),
+    # Not a default: dense layers out of YNNPACK too (changes every model's rounding).
+    "xla_kernel_and_dot": ({"DLCORE_XLA_DEFAULTS": "1", "XLA_FLAGS":
+                            "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,"
+                            "-individual_dot"}, "also dots out of YNNPACK (not a default)"),
+}
+DEFAULT_SETTINGS = ("ynn_fusion", "xla_kernel")
 CASES = ("lenet", "cnn", "dcgan", "alexnet")
 
 
 def run_once(cases, setting, modes, rounds, min_time, out) -> dict:
-  env = dict(os.environ, **SETTINGS[setting])
+  env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the setting alone decides
+  env.update(SETTINGS[setting][0])
   cmd = [sys.executable, "-m", "benchmarks.jit_vs_eager", "--cases", *cases, "--modes", *modes,
          "--rounds", str(rounds), "--min-time", str(min_time), "--out", out]
   subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -46,6 +56,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=3, help="processes per setting")
   p.add_argument("--rounds", type=int, default=3, help="timing rounds per process")
   p.add_argument("--min-time", type=float, default=0.5, help="seconds per timing")
+  p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS))
   p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
   p.add_argument("--out", default=None, help="output stem (default benchmarks/results/"
                                              "cpu-convolutions-<machine>)")
@@ -53,14 +64,15 @@ def main(argv=None):
   cores = os.cpu_count()
   out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                  f"cpu-convolutions-cpu-{cores}core")
-  runs = {s: [] for s in SETTINGS}
+  settings = args.settings
+  runs = {s: [] for s in settings}
   start = time.time()
   with tempfile.TemporaryDirectory() as tmp:
     for rep in range(args.repeats):
-      order = list(SETTINGS) if rep % 2 == 0 else list(SETTINGS)[::-1]
+      order = settings if rep % 2 == 0 else settings[::-1]
       for setting in order:
         modes = ["jit", "torch"]
-        if rep == 0 and setting == "xla_kernel" and not args.no_compile:
+        if rep == 0 and setting == settings[-1] and not args.no_compile:
           modes.append("torch_compile")
         print(f"repeat {rep + 1}/{args.repeats}: {setting}", flush=True)
         runs[setting].append(run_once(args.cases, setting, modes, args.rounds, args.min_time,
@@ -76,33 +88,36 @@ def main(argv=None):
 
   result = {"machine": f"{platform.machine()} {cores} cores", "date": time.strftime("%Y-%m-%d"),
             "command": "python -m benchmarks.cpu_convolutions " + " ".join(argv or sys.argv[1:]),
-            "xla_flags": {s: runs[s][0]["machine"]["xla_flags"] for s in SETTINGS},
+            "xla_flags": {s: runs[s][0]["machine"]["xla_flags"] for s in settings},
             "repeats": args.repeats, "rounds": args.rounds, "seconds": round(time.time() - start),
             "cases": {}}
   for case in args.cases:
     entry = {}
-    for setting in SETTINGS:
+    for setting in settings:
       entry[f"jit_{setting}_ms"] = statistics.median(times(setting, case, "jit"))
       entry[f"torch_over_jit_{setting}"] = statistics.median(ratios(setting, case))
-    entry["torch_ms"] = statistics.median(times("ynn_fusion", case, "torch")
-                                          + times("xla_kernel", case, "torch"))
-    compiled = times("xla_kernel", case, "torch_compile")
+    entry["torch_ms"] = statistics.median([t for s in settings for t in times(s, case, "torch")])
+    compiled = [t for s in settings for t in times(s, case, "torch_compile")]
     entry["torch_compile_ms"] = statistics.median(compiled) if compiled else None
-    entry["faster"] = min(SETTINGS, key=lambda s: entry[f"jit_{s}_ms"])
+    entry["faster"] = min(settings, key=lambda s: entry[f"jit_{s}_ms"])
     result["cases"][case] = entry
 
-  lines = [f"# CPU convolutions: YNNPACK fusion on/off vs PyTorch ({result['machine']}, "
+  ref = settings[0]
+  head = ["model", *[f"jit, {s} ms" for s in settings],
+          *[f"{s} vs {ref}" for s in settings[1:]], "PyTorch eager ms", "torch.compile ms",
+          *[f"PyTorch eager / jit, {s}" for s in settings]]
+  lines = [f"# CPU convolutions: XLA settings vs PyTorch ({result['machine']}, "
            f"{result['date']})", "", f"`{result['command']}` ({result['seconds']} s; "
-           f"{args.repeats} processes per setting x {args.rounds} rounds, medians)", "",
-           "| model | jit, YNN fusion (JAX default) ms | jit, XLA kernel (dlcore default) ms | "
-           "change | PyTorch eager ms | torch.compile ms | PyTorch eager / jit, YNN | "
-           "PyTorch eager / jit, XLA kernel |", "|---|---|---|---|---|---|---|---|"]
+           f"{args.repeats} processes per setting x {args.rounds} rounds, medians). Settings: "
+           + "; ".join(f"`{s}`: {SETTINGS[s][1]}" for s in settings) + ".", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for case, e in result["cases"].items():
-    on, off = e["jit_ynn_fusion_ms"], e["jit_xla_kernel_ms"]
     tc = f"{e['torch_compile_ms']:.1f}" if e["torch_compile_ms"] else "-"
-    lines.append(f"| {case} | {on:.1f} | {off:.1f} | {100 * (off / on - 1):+.0f} % | "
-                 f"{e['torch_ms']:.1f} | {tc} | {e['torch_over_jit_ynn_fusion']:.2f}x | "
-                 f"{e['torch_over_jit_xla_kernel']:.2f}x |")
+    cells = [case, *[f"{e[f'jit_{s}_ms']:.1f}" for s in settings],
+             *[f"{100 * (e[f'jit_{s}_ms'] / e[f'jit_{ref}_ms'] - 1):+.0f} %" for s in settings[1:]],
+             f"{e['torch_ms']:.1f}", tc,
+             *[f"{e[f'torch_over_jit_{s}']:.2f}x" for s in settings]]
+    lines.append("| " + " | ".join(cells) + " |")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out + ".json", "w") as f:
     json.dump(result, f, indent=1)

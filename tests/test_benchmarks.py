@@ -103,3 +103,18 @@ def test_gpu_check_small_mode_runs_end_to_end(tmp_path):
   md = [f for f in os.listdir(tmp_path) if f.startswith("gpu-") and f.endswith(".md")]
   text = open(tmp_path / [f for f in md if "steps" not in f][0]).read()
   assert "bfloat16" in text and "One training run" in text
+
+
+@pytest.mark.parametrize("case_id", ["lenet", "cnn", "dcgan", "alexnet"])
+def test_conv_layers_pairs_each_convolution_with_the_originals(case_id):
+  """benchmarks.conv_layers times dlcore's and PyTorch's convolutions in pairs: the same
+  number of layers, in the same order, on the same input (NHWC vs NCHW)."""
+  pytest.importorskip("torch")
+  from benchmarks import conv_layers
+
+  for name in CASES[case_id].models:
+    mine, theirs = conv_layers.dlcore_convs(name, 2), conv_layers.torch_convs(name, 2)
+    assert mine and len(mine) == len(theirs), name
+    for (_, shape), (_, tshape) in zip(mine, theirs):
+      n, h, w, c = shape
+      assert tshape == (n, c, h, w), (name, shape, tshape)
