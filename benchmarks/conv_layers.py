@@ -175,8 +175,8 @@ def main(argv=None):
                    f"{row['torch_ms']:.2f} |")
     conv_x = sum(r["dlcore_ms"] for r in entry["layers"])
     conv_t = sum(r["torch_ms"] for r in entry["layers"])
-    # A GAN iteration runs G forward twice-ish and D three times: the layer sums are per pass,
-    # so the bound is reported for the classifiers' single pass only where it is exact enough.
+    # Layer sums count each convolution once; a GAN iteration runs D three times and G twice,
+    # so for the DCGAN both sums (and so the bound) undercount its convolutions alike.
     entry |= {"convs_dlcore_ms": conv_x, "convs_torch_ms": conv_t,
               "bound_ms": entry["step_jit_ms"] - conv_x + conv_t}
     result["cases"][case_id] = entry

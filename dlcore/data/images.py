@@ -378,20 +378,20 @@ def _download(ds: DatasetInfo, progress: bool = True) -> tuple[str | None, str]:
   if not _reachable(first):
     return None, f"network unreachable ({host} did not answer within 3 s)"
   dest = cache_dir(ds.name)
-  missing = [(url, meta) for url, meta in url_infos.items()
-             if not os.path.exists(os.path.join(dest, meta.filename or os.path.basename(url)))]
+  paths = {url: os.path.join(dest, meta.filename or os.path.basename(url))
+           for url, meta in url_infos.items()}
+  missing = [url for url, path in paths.items() if not os.path.exists(path)]
   if missing:
     print(f"downloading {ds.name} ({len(missing)} files) from {host} into {dest}",
           file=sys.stderr)
   try:
-    for url, meta in missing:
-      fetch(url, os.path.join(dest, meta.filename or os.path.basename(url)),
-            sha256=meta.checksum or None, size=int(meta.size) if meta.size else None,
-            progress=progress)
+    for url in missing:
+      meta = url_infos[url]
+      fetch(url, paths[url], sha256=meta.checksum or None,
+            size=int(meta.size) if meta.size else None, progress=progress)
   except DownloadError as e:
     return None, str(e)
-  for url, meta in url_infos.items():
-    path = os.path.join(dest, meta.filename or os.path.basename(url))
+  for path in paths.values():
     if path.endswith(".tar.gz"):
       with tarfile.open(path) as tar:
         tar.extractall(dest, filter="data")
