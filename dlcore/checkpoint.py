@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
@@ -21,11 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dlcore import distributed
+from dlcore import distributed, files, preemption
 from dlcore.models import registry
 
 FORMAT_VERSION = 1
 EXTRA = "dlcore_extra.json"
+MARKER = "dlcore_checkpoints.json"  # this folder's steps carry manifests (required)
 
 
 class CheckpointError(ValueError):
@@ -103,12 +106,14 @@ def _file_hashes(folder: str) -> dict[str, str]:
   return out
 
 
-def verify_step(folder: str) -> str | None:
-  """None if the step folder matches its manifest (or predates manifests), else what
-  differs."""
+def verify_step(folder: str, *, manifest_required: bool = False) -> str | None:
+  """None if the step folder matches its manifest, else what differs. A step without a
+  manifest is incomplete (its save was cut short after Orbax finished and before the
+  manifest was in place) when `manifest_required`; otherwise it predates manifests."""
   manifest = os.path.join(folder, MANIFEST)
   if not os.path.exists(manifest):
-    return None
+    return ("incomplete: the save was cut short before its manifest was written"
+            if manifest_required else None)
   try:
     with open(manifest) as f:
       want = json.load(f)["sha256"]
@@ -128,9 +133,14 @@ class Checkpointer:
 
   Saves are synchronous, so a save that cannot be written fails at once
   (`CheckpointWriteError`, naming the path and the OS error) and earlier steps stay intact.
-  Each step gets a manifest of its files' SHA-256; `restore` verifies it and, if the newest
-  step is damaged, warns in one line and falls back to the newest good one. Temporary
-  folders of interrupted saves are removed when the directory is opened.
+  Each step gets a manifest of its files' SHA-256, written (atomically) after the arrays
+  and the `extra` file: a step counts as saved once its manifest is in place. `restore`
+  verifies it and, if the newest step is damaged or incomplete, warns in one line, falls
+  back to the newest good one, and moves the bad steps aside (`bad-<step>-<time>`, kept for
+  inspection) so training can save those steps again. A folder marked by `MARKER` (every
+  folder this version starts) requires manifests; steps of older folders without one are
+  accepted. Temporary folders of interrupted saves are removed when the directory is
+  opened.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every_steps: int = 1):
@@ -145,9 +155,12 @@ class Checkpointer:
         f.write("ok")
       os.remove(probe)
       if self.primary:
-        for name in os.listdir(self.directory):  # an interrupted save's temporary folder
+        names = os.listdir(self.directory)
+        for name in names:  # an interrupted save's temporary folder
           if ".orbax-checkpoint-tmp" in name:
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if MARKER not in names and not any(n.isdigit() for n in names):
+          files.write_json(os.path.join(self.directory, MARKER), {"manifests": True})
     except OSError as e:
       raise CheckpointWriteError(f"cannot write checkpoints to {self.directory}: "
                                  f"{e.strerror or e}") from None
@@ -181,14 +194,21 @@ class Checkpointer:
       if saved and self.primary:
         folder = self._step_dir(int(step))
         if extra is not None:
-          with open(os.path.join(folder, EXTRA), "w") as f:
-            json.dump(extra, f)
-        with open(os.path.join(folder, MANIFEST), "w") as f:
-          json.dump({"step": int(step), "sha256": _file_hashes(folder)}, f)
+          files.write_json(os.path.join(folder, EXTRA), extra)
+        # Last: the manifest (covering `extra`) marks the step as saved.
+        files.write_json(os.path.join(folder, MANIFEST),
+                         {"step": int(step), "sha256": _file_hashes(folder)})
     except OSError as e:
       raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory}: "
                                  f"{e.strerror or e}") from None
+    if saved:
+      preemption.note_saved(self.directory, int(step))
     return saved
+
+  def manifest_required(self) -> bool:
+    """Whether a step without a manifest is incomplete here (see the class doc)."""
+    return os.path.exists(os.path.join(self.directory, MARKER)) or any(
+        os.path.exists(os.path.join(self._step_dir(s), MANIFEST)) for s in self.all_steps())
 
   def restore(self, target, step: int | None = None):
     """Restores into the structure, shapes and dtypes of `target` (a fresh state): the given
@@ -197,8 +217,9 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     problems = []
+    required = self.manifest_required()
     for s in steps:
-      bad = verify_step(self._step_dir(s))
+      bad = verify_step(self._step_dir(s), manifest_required=required)
       if bad is None:
         meta = self.manager.item_metadata(s).tree
         into, finish = _match_loss_scale(meta, target)
@@ -211,9 +232,26 @@ class Checkpointer:
         else:
           if problems and self.primary:
             sys.stderr.write(f"warning: checkpoint {problems[0]}; resumed from step {s}\n")
+          if step is None:
+            self._set_aside(s)
+          preemption.note_saved(self.directory, s)
           return restored
       problems.append(f"step {s} in {self.directory} is damaged ({bad})")
     raise CheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(problems))
+
+  def _set_aside(self, good: int) -> None:
+    """Moves the steps newer than `good` (which failed verification) out of Orbax's sight,
+    so the resumed run can save those steps again; every process then sees the same."""
+    bad = [s for s in self.all_steps() if s > good]
+    if self.primary and bad:
+      stamp = time.strftime("%Y%m%dT%H%M%S")
+      for s in bad:
+        os.replace(self._step_dir(s), os.path.join(self.directory, f"bad-{s}-{stamp}"))
+    if distributed.process_count() > 1:  # the others wait for process 0's moves
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"dlcore-checkpoint-set-aside-{good}")
+    if bad or distributed.process_count() > 1:
+      self.manager.reload()
 
   def extra(self, step: int) -> dict | None:
     """The `extra` dict saved with `step`, or None. Read as JSON only (no code runs)."""
@@ -268,16 +306,27 @@ def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int,
     return path
   kwargs = dict(kwargs or {})
   registry.build(name, **kwargs)  # fail now, not at load time, if it cannot be rebuilt
-  os.makedirs(path, exist_ok=True)
   meta = {"format": FORMAT_VERSION, "name": name, "kwargs": kwargs,
           "input_shape": list(input_shape)}
-  with _local_checkpointer() as ckptr:
-    ckptr.save(os.path.join(path, "variables"), _host(variables), force=True)
-  # model.json last: a folder whose save failed has none, so it is not taken for a model.
-  tmp = os.path.join(path, "model.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(path, "model.json"))
+  # All or nothing: the folder is written beside `path` and renamed into place, so a stop
+  # at any moment leaves the old folder (or none), never half of one.
+  parent, base = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")
+  try:
+    with _local_checkpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "variables"), _host(variables), force=True)
+    files.write_json(os.path.join(tmp, "model.json"), meta, indent=2)
+    old = None
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".old")
+      os.replace(path, os.path.join(old, base))
+    os.replace(tmp, path)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return path
 
 

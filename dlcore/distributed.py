@@ -27,6 +27,8 @@ import time
 
 import jax
 
+from dlcore import preemption
+
 ENV_COORDINATOR = "DLCORE_COORDINATOR"
 ENV_NUM_PROCESSES = "DLCORE_NUM_PROCESSES"
 ENV_PROCESS_ID = "DLCORE_PROCESS_ID"
@@ -105,6 +107,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   timeout = float(timeout or os.environ.get(ENV_CONNECT_TIMEOUT) or CONNECT_TIMEOUT_S)
   # CPU processes all-reduce through gloo; GPUs use NCCL and ignore this CPU-only setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # JAX's preemption service would replace dlcore's SIGTERM handler with its own, which acts
+  # only at sync points inside training: dlcore.preemption runs the same protocol itself.
+  jax.config.update("jax_enable_preemption_service", False)
   if found == "auto":
     address, n, pid, where = None, None, None, "the cluster's coordinator"
   else:
@@ -134,6 +139,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   finally:
     done.set()
   _joined = True
+  if jax.process_count() > 1:
+    preemption.join(_client(), jax.process_index(), jax.process_count())
   if watch_peers and jax.process_count() > 1:
     _start_peer_watch(jax.process_index(), jax.process_count())
   return jax.process_count() > 1
@@ -143,9 +150,13 @@ _leaving = threading.Event()
 
 
 def _die(message: str) -> None:
+  code = EXIT_PEER
+  if (signal_name := preemption.requested()) is not None:  # stopping anyway: a peer was first
+    message = f"{preemption.Preempted(signal_name)} ({message.split(': ', 1)[-1]})"
+    code = preemption.EXIT_CODES.get(signal_name, 1)
   sys.stderr.write(f"error: {message}\n")
   sys.stderr.flush()
-  os._exit(EXIT_PEER)
+  os._exit(code)
 
 
 def _start_peer_watch(me: int, n: int) -> None:
@@ -220,14 +231,24 @@ def publish(key: str, value: str) -> None:
   _client().key_value_set(key, value)
 
 
+WAIT_SLICE_S = 0.5  # a long wait returns to Python this often, so a signal is handled
+
+
 def wait_for(key: str, timeout: float, *, what: str) -> str:
-  """The value process 0 published under `key`, waiting at most `timeout` seconds."""
-  try:
-    return _client().blocking_key_value_get(key, int(timeout * 1000))
-  except Exception as e:  # noqa: BLE001 - jaxlib raises its own runtime error type
-    raise DistributedError(f"process {jax.process_index()}: gave up after {timeout:.0f} s "
-                           f"waiting for process 0 to {what} "
-                           f"({str(e).splitlines()[0][:80]})") from None
+  """The value process 0 published under `key`, waiting at most `timeout` seconds (in short
+  slices: a signal that arrives meanwhile stops the process at once)."""
+  deadline = time.monotonic() + timeout
+  while True:
+    left = deadline - time.monotonic()
+    try:
+      return _client().blocking_key_value_get(key, int(max(0.001, min(left, WAIT_SLICE_S))
+                                                       * 1000))
+    except Exception as e:  # noqa: BLE001 - jaxlib raises its own runtime error type
+      if "DEADLINE_EXCEEDED" in str(e) and left > WAIT_SLICE_S:
+        continue
+      raise DistributedError(f"process {jax.process_index()}: gave up after {timeout:.0f} s "
+                             f"waiting for process 0 to {what} "
+                             f"({str(e).splitlines()[0][:80]})") from None
 
 
 def lost_peer(error: BaseException) -> bool:

@@ -174,7 +174,13 @@ def test_a_damaged_newest_checkpoint_is_reported_and_skipped(tmp_path, capsys):
   open(victim, "wb").write(bytes(data))
   with Checkpointer(str(tmp_path)) as c:
     restored = c.restore(small_state())
+    # The damaged step is set aside (kept), so the resumed run can save step 2 again.
+    assert c.all_steps() == [1]
+    c.save(2, state.replace(step=state.step + 9))
+    assert int(c.restore(small_state()).step) == int(state.step) + 9
   assert int(restored.step) == int(state.step)  # step 1's state
+  assert len(glob.glob(str(tmp_path / "bad-2-*" / "**" / os.path.basename(victim)),
+                       recursive=True)) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "step 2" in err[0] and "damaged" in err[0]
   for step in ("1", "2"):  # none good: one error naming the folder
@@ -185,6 +191,30 @@ def test_a_damaged_newest_checkpoint_is_reported_and_skipped(tmp_path, capsys):
   with Checkpointer(str(tmp_path)) as c, pytest.raises(CheckpointError,
                                                        match="no intact checkpoint"):
     c.restore(small_state())
+
+
+def test_a_step_without_its_manifest_is_incomplete(tmp_path, capsys):
+  """A kill after Orbax finalised a step and before its manifest was written leaves a step
+  that does not count: restore falls back to the step before, with that step's rows."""
+  state = small_state()
+  with Checkpointer(str(tmp_path)) as c:
+    c.save(1, state, extra={"epoch": 0, "epoch_rows": [{"loss": 1.5}]})
+    c.save(2, state.replace(step=state.step + 7), extra={"epoch": 0, "epoch_rows": []})
+  os.remove(tmp_path / "2" / checkpoint.MANIFEST)
+  with Checkpointer(str(tmp_path)) as c:
+    restored = c.restore(small_state())
+    assert int(restored.step) == int(state.step) and c.all_steps() == [1]
+    assert c.extra(1)["epoch_rows"] == [{"loss": 1.5}]
+  err = capsys.readouterr().err
+  assert "step 2" in err and "incomplete" in err
+  # A folder from before manifests (no marker, no manifest anywhere) is still accepted.
+  legacy = tmp_path / "legacy"
+  with Checkpointer(str(legacy)) as c:
+    c.save(3, state)
+  os.remove(legacy / checkpoint.MARKER)
+  os.remove(legacy / "3" / checkpoint.MANIFEST)
+  with Checkpointer(str(legacy)) as c:
+    assert int(c.restore(small_state()).step) == int(state.step)
 
 
 def test_interrupted_saves_leave_no_tmp_folders(tmp_path):

@@ -140,3 +140,110 @@ def test_the_compilation_cache_is_on_unless_switched_off(monkeypatch, tmp_path):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+# ---- signals outside training, handlers and requests that do not outlive a run -------------
+@pytest.fixture
+def handlers():
+  """dlcore's handlers installed, as `cli.entry` does; the previous ones put back after."""
+  from dlcore import preemption
+  previous = preemption.install()
+  yield preemption
+  preemption.uninstall(previous)
+
+
+def _signal_self(name="SIGTERM"):
+  os.kill(os.getpid(), getattr(signal, name))
+  time.sleep(2)  # the handler runs here, at the next bytecode
+  raise AssertionError("the signal was not handled")
+
+
+def test_a_signal_while_tfds_reads_stops_the_load_instead_of_falling_back(handlers,
+                                                                         monkeypatch):
+  import tensorflow_datasets as tfds
+  from dlcore.data import images
+  monkeypatch.setattr(tfds, "data_source", lambda *a, **k: _signal_self())
+  monkeypatch.setenv("DLCORE_OFFLINE", "1")
+  with pytest.raises(handlers.Preempted) as e:  # not digits, not a download
+    images.load("mnist", sources=("tfds", "download"), fallback="digits")
+  assert e.value.exit_code == 143 and "outside training" in str(e.value)
+
+
+def test_a_signal_while_a_model_folder_loads_is_a_stop_not_a_damaged_folder(handlers,
+                                                                           monkeypatch,
+                                                                           tmp_path):
+  from dlcore import checkpoint
+  from tests.helpers import small_state
+  path = checkpoint.save_model(str(tmp_path / "m"), "mlp", {"params": small_state().params},
+                               input_shape=(2,))
+  monkeypatch.setattr(checkpoint.jax, "eval_shape", lambda *a, **k: _signal_self())
+  with pytest.raises(handlers.Preempted):
+    checkpoint.load_model(path)
+
+
+def _fit(n_steps=6, signal_at=None, checkpointer=None):
+  """A small fit over `n_steps` one-batch epochs; SIGTERM is sent by the batches of step
+  `signal_at`. Returns (steps trained, history)."""
+  from dlcore.train import Runner, fit, make_train_step
+  from tests.helpers import bce_loss, planar_batch, small_state
+  runner, data = Runner("jit"), planar_batch(32)
+
+  def batches(epoch):
+    if epoch + 1 == signal_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    yield data
+
+  state, history = fit(small_state(), runner.compile(make_train_step(bce_loss)), batches,
+                       runner=runner, num_epochs=n_steps, progress=False,
+                       checkpointer=checkpointer, desc="toy")
+  return int(state.step), history
+
+
+def test_a_stop_does_not_outlive_its_run(handlers):
+  """After one stopped fit, the next fit in the same process trains every step."""
+  with pytest.raises(handlers.Preempted) as e:
+    _fit(signal_at=2)
+  assert e.value.step == 2
+  assert _fit()[0] == 6
+
+
+def test_a_fit_without_checkpoints_says_nothing_was_saved(handlers):
+  with pytest.raises(handlers.Preempted) as e:
+    _fit(signal_at=3)
+  message = str(e.value)
+  assert "None" not in message and "saved in" not in message
+  assert "'toy' after step 3" in message and "keeps no checkpoint" in message
+
+
+def test_a_signal_in_the_last_evaluation_stops_after_saving(handlers, tmp_path):
+  """SIGTERM while the last epoch is evaluated: fit saves the final step and stops, rather
+  than returning to code that would go on (scoring, more fits)."""
+  from dlcore.checkpoint import Checkpointer
+  from dlcore.train import Runner, fit, make_train_step
+  from tests.helpers import bce_loss, planar_batch, small_state
+  runner, data = Runner("jit"), planar_batch(32)
+  signalled = []
+
+  def evaluator(state, key):
+    if not signalled:
+      signalled.append(os.kill(os.getpid(), signal.SIGTERM))
+    return {"x": 1.0}
+
+  evaluator.every = None  # the last epoch only
+  with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(handlers.Preempted) as e:
+    fit(small_state(), runner.compile(make_train_step(bce_loss)), lambda e: [data],
+        runner=runner, num_epochs=3, progress=False, evaluators=[evaluator],
+        checkpointer=ckpt)
+  assert e.value.step == 3 and e.value.where == str(tmp_path)
+  assert Checkpointer(str(tmp_path)).latest_step() == 3
+
+
+def test_entry_puts_the_handlers_back_and_forgets_the_request():
+  from dlcore import preemption
+  from dlcore.harness import cli
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  with pytest.raises(SystemExit) as e:
+    cli.entry(_signal_self)
+  assert e.value.code == 143
+  assert {s: signal.getsignal(s) for s in before} == before
+  assert preemption.requested() is None

@@ -239,10 +239,13 @@ def entry(main) -> None:
   shutdown would otherwise wait for peers that are gone, then abort with a C++ stack."""
   from dlcore import distributed, preemption
 
-  preemption.install()  # SIGTERM / Ctrl-C: finish the step, save, stop (exit 143 / 130)
+  # SIGTERM / Ctrl-C: finish the step, save, stop (exit 143 / 130); the handlers before are
+  # put back afterwards, so a notebook or a loop of runs starts each run clean.
+  previous = preemption.install()
   try:
     main()
   except preemption.Preempted as e:
+    preemption.leave()  # other processes of the job stop without waiting for this one
     print(f"error: {e}", file=sys.stderr)
     _leave(e.exit_code)
   except KeyboardInterrupt:
@@ -253,6 +256,9 @@ def entry(main) -> None:
     if isinstance(e, distributed.DistributedError):
       code = distributed.EXIT_PEER
     elif code is None and distributed.lost_peer(e):
+      if (signal_name := preemption.requested()) is not None:  # a peer stopped first
+        print(f"error: {preemption.Preempted(signal_name)}", file=sys.stderr)
+        _leave(preemption.EXIT_CODES.get(signal_name, 1))
       code = distributed.EXIT_PEER
       first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
       e = RuntimeError(f"process {distributed.process_index()} lost contact with another "
@@ -265,6 +271,8 @@ def entry(main) -> None:
     message = " ".join(str(e).split())  # one line, whatever the message's layout
     print(f"error: {message}", file=sys.stderr)
     _leave(code)
+  finally:
+    preemption.uninstall(previous)
 
 
 def _leave(code: int) -> None:

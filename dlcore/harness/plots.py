@@ -1,6 +1,7 @@
 """Figures as PNG files (matplotlib's Agg backend: no display needed)."""
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import matplotlib
@@ -9,12 +10,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dlcore import files  # noqa: E402
+
+
+def _write(fig, path: str, dpi: int) -> str:
+  """Writes the figure all or nothing (a stop mid-write leaves no half PNG) and closes it."""
+  try:
+    with files.replacing(path, suffix=os.path.splitext(path)[1]) as tmp:
+      fig.savefig(tmp, dpi=dpi)
+  finally:
+    plt.close(fig)
+  return path
+
 
 def _save(fig, path: str, *, dpi: int = 110) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
-  return path
+  return _write(fig, path, dpi)
 
 
 def _legend_grid(ax) -> None:
@@ -128,9 +139,7 @@ def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title:
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _write(fig, path, 100)
 
 
 def confusion(y_true, y_pred, class_names: Sequence[str], path: str, *, title: str = "") -> str:

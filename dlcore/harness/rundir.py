@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 
+from dlcore import files
 from dlcore.harness.errors import ConfigError, RunDirError
 from dlcore.harness.errors import flag as _flag
 from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
@@ -47,10 +48,22 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  os.replace(tmp, path)
+  files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_json(path: str) -> dict:
+  """A run file written by dlcore (always whole: see `dlcore.files`); one that does not
+  parse was damaged by something else, and the error says which file."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise RunDirError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:80]}); restore it "
+                      "or start over with --overwrite") from None
+  if not isinstance(value, dict):
+    raise RunDirError(f"{path} holds no JSON object; restore it or start over with "
+                      "--overwrite")
+  return value
 
 
 def _epoch_records(run_path: str, step: int, scope: str | None) -> list[dict]:
@@ -170,22 +183,27 @@ class RunDir:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     ident = {}
     if resumed and os.path.exists(path):
-      with open(path) as f:
-        ident = json.load(f)
+      try:
+        ident = _read_json(path)
+      except RunDirError:
+        self._release()
+        raise
     ident.setdefault("run_id", uuid.uuid4().hex[:12])
     ident.setdefault("started", now)
     if resumed:
       ident["resumed"] = ident.get("resumed", []) + [now]
-    with open(path, "w") as f:
-      json.dump(ident, f, indent=2)
+    files.write_json(path, ident, indent=2)
     self.run_id = ident["run_id"]
 
   def _check_same_settings(self, config, allow_change) -> None:
     path = os.path.join(self.path, "config.json")
     if not os.path.exists(path):
       return
-    with open(path) as f:
-      old = _flat(json.load(f))
+    try:
+      old = _flat(_read_json(path))
+    except RunDirError:
+      self._release()
+      raise
     new = _flat(jsonable(config))
     allowed = set(allow_change)
     changed = [k for k in sorted(set(old) | set(new))
@@ -206,8 +224,7 @@ class RunDir:
     return p
 
   def write_config(self, config) -> None:
-    with open(self.file("config.json"), "w") as f:
-      json.dump(jsonable(config), f, indent=2)
+    files.write_json(self.file("config.json"), jsonable(config), indent=2)
 
   def write(self, split: str, step: int, metrics: dict, **extra) -> None:
     self.writer.write(split, step, metrics, **extra)
@@ -235,16 +252,12 @@ class RunDir:
 
   def update_summary(self, entries: dict) -> dict:
     path = self.file("summary.json")
-    summary = {}
-    if os.path.exists(path):
-      with open(path) as f:
-        summary = json.load(f)
+    summary = _read_json(path) if os.path.exists(path) else {}
     if self.precision is not None:
       entries = {k: {"precision": self.precision} | v if isinstance(v, dict) else v
                  for k, v in entries.items()}
     summary.update(jsonable(entries))
-    with open(path, "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+    files.write_json(path, summary, indent=2, sort_keys=True)
     return summary
 
   def close(self) -> None:

@@ -238,7 +238,15 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   due_save = None  # (step, epoch): saved before the next step, or once the epoch's record
                   # is written, so a kill between the two resumes from the previous save
 
-  def save_due() -> None:
+  def rows_extra(epoch: int, rows: list) -> dict:
+    """The interrupted epoch's step metrics, as JSON (with their dtypes, for bit-equal
+    means on resume)."""
+    rows = jax.device_get(rows)
+    return {"epoch": epoch,
+            "epoch_rows": [{k: np.asarray(v).tolist() for k, v in r.items()} for r in rows],
+            "dtypes": {k: str(np.asarray(v).dtype) for k, v in (rows[0] if rows else {}).items()}}
+
+  def save_due(mid: bool = False) -> None:
     nonlocal due_save, last_good
     if due_save is None:
       return
@@ -246,7 +254,9 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     due_save = None
     host = runner.get_state(state)
     check_state(host, step, epoch)
-    checkpointer.save(step, host)
+    # A save in the middle of an epoch keeps the epoch's rows, so a resume from it reports
+    # the epoch's means over all of its steps.
+    checkpointer.save(step, host, extra=rows_extra(epoch, epoch_rows) if mid else None)
     last_good = step
 
   # With several processes only process 0 shows a bar.
@@ -259,24 +269,23 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     if checkpointer is not None:
       host = runner.get_state(state)
       check_state(host, step, epoch)
-      rows = jax.device_get(epoch_rows)
-      checkpointer.save(step, host, force=True, extra={
-          "epoch": epoch, "epoch_rows": [{k: np.asarray(v).tolist() for k, v in r.items()}
-                                         for r in rows],
-          "dtypes": {k: str(np.asarray(v).dtype) for k, v in (rows[0] if rows else {}).items()}})
+      checkpointer.save(step, host, force=True, extra=rows_extra(epoch, epoch_rows))
       checkpointer.wait()
       where = checkpointer.directory
-    raise preemption.Preempted(signal_name, step, where)
+    raise preemption.Preempted(signal_name, step, where, what=f"'{desc}'")
 
+  if not preemption.in_training():  # a request left from an earlier, stopped run
+    preemption.reset()
   # While training, a signal only asks to stop after the step in flight (see `stop`).
-  with preemption.training(), contextlib.closing(bar):
+  with preemption.training(collective=runner.multiprocess, step=start_step), \
+      contextlib.closing(bar):
     for epoch in range(num_epochs):
       epoch_rows = list(carried[1]) if carried and carried[0] == epoch else []
       for batch in batches(epoch):
         if (calls_done + 1) * steps_per_call <= start_step:  # replaying up to the resume point
           calls_done += 1
           continue
-        save_due()
+        save_due(mid=True)
         state, metrics = train_step(state, runner.put_batch(batch, stacked=stacked))
         calls_done += 1
         metrics = runner.get_output(metrics)
@@ -318,11 +327,17 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
                       | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
                          if np.ndim(v) == 0 and k != "count"})
       bar.update(1)
-  host_state = runner.get_state(state)
-  if checkpointer is not None:
+    host_state = runner.get_state(state)
     final = step_of(host_state)
-    check_state(host_state, final, num_epochs - 1)
-    if checkpointer.latest_step() != final:
-      checkpointer.save(final, host_state, force=True)
-    checkpointer.wait()
+    where = None
+    if checkpointer is not None:
+      check_state(host_state, final, num_epochs - 1)
+      if checkpointer.latest_step() != final:
+        checkpointer.save(final, host_state, force=True)
+      checkpointer.wait()
+      where = checkpointer.directory
+    # A signal during the last epoch's evaluation: the run is saved; stop here, not after
+    # whatever the caller does next.
+    if (signal_name := preemption.stopping()) is not None:
+      raise preemption.Preempted(signal_name, final, where, what=f"'{desc}'")
   return host_state, history

@@ -1,0 +1,62 @@
+"""Files written all or nothing: a kill at any moment leaves the old file or the new one,
+never half of one (a temporary file beside the target, fsync, rename, fsync of the folder).
+
+    write_json(path, obj, indent=2)              # summary.json, run.json, manifests, ...
+    with replacing(path) as tmp: fig.savefig(tmp)  # anything a library writes to a path
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+
+def _fsync_dir(folder: str) -> None:
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+    pass
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path: str, *, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary path beside `path`; when the block ends without an exception, the
+  file written there becomes `path` (fsync, atomic rename). On any exception, signals
+  included, the temporary file is removed and `path` is left as it was. `suffix`: the
+  temporary name's ending (e.g. ".png", for libraries that choose a format by it)."""
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{suffix}")
+  os.close(fd)
+  try:
+    yield tmp
+    with open(tmp, "rb+") as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+  _fsync_dir(folder)
+
+
+def write_text(path: str, text: str) -> str:
+  """Writes `text` to `path` all or nothing."""
+  with replacing(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+  return path
+
+
+def write_json(path: str, obj: Any, **dump_kwargs) -> str:
+  """`json.dump(obj)` to `path`, all or nothing (the text is made before anything is
+  written, so an object that cannot be serialised leaves no file)."""
+  return write_text(path, json.dumps(obj, **dump_kwargs))
