@@ -25,6 +25,7 @@ Every wait has a timeout.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import signal
 import threading
@@ -183,7 +184,17 @@ class _Job:
     self.failed: str | None = None  # why no step could be agreed on
     self.posted = False
     self.main = threading.main_thread().ident
-    threading.Thread(target=self._watch, name="dlcore-preempt-watch", daemon=True).start()
+    self.done = threading.Event()
+    self.thread = threading.Thread(target=self._watch, name="dlcore-preempt-watch",
+                                   daemon=True)
+    self.thread.start()
+    # Stop watching before JAX's own exit handler shuts the client down (atexit runs the
+    # newest first): a thread still inside the client then would abort the process.
+    atexit.register(self.close)
+
+  def close(self) -> None:
+    self.done.set()
+    self.thread.join(2.0)
 
   def reset(self) -> None:
     self.notice.clear()
@@ -210,7 +221,7 @@ class _Job:
 
   def _watch(self) -> None:
     told = False
-    while True:
+    while not self.done.is_set():
       if self.notice.is_set() and not told:
         self._set(self.NOTICE, _requested or "SIGTERM")
         told = True

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dlcore.data import images
+from dlcore.data import DataError, images
 from dlcore.data.transforms import ImagePipeline
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -173,3 +173,46 @@ def test_pipeline_scales_pads_resizes():
     ImagePipeline("zscore")
   with pytest.raises(ValueError, match="NHWC"):
     ImagePipeline()(jnp.zeros((28, 28), jnp.uint8))
+
+
+def test_a_truncated_cifar_batch_is_refused_in_one_line(isolated_home):
+  folder = isolated_home / "cifar-10-batches-bin"
+  folder.mkdir()
+  for name in images.CIFAR_TRAIN + images.CIFAR_TEST:
+    np.zeros(2 * images.CIFAR_RECORD, np.uint8).tofile(folder / name)
+  with open(folder / "data_batch_3.bin", "ab") as f:
+    f.write(b"\0" * 100)  # a record cut short
+  with pytest.raises(DataError, match=r"data_batch_3\.bin: 6246 bytes .*truncated"):
+    images.load("cifar10", data_dir=str(folder))
+
+
+def _cifar_tarball(path, records):
+  import io
+  import tarfile
+  with tarfile.open(path, "w:gz") as tar:
+    for name in images.CIFAR_TRAIN + images.CIFAR_TEST:
+      raw = np.zeros(records * images.CIFAR_RECORD, np.uint8).tobytes()
+      info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+      info.size = len(raw)
+      tar.addfile(info, io.BytesIO(raw))
+
+
+def test_cifar_extraction_is_all_or_nothing_and_counts_records(tmp_path):
+  dest = tmp_path / "cache"
+  dest.mkdir()
+  _cifar_tarball(tmp_path / "short.tar.gz", 3)  # a well-formed archive with too few records
+  with pytest.raises(images.DownloadError, match="3 records|not 10000 records"):
+    images._extract(str(tmp_path / "short.tar.gz"), str(dest), images.info("cifar10"))
+  assert os.listdir(dest) == []  # nothing half-extracted, no temporary folder
+  (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "short.tar.gz").read_bytes()[:300])
+  with pytest.raises(images.DownloadError, match="cannot be extracted|not 10000 records"):
+    images._extract(str(tmp_path / "cut.tar.gz"), str(dest), images.info("cifar10"))
+  assert os.listdir(dest) == []
+  # The same archive with the expected count (3 here) is extracted and read.
+  images.CIFAR_RECORDS_PER_FILE, full = 3, images.CIFAR_RECORDS_PER_FILE
+  try:
+    images._extract(str(tmp_path / "short.tar.gz"), str(dest), images.info("cifar10"))
+  finally:
+    images.CIFAR_RECORDS_PER_FILE = full
+  assert os.listdir(dest) == ["cifar-10-batches-bin"]
+  assert images.load("cifar10", data_dir=str(dest)).train_x.shape == (15, 32, 32, 3)

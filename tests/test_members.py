@@ -23,8 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-4  # the issue's bound on member i against the single run seed+i
 
 
-def _close(a, b, rtol=RTOL):
-  return abs(a - b) <= rtol * abs(b), (a, b)
+def _assert_close(a, b, rtol=RTOL):
+  """Asserts that member value `a` equals the single run's `b` to `rtol` (an assert here,
+  not a returned tuple: a tuple is always true)."""
+  assert abs(a - b) <= rtol * abs(b), (a, b)
 
 
 def _digits():
@@ -72,8 +74,9 @@ def test_engine_members_equal_single_runs(mode, devices):
                eval_step=jit.compile_eval(make_eval_step(_metrics)),
                eval_batches=lambda: dldata.batches(arrays, 200))
     mine = member_view(history, i)
-    for split in ("train", "eval"):
-      assert _close(mine[-1][split]["loss"], h[-1][split]["loss"])
+    for epoch in range(3):  # the whole trajectory, not only where it ends
+      for split in ("train", "eval"):
+        _assert_close(mine[epoch][split]["loss"], h[epoch][split]["loss"])
   means = history[-1]["train"]["loss"]
   assert means == pytest.approx(np.mean(history[-1]["per_seed"]["train"]["loss"]))
 
@@ -107,7 +110,7 @@ def test_planar_member_i_is_the_run_with_seed_plus_i(tmp_path):
   for i in (0, 3):
     one = _planar(tmp_path, f"one{i}", "--seed", str(10 + i))
     for net in ("0.2", "0.5"):
-      assert _close(four[net]["per_seed"]["loss"][i], one[net]["loss"])
+      _assert_close(four[net]["per_seed"]["loss"][i], one[net]["loss"])
   s = four["0.5"]
   assert s["loss"] == pytest.approx(np.mean(s["per_seed"]["loss"]))
   assert s["loss_std"] == pytest.approx(np.std(s["per_seed"]["loss"], ddof=1))
@@ -136,7 +139,7 @@ def test_mnist_mlp_members_under_jit_and_sharded_equal_single_runs(tmp_path):
   for i in (3,):
     one = _mlp(tmp_path, f"one{i}", "--seed", str(i))
     for four in (jit, sharded):
-      assert _close(four["per_seed"]["test_loss"][i], one["test_loss"])
+      _assert_close(four["per_seed"]["test_loss"][i], one["test_loss"])
   assert len(jit["per_seed"]["test_accuracy_per_epoch"][0]) == 2
   assert "test_accuracy_std" in jit and "dataset" in jit
 
@@ -148,7 +151,7 @@ def test_vae_members_equal_single_runs(tmp_path):
   four = vae.main(["--workdir", str(tmp_path / "four"), "--seeds", "4", *args])["2.8.1"]
   one = vae.main(["--workdir", str(tmp_path / "one"), "--seed", "2", *args])["2.8.1"]
   for key in ("test_loss", "train_loss"):
-    assert _close(four["per_seed"][key][2], one[key])
+    _assert_close(four["per_seed"][key][2], one[key])
 
 
 def test_two_processes_split_the_members_and_match_one_process(tmp_path):
@@ -162,5 +165,5 @@ def test_two_processes_split_the_members_and_match_one_process(tmp_path):
   a = json.load(open(tmp_path / "two" / "summary.json"))["2.3.1"]
   b = _mlp(tmp_path, "one", "--seeds", "4")
   for i in range(4):
-    assert _close(a["per_seed"]["test_loss"][i], b["per_seed"]["test_loss"][i])
+    _assert_close(a["per_seed"]["test_loss"][i], b["per_seed"]["test_loss"][i])
   assert a["devices"] == 2

@@ -210,12 +210,18 @@ def test_precision_switch_default_is_float32_bit_for_bit(tmp_path):
     assert json.load(open(tmp_path / run / "summary.json"))["0.3"]["precision"] == want
 
 
-def test_resume_with_another_precision_is_refused_by_name(tmp_path, capsys):
+def test_resume_with_another_precision_is_refused_by_name(tmp_path, capsys, monkeypatch):
   from experiments import vae
   args = ["--dataset", "digits", "--epochs", "1", "--score-samples", "0", "--no-progress",
           "--train-limit", "256", "--test-limit", "128", "--workdir", str(tmp_path)]
+  # A scale that overflows: both steps of the epoch (256 / 128) are skipped, and the summary
+  # counts them as the step metrics do.
+  monkeypatch.setattr(precision, "INITIAL_SCALE", 2.0 ** 100)
   summary = vae.main(args + ["--precision", "float16"])
-  assert summary["2.8.1"]["precision"] == "float16" and summary["2.8.1"]["skipped_steps"] >= 0
+  monkeypatch.undo()
+  history = [json.loads(line) for line in open(tmp_path / "history.jsonl")]
+  assert history[0]["train"]["skipped"] == 1.0
+  assert summary["2.8.1"]["precision"] == "float16" and summary["2.8.1"]["skipped_steps"] == 2
   with pytest.raises(SystemExit) as e:
     cli.entry(lambda: vae.main(args + ["--epochs", "2", "--resume", "--precision", "bfloat16"]))
   assert e.value.code == cli.EXIT_USAGE
@@ -235,3 +241,28 @@ def test_gan_refuses_float16_in_one_line(capsys):
   with pytest.raises(SystemExit) as e:
     gan.main(["--precision", "float16"])
   assert e.value.code == 2 and "bfloat16" in capsys.readouterr().err
+
+
+def test_float16_means_of_counted_metrics_leave_skipped_steps_out():
+  """Metrics with a "count" (per-example weights) under loss scaling: the means are over the
+  applied steps, "skipped" is the fraction of steps skipped, and a window in which every
+  step was skipped is no divergence."""
+  scale = precision.loss_scale("float16")
+
+  def row(loss, count, applied):
+    return precision.step_metrics({"loss": jnp.float32(loss), "count": jnp.float32(count)},
+                                  scale, jnp.asarray(applied))
+
+  means = host_mean([row(1.0, 2, True), row(50.0, 2, False), row(4.0, 6, True)])
+  assert means["loss"] == pytest.approx((1.0 * 2 + 4.0 * 6) / 8)
+  assert means["skipped"] == pytest.approx(1 / 3) and means["count"] == 8
+  assert means["loss_scale"] == float(scale.scale)
+  skipped = host_mean([row(50.0, 2, False), row(7.0, 2, False)])
+  assert skipped["skipped"] == 1.0 and np.isnan(skipped["loss"]) and skipped["count"] == 0
+  # fit treats such a window as skipped, not diverged.
+  counted = lambda out, b: (bce_loss(out, b)[0], {"count": jnp.float32(b["y"].shape[0])})
+  runner = Runner("jit")
+  state, history = fit(_f16_state(scale=2.0 ** 100), runner.compile(make_train_step(counted)),
+                       _Rows([planar_batch(64)] * 2), runner=runner, num_epochs=1,
+                       progress=False, log_every=1)
+  assert history[0]["train"]["skipped"] == 1.0 and precision.skipped_steps(state) == 2

@@ -37,6 +37,7 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import socket
 import sys
 import tarfile
@@ -49,6 +50,8 @@ from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from dlcore.data import DataError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -168,7 +171,7 @@ def read_idx(path: str) -> np.ndarray:
   offset = 4 + 4 * ndim
   expected = int(np.prod(dims)) * dtype.itemsize
   if len(raw) - offset != expected:
-    raise ValueError(f"{path}: header says {dims} ({expected} bytes) but the file holds "
+    raise DataError(f"{path}: header says {dims} ({expected} bytes) but the file holds "
                      f"{len(raw) - offset} bytes; the file is truncated or corrupt")
   return np.frombuffer(raw, dtype, offset=offset).reshape(dims)
 
@@ -208,8 +211,14 @@ def _read_cifar_folder(folder: str) -> dict | None:
     return None
 
   def read(files):
-    rec = np.concatenate([np.fromfile(os.path.join(folder, f), np.uint8).reshape(-1, 3073)
-                          for f in files])
+    parts = []
+    for f in files:
+      raw = np.fromfile(os.path.join(folder, f), np.uint8)
+      if raw.size == 0 or raw.size % CIFAR_RECORD:
+        raise DataError(f"{os.path.join(folder, f)}: {raw.size} bytes is not a whole number "
+                         f"of {CIFAR_RECORD}-byte records; the file is truncated or corrupt")
+      parts.append(raw.reshape(-1, CIFAR_RECORD))
+    rec = np.concatenate(parts)
     # Each record: 1 label byte, then 3x32x32 pixels, channel-major.
     return rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rec[:, 0].astype(np.int32)
 
@@ -391,11 +400,46 @@ def _download(ds: DatasetInfo, progress: bool = True) -> tuple[str | None, str]:
             size=int(meta.size) if meta.size else None, progress=progress)
   except DownloadError as e:
     return None, str(e)
-  for path in paths.values():
-    if path.endswith(".tar.gz"):
-      with tarfile.open(path) as tar:
-        tar.extractall(dest, filter="data")
+  try:
+    for path in paths.values():
+      if path.endswith(".tar.gz"):
+        _extract(path, dest, ds)
+  except DownloadError as e:
+    return None, str(e)
   return dest, f"downloaded from {host}, SHA-256 checked"
+
+
+CIFAR_RECORD = 3073  # 1 label byte + 3x32x32 pixels
+CIFAR_RECORDS_PER_FILE = 10_000
+
+
+def _extract(archive: str, dest: str, ds: DatasetInfo) -> None:
+  """Extracts `archive` into `dest` all or nothing: into a private folder first, checked
+  (CIFAR-10: 10,000 records in every batch file), then each top-level folder is renamed into
+  place. A folder already in place is kept (it was checked when it arrived)."""
+  tmp = tempfile.mkdtemp(dir=dest, prefix=".extract-")
+  try:
+    try:
+      with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+      raise DownloadError(f"{archive}: cannot be extracted ({type(e).__name__}: {e}); "
+                          "delete it and run again") from None
+    if ds.file_format == "cifar_bin":
+      folder = os.path.join(tmp, "cifar-10-batches-bin")
+      for name in CIFAR_TRAIN + CIFAR_TEST:
+        f = os.path.join(folder, name)
+        size = os.path.getsize(f) if os.path.isfile(f) else None
+        if size != CIFAR_RECORDS_PER_FILE * CIFAR_RECORD:
+          raise DownloadError(
+              f"{archive}: {name} holds {'no file' if size is None else f'{size} bytes'}, not "
+              f"{CIFAR_RECORDS_PER_FILE} records of {CIFAR_RECORD} bytes; nothing was kept")
+    for name in os.listdir(tmp):
+      target = os.path.join(dest, name)
+      if not os.path.exists(target):
+        os.replace(os.path.join(tmp, name), target)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _digits() -> dict:

@@ -31,8 +31,29 @@ def enable() -> str | None:
     os.makedirs(path, exist_ok=True)
   except OSError:
     return None  # an unwritable cache only costs compile time
+  drop_empty_entries(path)
   jax.config.update("jax_compilation_cache_dir", path)
   # Every program, not only those over 1 s to compile: the small steps add up.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
+
+
+def drop_empty_entries(path: str) -> list[str]:
+  """Removes empty entries from JAX's cache folder; returns their names. JAX writes an
+  entry in place (open, then write): a stop between the two leaves an empty file, which JAX
+  would fail to read, warn about and never replace. (A stop cannot cut a write in half: the
+  write is one call, and Python runs signal handlers between calls.)"""
+  dropped = []
+  try:
+    entries = list(os.scandir(path))
+  except OSError:
+    return dropped
+  for entry in entries:
+    try:
+      if entry.is_file() and entry.stat().st_size == 0:
+        os.remove(entry.path)
+        dropped.append(entry.name)
+    except OSError:  # another process removed it first
+      pass
+  return dropped

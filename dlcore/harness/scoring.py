@@ -13,9 +13,13 @@ Every summary that uses it records its path and `weights_sha256`, a hash of its 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import os
+import time
 from typing import Callable
 
 import jax
@@ -104,7 +108,36 @@ def scorer_pipeline(data: ImageData) -> ImagePipeline:
   return ImagePipeline("pm1", size=size, resize="bilinear")
 
 
-SCORER_WAIT_S = 3600  # process 0 may be training the scorer (minutes on a CPU)
+SCORER_WAIT_S = 3600  # process 0 or another run may be training the scorer (minutes on a CPU)
+LOCK_POLL_S = 0.2
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str, timeout: float, *, what: str):
+  """Holds an exclusive lock on `lock_path` (an flock, which the OS drops if its holder
+  dies), waiting at most `timeout` seconds for another process that holds it."""
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  with open(lock_path, "a+") as f:
+    deadline, told = time.monotonic() + timeout, False
+    while True:
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+          raise
+      if time.monotonic() > deadline:
+        raise ConfigError(f"gave up after {timeout:.0f} s waiting for another run to {what} "
+                           f"(it holds {lock_path}); try again, or pass a folder with "
+                           "--classifier")
+      if not told:
+        say(f"waiting for another run to {what} (lock {lock_path})")
+        told = True
+      time.sleep(LOCK_POLL_S)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: int = 3,
@@ -117,18 +150,24 @@ def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: in
   if several and not distributed.is_primary():  # process 0 trains and saves; read its copy
     distributed.wait_for(f"dlcore/scorer:{path}", SCORER_WAIT_S,
                          what=f"provide the scoring classifier {path}")
-  trained = distributed.is_primary() and not os.path.exists(os.path.join(path, "model.json"))
-  if trained:
-    say(f"training the scoring classifier (chapter 6 CNN, {epochs} epochs, seed {seed}) "
-        f"-> {path}")
-    model = models.build("cnn", in_channels=data.image_shape[2], num_classes=data.num_classes)
-    result = train_classifier(model, data, optim.make_optimizer("adam", 1e-3),
-                              pipeline=pipeline, batch_size=128, epochs=epochs,
-                              runner=Runner("jit"), seed=seed, progress=progress,
-                              desc="scoring classifier", checkpoint_dir=None)
-    save_model(path, "cnn", variables_of(result.state),
-               input_shape=(28, 28, data.image_shape[2]),
-               kwargs={"in_channels": data.image_shape[2], "num_classes": data.num_classes})
+  trained = False
+  if distributed.is_primary() and not os.path.exists(os.path.join(path, "model.json")):
+    # One run trains it; another run on the same cache waits for that one, then loads it.
+    with _exclusive(path + ".lock", SCORER_WAIT_S, what="train the scoring classifier"):
+      trained = not os.path.exists(os.path.join(path, "model.json"))
+      if trained:
+        say(f"training the scoring classifier (chapter 6 CNN, {epochs} epochs, seed {seed}) "
+            f"-> {path}")
+        model = models.build("cnn", in_channels=data.image_shape[2],
+                             num_classes=data.num_classes)
+        result = train_classifier(model, data, optim.make_optimizer("adam", 1e-3),
+                                  pipeline=pipeline, batch_size=128, epochs=epochs,
+                                  runner=Runner("jit"), seed=seed, progress=progress,
+                                  desc="scoring classifier", checkpoint_dir=None)
+        save_model(path, "cnn", variables_of(result.state),  # all or nothing
+                   input_shape=(28, 28, data.image_shape[2]),
+                   kwargs={"in_channels": data.image_shape[2],
+                           "num_classes": data.num_classes})
   if several and distributed.is_primary():
     distributed.publish(f"dlcore/scorer:{path}", "ready")
   model, variables = load_model(path)  # what is scored with is what was saved

@@ -52,10 +52,16 @@ def host_mean(rows: list[dict]) -> dict:
   (`dlcore.precision.applied_means`) and the fraction of steps skipped."""
   rows = jax.device_get(rows)
   if "count" in rows[0]:
+    # float16: a skipped step's metrics, its count included, are zero, so the weights leave
+    # it out; "skipped" and "loss_scale" are per step, not per example.
+    per_step = [k for k in ("skipped", "loss_scale") if k in rows[0]]
     w = np.array([float(np.sum(r["count"])) for r in rows])
-    out = {k: float(np.dot([np.mean(r[k]) for r in rows], w) / w.sum())
-           for k in rows[0] if k != "count"}
-    return out | {"count": int(w.sum())}
+    total = w.sum()
+    out = {k: float(np.dot([np.mean(r[k]) for r in rows], w) / total) if total > 0
+           else float("nan")  # every step skipped: nothing measured
+           for k in rows[0] if k != "count" and k not in per_step}
+    out |= {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in per_step}
+    return out | {"count": int(total)}
   return precision.applied_means(
       {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]})
 
