@@ -155,3 +155,33 @@ def test_unknown_model_and_bad_kwargs_exit_2(tmp_path, capsys):
   assert "unknown model 'resnet'" in _one_error_line(capsys)
   assert cli.main(["import", w, "lenet", str(tmp_path / "d"), "--kwargs", "{x"]) == 2
   assert "not valid JSON" in _one_error_line(capsys)
+
+
+def test_bfloat16_weights_import_alike_from_pt_and_safetensors(tmp_path):
+  """A bfloat16 state_dict imports from .pt as from .safetensors, as float32 parameters
+  equal to the bfloat16 values; in a fresh process (no JAX imported before the read)."""
+  import subprocess
+  import sys
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import save_file
+  v = random_variables("lenet")
+  sd = {k: torch.from_numpy(np.array(a)).to(torch.bfloat16) if a.dtype.kind == "f"
+        else torch.from_numpy(np.array(a)) for k, a in to_state_dict("lenet", v).items()}
+  torch.save(sd, tmp_path / "w.pt")
+  save_file(sd, str(tmp_path / "w.safetensors"))
+  for ext in ("pt", "safetensors"):
+    out = subprocess.run([sys.executable, "-m", "dlcore.interop", "import", f"w.{ext}", "lenet",
+                          f"m_{ext}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+  # read_state_dict alone (nothing imported JAX, which registers bfloat16 with NumPy).
+  code = ("from dlcore.interop.__main__ import read_state_dict as r; import sys; "
+          "print(r(sys.argv[1])['fc1.weight'].dtype)")
+  for ext in ("pt", "safetensors"):
+    out = subprocess.run([sys.executable, "-c", code, f"w.{ext}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "bfloat16", out.stderr[-1000:]
+  (_, a), (_, b) = load_model(str(tmp_path / "m_pt")), load_model(str(tmp_path / "m_safetensors"))
+  rounded = jax.tree.map(lambda x: np.asarray(x, np.float32).astype(jax.numpy.bfloat16)
+                         .astype(np.float32), v)
+  for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(rounded)):
+    assert x.dtype == y.dtype == np.float32 and np.array_equal(x, y) and np.array_equal(x, z)

@@ -15,6 +15,7 @@ from dlcore.train.loop import host_mean
 from tests.helpers import bce_loss, max_abs_diff, planar_batch
 
 RNGS = {"dropout": jax.random.PRNGKey(3), "noise": jax.random.PRNGKey(4)}
+LOSS_OUTPUTS = {"lstm_tagger"}  # models whose output is log-probabilities for the loss
 
 
 def _inputs(name, batch=4):
@@ -41,7 +42,9 @@ def test_bfloat16_model_has_float32_params_bfloat16_outputs_and_trains(name):
   variables = _init(model, xs)
   assert {l.dtype for l in jax.tree.leaves(variables)} <= {jnp.dtype(jnp.float32)}
   out = model.apply(variables, *xs, train=False)
-  assert {l.dtype for l in jax.tree.leaves(out)} == {jnp.dtype(jnp.bfloat16)}
+  # The tagger's output is its loss's input, log-probabilities: float32 (losses are).
+  want = jnp.float32 if name in LOSS_OUTPUTS else jnp.bfloat16
+  assert {l.dtype for l in jax.tree.leaves(out)} == {jnp.dtype(want)}
   if "params" not in variables:  # the parameter-free centering layer: nothing to train
     return
   targets = jax.tree.map(lambda o: jnp.asarray(
@@ -266,3 +269,40 @@ def test_float16_means_of_counted_metrics_leave_skipped_steps_out():
                        _Rows([planar_batch(64)] * 2), runner=runner, num_epochs=1,
                        progress=False, log_every=1)
   assert history[0]["train"]["skipped"] == 1.0 and precision.skipped_steps(state) == 2
+
+
+def test_the_tagger_gives_float32_log_probabilities_in_bfloat16():
+  """The NLL reads the tagger's log-softmax: computed and returned in float32, so each
+  word's probabilities sum to 1 to float32 rounding (bfloat16 would be off by ~1e-2)."""
+  model = models.build("lstm_tagger", dtype=jnp.bfloat16)
+  xs = _inputs("lstm_tagger")
+  logp = model.apply(_init(model, xs), *xs, train=False)
+  assert logp.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(jax.nn.logsumexp(logp, axis=-1)))) < 1e-6
+
+
+# Flax's LSTMCell keeps its carry (c, h) in param_dtype, so an RNN layer's output is float32;
+# its gates (Dense layers) compute in bfloat16. The tagger returns float32 log-probabilities.
+FLOAT32_OUTPUTS = {"lstm_regressor": {"['RNN_0']['__call__'][0]"},
+                   "lstm_tagger": {"['__call__'][0]", "['lstm']['__call__'][0]"}}
+
+
+def test_every_layer_computes_in_the_model_dtype():
+  """Each submodule's output (Dense, Conv, ConvTranspose, BatchNorm, Embed, custom layers) is
+  bfloat16 in a bfloat16 model: a layer that forgot `dtype` would compute in float32 and
+  still hand the next layer a value, so the model's output alone would not show it."""
+  for name in models.names():
+    if name == "alexnet":  # its layers are LeNet's kinds at 224x224 (make test-all)
+      continue
+    model = models.build(name, dtype=jnp.bfloat16)
+    xs = _inputs(name, 2)
+    # Shapes and dtypes only (traced, not computed).
+    _, state = jax.eval_shape(lambda: model.apply(
+        _init(model, xs), *xs, train=True, rngs=RNGS, mutable=["batch_stats", "intermediates"],
+        capture_intermediates=True))
+    outputs = {jax.tree_util.keystr(p): leaf.dtype
+               for p, leaf in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]}
+    assert outputs, name
+    other = {k for k, d in outputs.items() if jnp.issubdtype(d, jnp.floating)
+             and d != jnp.bfloat16}
+    assert other == FLOAT32_OUTPUTS.get(name, set()), (name, other)

@@ -17,7 +17,8 @@ FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 def test_apply_adds_the_flag_once_and_respects_the_user():
   env = {}
   assert xlaflags.apply(env) == [FLAG] and env["XLA_FLAGS"] == FLAG
-  assert xlaflags.apply(env) == [] and env["XLA_FLAGS"] == FLAG
+  xlaflags.apply(env)  # again (as a child process inheriting env): still once
+  assert env["XLA_FLAGS"] == FLAG and env[xlaflags.ADDED] == FLAG
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   xlaflags.apply(env)
   assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {FLAG}"
@@ -41,6 +42,32 @@ def test_another_jaxlib_gets_no_flag(monkeypatch):
   monkeypatch.setattr(xlaflags, "_jaxlib_version", lambda: "0.11.2")
   env = {}
   assert xlaflags.apply(env) == [] and env == {}
+
+
+def test_a_child_with_another_jaxlib_drops_the_inherited_flag(monkeypatch):
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  xlaflags.apply(env)  # the parent
+  monkeypatch.setattr(xlaflags, "_jaxlib_version", lambda: "0.11.2")
+  xlaflags.apply(env)  # a child with another jaxlib: the user's flags only
+  assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {"XLA_FLAGS": FLAG}  # the user's own: kept
+  xlaflags.apply(env)
+  assert env == {"XLA_FLAGS": FLAG}
+
+
+def test_describe_tells_when_the_backend_started_too_early():
+  """`import dlcore` after JAX has computed: no flag is set, and describe() says why."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xlaflags.ADDED)}
+  code = ("import os, jax; jax.numpy.ones(2).block_until_ready(); from dlcore import xlaflags; "
+          "print(xlaflags.describe()); print('XLA_FLAGS' in os.environ)")
+  late = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=120, check=True).stdout.splitlines()
+  assert "too late" in late[0] and "JAX's defaults" in late[0] and late[1] == "False"
+  if xlaflags._jaxlib_version().startswith(xlaflags.JAXLIB_SERIES):
+    code = "from dlcore import xlaflags; import jax; print(xlaflags.describe())"
+    early = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "YNNPACK fusion off" in early
 
 
 def test_this_suite_runs_with_the_flag():

@@ -60,6 +60,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   ext = _suffix(path, SUFFIXES_IN)
   if not os.path.isfile(path):
     raise UsageError(f"{path}: no such file")
+  import ml_dtypes  # noqa: F401 - registers bfloat16 with NumPy, for safetensors' reader
   if ext == ".safetensors":
     from safetensors.numpy import load_file
     try:
@@ -78,7 +79,21 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
                                           for k, v in obj.items()):
     raise WeightsFileError(f"{path}: holds no state_dict (a dict of tensors)")
-  return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+  return {k: _numpy(torch, k, v, path) for k, v in obj.items()}
+
+
+def _numpy(torch, key: str, tensor, path: str) -> np.ndarray:
+  """A tensor as a NumPy array; bfloat16 (which NumPy lacks) as ml_dtypes' bfloat16, the
+  dtype safetensors gives for the same weights."""
+  import ml_dtypes
+  tensor = tensor.detach().cpu()
+  if tensor.dtype == torch.bfloat16:
+    return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  try:
+    return tensor.numpy()
+  except TypeError as e:  # a dtype NumPy cannot hold (float8, ...)
+    raise WeightsFileError(f"{path}: {key} has dtype {tensor.dtype}, which cannot be "
+                           f"imported ({_first_line(e)})") from None
 
 
 def write_state_dict(state_dict: dict[str, np.ndarray], path: str) -> str:
@@ -100,6 +115,12 @@ def write_state_dict(state_dict: dict[str, np.ndarray], path: str) -> str:
   except OSError as e:
     raise WeightsFileError(f"cannot write {path}: {e.strerror or e}") from None
   return path
+
+
+def _is_float(arr: np.ndarray) -> bool:
+  """NumPy's floats and ml_dtypes' (bfloat16, ...), which np.issubdtype does not know."""
+  import ml_dtypes
+  return np.issubdtype(arr.dtype, np.floating) or arr.dtype == ml_dtypes.bfloat16
 
 
 def _first_line(e: Exception) -> str:
@@ -149,7 +170,10 @@ def import_(path: str, name: str, model_dir: str, *, kwargs: dict | None = None,
     raise UsageError(f"--kwargs do not fit {name}: {e}") from None
   sd = read_state_dict(path)
   for key, arr in sd.items():
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    if _is_float(arr) and arr.dtype.itemsize < 4:
+      # float16 / bfloat16 weights: parameters are stored as float32 (exact).
+      sd[key] = arr = arr.astype(np.float32)
+    if _is_float(arr) and not np.isfinite(arr).all():
       raise WeightsFileError(f"{path}: {key} holds NaN or infinite values")
   try:
     check_state_dict(name, sd, **kwargs)  # in PyTorch's key names

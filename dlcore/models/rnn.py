@@ -40,9 +40,10 @@ class LSTMTagger(nn.Module):
 
   def __call__(self, x, *, train: bool = False):
     h = self.lstm(self.word_embeddings(x.astype(jnp.int32)))
-    # log_softmax in float32 at any dtype; the output is in the computation dtype.
+    # The output is what the NLL loss reads: log-probabilities in float32 at any computation
+    # dtype (losses are float32), not rounded back to bfloat16.
     logits = self.hidden2tag(h)
-    return nn.log_softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    return nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
 @register("lstm_regressor", example_shape=(30, 1))
