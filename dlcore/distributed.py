@@ -29,16 +29,13 @@ import jax
 
 from dlcore import preemption
 
-ENV_COORDINATOR = "DLCORE_COORDINATOR"
-ENV_NUM_PROCESSES = "DLCORE_NUM_PROCESSES"
-ENV_PROCESS_ID = "DLCORE_PROCESS_ID"
+from dlcore.jobenv import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, EXIT_PEER  # noqa
 ENV_CONNECT_TIMEOUT = "DLCORE_CONNECT_TIMEOUT"
 CONNECT_TIMEOUT_S = 30  # how long a process waits for the others to join
 HEARTBEAT_S = 20  # JAX's: after it, the runtime aborts the process with a C++ stack
 PEER_S = 10       # ours: a peer silent this long is gone; ends the process first, in a line
 BEAT_S = 0.5
 SHUTDOWN_S = 60   # the exit barrier: how long a finished process waits for slower peers
-EXIT_PEER = 6  # a peer process failed, or never came
 
 
 class DistributedError(RuntimeError):

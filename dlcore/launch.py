@@ -27,8 +27,7 @@ import tempfile
 import threading
 import time
 
-from dlcore.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID,
-                                EXIT_PEER)
+from dlcore.jobenv import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, EXIT_PEER
 
 GRACE_S = 5      # SIGTERM -> SIGKILL
 TERM_GRACE_S = 90.0  # after a forwarded SIGTERM, how long the processes get to save and exit
@@ -86,7 +85,22 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
   os.makedirs(log_dir, exist_ok=True)
   address = f"127.0.0.1:{port or free_port()}"
   procs, logs, relays = [], [], []
+  terminated = threading.Event()
+  signalled: set[int] = set()
+
+  def forward(signum=None, frame=None):  # a scheduler's SIGTERM: every process saves, stops
+    terminated.set()
+    for p in procs:
+      if p.poll() is None and p.pid not in signalled:
+        signalled.add(p.pid)
+        with contextlib.suppress(ProcessLookupError):
+          os.killpg(p.pid, signal.SIGTERM)
+
+  # Before the first process starts: a SIGTERM at any moment reaches every process.
+  previous = signal.signal(signal.SIGTERM, forward)
   for i in range(n):
+    if terminated.is_set():
+      break
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{
         ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(n), ENV_PROCESS_ID: str(i)})
     log = open(os.path.join(log_dir, f"process-{i}.log"), "wb")
@@ -102,21 +116,19 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
       relays.append(t)
   print(f"dlcore.launch: {n} processes of {module} (pids {' '.join(str(p.pid) for p in procs)}"
         f"), coordinator {address}, logs in {log_dir}", file=sys.stderr, flush=True)
-  terminated = threading.Event()
-
-  def forward(signum, frame):  # a scheduler's SIGTERM: every process saves and stops
-    terminated.set()
-    for p in procs:
-      if p.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-          os.killpg(p.pid, signal.SIGTERM)
-
-  previous = signal.signal(signal.SIGTERM, forward)
   try:
+    if terminated.is_set():
+      forward()  # the processes started after the signal get it too
     code = _watch(procs, log_dir, terminated)
-  except KeyboardInterrupt:
-    _stop(procs)
-    print("dlcore.launch: interrupted; stopped every process", file=sys.stderr)
+  except KeyboardInterrupt:  # Ctrl-C: a graceful stop as for SIGTERM; a second one: at once
+    print("dlcore.launch: interrupted; every process saves and stops (Ctrl-C again: at once)",
+          file=sys.stderr, flush=True)
+    try:
+      forward()
+      _wait_terminated(procs)
+    except KeyboardInterrupt:
+      _stop(procs)
+      print("dlcore.launch: stopped every process", file=sys.stderr)
     code = 130
   finally:
     signal.signal(signal.SIGTERM, previous)

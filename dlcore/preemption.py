@@ -27,8 +27,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import signal
+import sys
 import threading
+import time
+from typing import Callable
 
 # Exit codes (shell convention: 128 + the signal's number).
 EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
@@ -36,6 +40,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 AGREE_S = 30.0  # how long processes wait for each other to agree on a step
 
 _requested: str | None = None  # the signal's name once one arrived
+_program = False               # installed by cli.entry for one run (see `install`)
+_delivered = False             # the program caught its Preempted
+_again = False                 # the next handler call is a stop raised again
+_told = False                  # the early handler printed its line
+AGAIN_S = 0.5   # a stop raised outside training is raised again after this (until caught)
+DEFER_S = 0.02  # a stop that arrived inside a finalizer is raised after this
 _training = False              # inside fit: finish the step, then save and stop
 _collective = False            # that fit's steps run over every process of the job
 _saved: tuple[str, int] | None = None  # newest checkpoint saved or restored here
@@ -49,6 +59,7 @@ class Preempted(BaseException):
   def __init__(self, signal_name: str, step: int | None = None, where: str | None = None, *,
                what: str = "training", detail: str | None = None):
     self.signal_name, self.step, self.where = signal_name, step, where
+    self.told = False  # the line was printed already
     if detail is not None:
       saved = detail
     elif step is not None and where is not None:
@@ -79,28 +90,141 @@ def note_saved(directory: str, step: int) -> None:
 
 
 def _handler(signum, frame) -> None:
-  global _requested
+  global _requested, _again
   name = signal.Signals(signum).name
-  if name == "SIGINT" and _requested is not None:  # Ctrl-C after a stop request: at once
+  again, _again = _again, False
+  if name == "SIGINT" and _requested is not None and not again:  # a second Ctrl-C: at once
     raise KeyboardInterrupt
-  _requested = name
+  _requested = _requested or name
   if _job is not None:
     _job.notice.set()
   if not _training:
-    raise Preempted(name)
+    if _in_finalizer(frame):  # Python would ignore the exception here: raise it soon after
+      _schedule_again(signum, DEFER_S, lambda: signal.getsignal(signum) is _handler)
+      return
+    if _program:
+      _schedule_again(signum, AGAIN_S, lambda: _program and not _delivered)
+    raise Preempted(_requested)
 
 
-def install() -> dict:
+def _in_finalizer(frame) -> bool:
+  """Whether a handler runs inside a gc callback (JAX registers one) or a `__del__`, where
+  Python prints and ignores any exception."""
+  callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+      return True
+    frame = frame.f_back
+  return False
+
+
+def _unraisable(info) -> None:
+  """`sys.unraisablehook` while dlcore's handlers are in place: a stop that Python could not
+  raise (in a weakref callback) is raised again soon; its traceback would only alarm."""
+  if isinstance(info.exc_value, (Preempted, SystemExit)) and _requested is not None:
+    return
+  sys.__unraisablehook__(info)
+
+
+def _schedule_again(signum, delay: float, still: Callable[[], bool]) -> None:
+  """Delivers `signum` to the main thread again after `delay` seconds if `still()`. A
+  program's stop outside training is raised again every `AGAIN_S` until `delivered()`:
+  besides gc callbacks and `__del__`, a handler can run inside a weakref callback, which
+  Python ignores exceptions from too, and that cannot be told from the frame."""
+  main = threading.main_thread().ident
+
+  def again():
+    global _again
+    if still():
+      _again = True
+      signal.pthread_kill(main, signum)
+
+  timer = threading.Timer(delay, again)
+  timer.daemon = True
+  timer.start()
+
+
+def _early_handler(signum, frame) -> None:
+  """Before `cli.entry` runs (a program still importing JAX and the rest) and after it: one
+  line and the exit code, raised again until the program ends (see `_schedule_again`)."""
+  global _requested, _told
+  name = signal.Signals(signum).name
+  _requested = _requested or name
+  still = lambda: signal.getsignal(signum) is _early_handler  # noqa: E731
+  if _in_finalizer(frame):
+    _schedule_again(signum, DEFER_S, still)
+    return
+  if not _told:  # once, if the first exit was swallowed
+    _told = True
+    sys.stderr.write(f"error: {Preempted(_requested)}\n")
+    sys.stderr.flush()
+  _schedule_again(signum, AGAIN_S, still)
+  raise SystemExit(EXIT_CODES.get(_requested, 1))
+
+
+def early() -> None:
+  """For programs (`experiments/__init__.py` calls this when run with `python -m`): SIGTERM
+  and Ctrl-C end the program in one line from the first import on. A request that arrives
+  now is kept for `install(program=True)`, which then stops at once."""
+  for s in SIGNALS:
+    signal.signal(s, _early_handler)
+  sys.unraisablehook = _unraisable
+
+
+def install(*, program: bool = False) -> dict:
   """Handles SIGTERM and SIGINT as graceful stops (main thread only) and clears any earlier
-  request; returns the previous handlers, for `uninstall`."""
+  request; returns the previous handlers, for `uninstall`. `program=True` (`cli.entry`):
+  this process runs one run, and a stop is not over until `delivered()`: a `fit` never
+  discards a request, and a stop raised outside training is raised again until it is
+  delivered. Without it (a notebook), a request left over when a `fit` starts is from an
+  earlier, stopped run and is forgotten."""
+  global _program, _delivered, _requested, _told
+  pending = _requested if signal.getsignal(signal.SIGTERM) is _early_handler else None
+  if pending is None:
+    _told = False
   reset()
-  return {s: signal.signal(s, _handler) for s in SIGNALS}
+  _program, _delivered = program, False
+  previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+  previous["unraisablehook"] = sys.unraisablehook
+  sys.unraisablehook = _unraisable
+  if pending is not None:  # arrived while the program started (its exit was swallowed):
+    _requested = pending   # `check()` raises it
+  return previous
+
+
+def check() -> None:
+  """Raises `Preempted` if a stop was requested (a program calls this where it starts)."""
+  if _requested is not None and not _training:
+    e = Preempted(_requested)
+    e.told = _told  # the early handler printed the line already
+    raise e
+
+
+def delivered() -> None:
+  """The program caught its `Preempted`: no more raising it again."""
+  global _delivered
+  _delivered = True
 
 
 def uninstall(previous: dict) -> None:
   """Puts back the handlers `install` returned and forgets any request."""
+  global _program, _told
+  _program, _told = False, False
+  previous = dict(previous)
+  sys.unraisablehook = previous.pop("unraisablehook", sys.unraisablehook)
   for s, h in previous.items():
     signal.signal(s, h if h is not None else signal.SIG_DFL)
+  reset()
+
+
+def begin_fit() -> None:
+  """At the start of a `fit`: a request that arrived earlier in this program (its raise
+  swallowed, see `_schedule_again`) stops now; in a notebook it is from an earlier, stopped
+  run and is forgotten."""
+  if _training or _requested is None:
+    return
+  if _program:
+    raise Preempted(_requested)
   reset()
 
 
@@ -163,16 +287,20 @@ def join(client, me: int, n: int) -> None:
     _job = _Job(client, me, n)
 
 
-def leave() -> None:
-  """This process stops outside a collective fit: tells the others not to wait for it."""
+def leave(wait_s: float = 3.0) -> None:
+  """This process stops: tells the others not to wait for it. Process 0, which hosts the
+  job's coordination service, then waits up to `wait_s` for the others to stop first: a
+  process whose coordinator vanishes aborts with a C++ stack instead of its own line."""
   if _job is not None:
     _job.post_out()
+    _job.left(wait_s if _job.me == 0 else 0.0)
 
 
 class _Job:
   """The stop protocol between the processes of a job (module doc)."""
   NOTICE = "dlcore/preempt/notice"
   POSTS = "dlcore/preempt/step/"
+  LEFT = "dlcore/preempt/left/"
   OUT = "out"
 
   def __init__(self, client, me: int, n: int):
@@ -218,6 +346,18 @@ class _Job:
     if not self.posted:
       self.posted = True
       self._set(f"{self.POSTS}{self.me}", self.OUT)
+
+  def left(self, wait_s: float) -> None:
+    self._set(f"{self.LEFT}{self.me}", "1")
+    deadline = time.monotonic() + wait_s
+    for p in range(self.n):
+      left_ms = int((deadline - time.monotonic()) * 1000)
+      if p == self.me or left_ms <= 0:
+        continue
+      try:
+        self.client.blocking_key_value_get(f"{self.LEFT}{p}", left_ms)
+      except Exception:  # noqa: BLE001 - it did not say in time: leave anyway
+        pass
 
   def _watch(self) -> None:
     told = False

@@ -34,14 +34,15 @@ def _test_loss(workdir):
 
 
 def _terminate_after(cmd, workdir, epochs=2):
-  """Starts `cmd`, sends SIGTERM once `epochs` epoch records exist; (returncode, stderr,
-  seconds from the signal to the exit)."""
+  """Starts `cmd`, sends SIGTERM once `epochs` more epoch records exist; (returncode,
+  stderr, seconds from the signal to the exit)."""
   proc = subprocess.Popen([sys.executable, "-m", *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   path = os.path.join(workdir, "history.jsonl")
+  before = len(open(path).readlines()) if os.path.exists(path) else 0
   deadline = time.monotonic() + 180
   while time.monotonic() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(open(path).readlines()) >= epochs:
+    if os.path.exists(path) and len(open(path).readlines()) >= before + epochs:
       break
     time.sleep(0.05)
   assert proc.poll() is None, "the run ended before it could be stopped"
@@ -51,9 +52,9 @@ def _terminate_after(cmd, workdir, epochs=2):
   return proc.returncode, err, time.monotonic() - start
 
 
-def _run(cmd, timeout=300):
+def _run(cmd, timeout=300, env=None):
   out = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, env=env)
   assert out.returncode == 0, out.stderr[-2000:]
 
 
@@ -84,21 +85,43 @@ def _leaves(tree):
   return [np.asarray(v) for v in jax.tree.leaves(tree)]
 
 
-def test_two_processes_stop_together_on_sigterm_to_the_launcher(tmp_path):
+def _gone(err):
+  """Every process the launcher started has exited."""
+  pids = [int(p) for p in re.search(r"\(pids ([\d ]+)\)", err).group(1).split()]
+  for pid in pids:
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
+def test_two_processes_stop_together_at_any_moment_on_sigterm_to_the_launcher(tmp_path):
+  """SIGTERM to the launcher while the processes start and load data, after they joined the
+  job, in training (both save the same step), after training; each time every process is
+  gone within STOP_S with exit 143, and --auto-resume ends with one process's numbers."""
   stopped, one = str(tmp_path / "stopped"), str(tmp_path / "one")
-  launch = ["dlcore.launch", "-n", "2", "--log-dir", str(tmp_path / "logs")]
   short = [*MLP[:4], "--epochs", "4", "--batch-size", "64", "--no-progress"]  # keep it short
-  args = [*short, "--mode", "sharded", "--workdir", stopped]
-  rc, err, seconds = _terminate_after([*launch, *args], stopped, epochs=1)
+  args = [*short, "--mode", "sharded", "--workdir", stopped, "--auto-resume"]
+
+  def launch(i):
+    return ["dlcore.launch", "-n", "2", "--log-dir", str(tmp_path / f"logs{i}"), *args]
+
+  for i, (marker, after) in enumerate([(None, 1.0), ("[mnist_mlp] mode=", 0)]):
+    rc, err, seconds = _stop_at(launch(i), marker, os.environ, after=after)
+    assert rc == 143 and seconds < STOP_S, (marker, rc, seconds, err[-1500:])
+    _gone(err)
+  rc, err, seconds = _terminate_after(launch(2), stopped, epochs=1)
   assert rc == 143 and seconds < STOP_S, (rc, seconds, err[-1500:])
+  _gone(err)
   steps = []
   for i in (0, 1):  # both processes saved the same step
-    log = open(tmp_path / "logs" / f"process-{i}.log").read()
+    log = open(tmp_path / "logs2" / f"process-{i}.log").read()
     steps.append(int(re.search(r"error: SIGTERM: stopped after step (\d+)", log).group(1)))
   assert steps[0] == steps[1] and str(steps[0]) in os.listdir(os.path.join(stopped,
                                                                             "checkpoints"))
-  _run(["dlcore.launch", "-n", "2", "--log-dir", str(tmp_path / "logs2"), *args,
-        "--auto-resume"])
+  rc, err, seconds = _stop_at(launch(3), "chapter 3 MLP: test accuracy", os.environ)
+  assert rc in (0, 143) and seconds < STOP_S, (rc, seconds, err[-1500:])
+  _gone(err)
+  _check_folder(stopped)
+  _run(launch(4))
   _run([*short, "--mode", "sharded", "--devices", "2", "--workdir", one])
   assert [h["epoch"] for h in _history(stopped)] == list(range(4))
   assert abs(_test_loss(stopped) - _test_loss(one)) < 1e-4  # 2 processes vs 2 devices
@@ -140,6 +163,53 @@ def test_the_compilation_cache_is_on_unless_switched_off(monkeypatch, tmp_path):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+COUNT_COMPILES = r"""
+import json, sys
+from jax import monitoring
+counts = {}
+monitoring.register_event_listener(
+    lambda event, **kw: counts.__setitem__(event, counts.get(event, 0) + 1))
+from experiments import planar
+planar.main(["--workdir", sys.argv[1], "--nets", "0.1", "--steps-scale", "0.05",
+             "--no-progress"])
+print(json.dumps({k.rsplit("/", 1)[-1]: v for k, v in counts.items()
+                  if k.startswith("/jax/compilation_cache/")}))
+"""
+
+
+def test_a_second_run_compiles_nothing(tmp_path):
+  """With an empty $DLCORE_CACHE the first run compiles and fills JAX's cache; the same
+  command again reads every program back (JAX's own cache events, counted)."""
+  env = {**os.environ, "DLCORE_CACHE": str(tmp_path / "cache")}
+  env.pop(jaxcache.ENV_OFF, None)
+  counts = []
+  for run in ("first", "second"):
+    out = subprocess.run([sys.executable, "-c", COUNT_COMPILES, str(tmp_path / run)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    counts.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  first, second = counts
+  assert first.get("cache_misses", 0) > 0
+  assert second.get("cache_misses", 0) == 0
+  assert second["cache_hits"] == second["compile_requests_use_cache"] >= first["cache_misses"]
+
+
+def test_empty_entries_left_by_a_stop_are_dropped_from_the_jax_cache(tmp_path, monkeypatch):
+  """JAX writes a cache entry in place: a stop between its open and its write leaves an
+  empty file that JAX would never replace. enable() drops such files."""
+  import jax
+  monkeypatch.setenv("DLCORE_CACHE", str(tmp_path))
+  os.makedirs(tmp_path / "jax")
+  (tmp_path / "jax" / "jit_step-abc-cache").write_bytes(b"")
+  (tmp_path / "jax" / "jit_other-def-cache").write_bytes(b"x" * 10)
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    jaxcache.enable()
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+  assert os.listdir(tmp_path / "jax") == ["jit_other-def-cache"]
 
 
 # ---- signals outside training, handlers and requests that do not outlive a run -------------
@@ -247,3 +317,186 @@ def test_entry_puts_the_handlers_back_and_forgets_the_request():
   assert e.value.code == 143
   assert {s: signal.getsignal(s) for s in before} == before
   assert preemption.requested() is None
+
+
+def test_a_stop_while_a_model_folder_is_written_leaves_the_old_one(handlers, monkeypatch,
+                                                                    tmp_path):
+  from dlcore import checkpoint, files
+  from tests.helpers import small_state
+  path = str(tmp_path / "m")
+  old = small_state(seed=1).params
+  checkpoint.save_model(path, "mlp", {"params": old}, input_shape=(2,))
+  write_json = files.write_json
+  monkeypatch.setattr(files, "write_json", lambda *a, **k: _signal_self())
+  with pytest.raises(handlers.Preempted):
+    checkpoint.save_model(path, "mlp", {"params": small_state(seed=2).params},
+                          input_shape=(2,))
+  monkeypatch.setattr(files, "write_json", write_json)
+  assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary folder left
+  _, variables = checkpoint.load_model(path)
+  assert all(np.array_equal(a, b) for a, b in zip(jax_leaves(variables["params"]),
+                                                  jax_leaves(old)))
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+VAE_TINY = ["experiments.vae", "--dataset", "digits", "--epochs", "1", "--train-limit", "256",
+            "--test-limit", "128", "--score-samples", "300", "--classifier-epochs", "1",
+            "--no-progress"]
+
+
+def test_two_runs_at_once_on_an_empty_cache_train_the_scorer_once(tmp_path):
+  """Both runs need the scoring CNN: one trains it, the other waits for it and loads it;
+  both end with the same numbers (nothing in the cache is read half-written)."""
+  env = {**os.environ, "DLCORE_CACHE": str(tmp_path / "cache")}
+  procs = [subprocess.Popen([sys.executable, "-m", *VAE_TINY, "--workdir", str(tmp_path / r)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for r in ("a", "b")]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-1500:]
+  a, b = (json.load(open(tmp_path / r / "summary.json"))["2.8.1"] for r in ("a", "b"))
+  assert sorted([a["classifier"]["trained_in_this_run"],
+                 b["classifier"]["trained_in_this_run"]]) == [False, True]
+  assert a["classifier"]["weights_sha256"] == b["classifier"]["weights_sha256"]
+  for key in ("test_loss", "frechet_distance", "frechet_distance_train_vs_test"):
+    assert a[key] == b[key], key
+  assert "waiting for another run" in "".join(out for out, _ in outs)
+  scorers = os.listdir(tmp_path / "cache" / "scorers")
+  assert len([s for s in scorers if not s.endswith(".lock")]) == 1, scorers  # no temp folders
+
+
+# ---- a stop at any moment ----------------------------------------------------------------
+def _stop_at(cmd, marker, env, *, after=0.0, timeout=240):
+  """Runs `python -m cmd...`, sends SIGTERM `after` seconds after `marker` appears in its
+  output (after the start, when `marker` is None); (returncode, stderr, seconds from the
+  signal to the exit)."""
+  import threading
+  proc = subprocess.Popen([sys.executable, "-m", *cmd], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  seen = threading.Event()
+
+  def watch():
+    for line in proc.stdout:
+      if marker is not None and marker in line:
+        seen.set()
+    seen.set()  # the process ended
+
+  threading.Thread(target=watch, daemon=True).start()
+  if marker is not None:
+    assert seen.wait(timeout), f"no {marker!r} within {timeout} s"
+  time.sleep(after)
+  start = time.monotonic()
+  if proc.poll() is None:
+    proc.send_signal(signal.SIGTERM)
+  err = proc.stderr.read()
+  proc.wait(timeout=STOP_S)
+  return proc.returncode, err, time.monotonic() - start
+
+
+def _check_folder(*folders):
+  """Every JSON file parses, and no temporary file or folder was left behind."""
+  for folder in folders:
+    for root, dirs, names in os.walk(folder):
+      for name in names + dirs:
+        assert ".tmp" not in name and not name.endswith(".part"), os.path.join(root, name)
+      for name in names:
+        if name.endswith(".json"):
+          with open(os.path.join(root, name)) as f:
+            json.load(f)
+        elif name.endswith(".jsonl"):
+          with open(os.path.join(root, name)) as f:
+            [json.loads(line) for line in f]
+
+
+def _check_line(err):
+  """The last line tells the truth about what was saved."""
+  line = err.strip().splitlines()[-1]
+  assert line.startswith("error: SIGTERM: ") and "--auto-resume" in line, line
+  if (m := re.search(r"after step (\d+); checkpoint saved in (\S+);", line)):
+    assert os.path.isdir(os.path.join(m.group(2), m.group(1))), line
+  if (m := re.search(r"newest checkpoint is step (\d+) in (\S+);", line)):
+    assert os.path.isdir(os.path.join(m.group(2), m.group(1))), line
+  return line
+
+
+# (marker in the output, seconds after it): data loaded; the scoring CNN's training (its
+# first steps compile for ~3 s); the VAE's compilation; its second epoch; after training.
+VAE_STOPS = [("data: ", 0), ("training the scoring classifier", 5),
+             ("scoring classifier: test accuracy", 0), ("epoch 1:", 0), ("Frechet distance", 0)]
+
+
+def test_sigterm_at_any_moment_then_auto_resume_gives_the_uninterrupted_numbers(tmp_path):
+  """One short flagship run stopped in every phase in turn (data loaded, the scoring CNN's
+  training, the VAE's compilation, training, after training), each time continued with
+  --auto-resume on a cache that started empty; the end equals an uninterrupted run."""
+  cmd = ["experiments.vae", "--dataset", "digits", "--epochs", "2", "--train-limit", "512",
+         "--test-limit", "256", "--score-samples", "300", "--classifier-epochs", "1",
+         "--no-progress"]
+  stopped, cache = tmp_path / "stopped", tmp_path / "cache"
+  env = {**os.environ, "DLCORE_CACHE": str(cache)}
+  lines = []
+  for marker, after in VAE_STOPS:
+    rc, err, seconds = _stop_at([*cmd, "--workdir", str(stopped), "--auto-resume"], marker,
+                                env, after=after)
+    # After the last phase's marker the run may already have finished (exit 0).
+    finished = rc == 0 and marker == VAE_STOPS[-1][0] and (stopped / "summary.json").exists()
+    assert (rc == 143 or finished) and seconds < STOP_S, (marker, rc, seconds, err[-1500:])
+    if rc == 143:
+      lines.append(_check_line(err))
+    _check_folder(stopped, cache)
+  print("\n".join(lines))
+  assert "keeps no checkpoint" in lines[1] or "outside training" in lines[1]  # the scorer's
+  assert "checkpoint saved in" in lines[3]  # the VAE's training
+  _run([*cmd, "--workdir", str(stopped), "--auto-resume"], env=env)
+  whole = tmp_path / "whole"
+  _run([*cmd, "--workdir", str(whole)], env={**os.environ, "DLCORE_CACHE": str(tmp_path / "c2")})
+  a, b = (json.load(open(d / "summary.json"))["2.8.1"] for d in (stopped, whole))
+  for key in ("test_loss", "train_loss", "frechet_distance", "dataset_name"):
+    assert a[key] == b[key], key
+  assert [h["epoch"] for h in _history(stopped)] == [0, 1]
+  assert _history(stopped) == _history(whole)
+
+
+def test_a_stop_swallowed_by_a_weakref_callback_is_raised_again():
+  """Python ignores an exception raised in a weakref callback; a signal handler can run
+  inside one. A program's stop is raised again until it is delivered."""
+  import weakref
+  from dlcore import preemption
+  previous = preemption.install(program=True)
+  try:
+    class Thing:
+      pass
+
+    thing, swallowed = Thing(), []
+
+    def callback(ref):
+      os.kill(os.getpid(), signal.SIGTERM)
+      swallowed.append(sum(range(1000)))  # the handler raises in here: Python ignores it
+
+    ref = weakref.ref(thing, callback)  # noqa: F841
+    start = time.monotonic()
+    with pytest.raises(preemption.Preempted):
+      del thing  # runs the callback
+      assert not swallowed  # the raise ended the callback early
+      time.sleep(5)
+    assert time.monotonic() - start < 3
+  finally:
+    preemption.delivered()
+    preemption.uninstall(previous)
+
+
+@pytest.mark.parametrize("after", [0.4, 1.2, 2.5])
+def test_sigterm_while_a_program_starts_ends_in_one_line(tmp_path, after):
+  """While Python imports JAX and the rest (before cli.entry runs): exit 143 and one line,
+  not a traceback or a silent kill; nothing was written."""
+  cmd = ["experiments.planar", "--workdir", str(tmp_path / "run"), "--nets", "0.1",
+         "--no-progress"]
+  rc, err, seconds = _stop_at(cmd, None, os.environ, after=after)
+  assert rc == 143 and seconds < STOP_S, (rc, err[-1500:])
+  lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-1500:]
+  assert lines[0].startswith("error: SIGTERM: stopped outside training")

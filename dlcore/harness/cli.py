@@ -241,14 +241,18 @@ def entry(main) -> None:
 
   # SIGTERM / Ctrl-C: finish the step, save, stop (exit 143 / 130); the handlers before are
   # put back afterwards, so a notebook or a loop of runs starts each run clean.
-  previous = preemption.install()
+  previous = preemption.install(program=True)
   try:
+    preemption.check()  # a stop that arrived while the program was starting
     main()
   except preemption.Preempted as e:
+    preemption.delivered()
     preemption.leave()  # other processes of the job stop without waiting for this one
-    print(f"error: {e}", file=sys.stderr)
+    if not e.told:
+      print(f"error: {e}", file=sys.stderr)
     _leave(e.exit_code)
   except KeyboardInterrupt:
+    preemption.delivered()
     print("interrupted; continue with --resume", file=sys.stderr)
     _leave(EXIT_INTERRUPTED)
   except Exception as e:  # noqa: BLE001 - re-raised below unless it is one of ours

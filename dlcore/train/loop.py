@@ -280,8 +280,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       where = checkpointer.directory
     raise preemption.Preempted(signal_name, step, where, what=f"'{desc}'")
 
-  if not preemption.in_training():  # a request left from an earlier, stopped run
-    preemption.reset()
+  preemption.begin_fit()  # a request left from an earlier, stopped run, or a missed stop
   # While training, a signal only asks to stop after the step in flight (see `stop`).
   with preemption.training(collective=runner.multiprocess, step=start_step), \
       contextlib.closing(bar):
