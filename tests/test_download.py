@@ -215,3 +215,28 @@ def test_the_flagship_trains_on_served_mnist_end_to_end(served, tmp_path, monkey
     assert (workdir / f).exists(), f
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert make_run_endings()["mnist"].match(last), last
+
+
+def test_a_download_killed_mid_file_leaves_nothing_taken_for_data(served, tmp_path):
+  """SIGKILL (no handler runs) while the body streams: the destination never exists, so a
+  later run fetches the file again rather than reading half of it."""
+  import signal
+  import subprocess
+  import sys
+  name = "train-images-idx3-ubyte.gz"
+  served.modes[name] = "stall_body"
+  dest = tmp_path / "dl" / name
+  code = ("import sys; from dlcore.data import images; "
+          "images.fetch(sys.argv[1], sys.argv[2], timeout=60, progress=False)")
+  proc = subprocess.Popen([sys.executable, "-c", code, served.url + name, str(dest)])
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline:  # the transfer started (the server then stalls)
+    if served.requests and (tmp_path / "dl").exists() and list((tmp_path / "dl").iterdir()):
+      break
+    time.sleep(0.05)
+  time.sleep(0.5)
+  assert proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=30)
+  assert not dest.exists()
+  assert [p.name for p in (tmp_path / "dl").glob("*.part")]  # only a .part, never read

@@ -318,3 +318,17 @@ def test_bad_json_and_non_finite_or_integer_arrays_are_refused(model_folder, tmp
   path = checkpoint.save_model(str(tmp_path / "int"), "mlp", {"params": ints}, input_shape=(2,))
   with pytest.raises(checkpoint.ModelFolderError, match="expected floating point"):
     checkpoint.load_model(path)
+
+
+# ---- files written all or nothing -------------------------------------------------------------
+def test_run_files_are_replaced_whole_or_not_at_all(tmp_path):
+  """A write that fails half way (here: a value JSON cannot hold, met after the first keys)
+  leaves the previous summary.json as it was: dlcore writes a temporary file and renames."""
+  run = RunDir(str(tmp_path))
+  run.update_summary({"1.1": {"loss": 1.0}})
+  before = open(tmp_path / "summary.json").read()
+  with pytest.raises(TypeError):
+    run.update_summary({"1.2": {"loss": 2.0, "z": object()}})
+  assert open(tmp_path / "summary.json").read() == before
+  assert sorted(os.listdir(tmp_path)) == [".lock", "run.json", "summary.json"]  # no temp file
+  run.close()
