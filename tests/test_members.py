@@ -87,15 +87,18 @@ def test_pmap_with_members_is_refused_in_one_line():
 
 
 def test_summarize_gives_mean_std_and_per_seed():
+  # Three seeds with a skewed spread: the mean is not the median, ddof=1 is not ddof=0.
   entries = [{"loss": 1.0, "curve": [1.0, 3.0], "name": "a", "nested": {"acc": 0.5}},
-             {"loss": 3.0, "curve": [3.0, 5.0], "name": "a", "nested": {"acc": 0.7}}]
-  s = summarize(entries, [4, 5])
-  assert s["loss"] == 2.0 and s["loss_std"] == pytest.approx(np.sqrt(2.0))
-  assert s["per_seed"]["loss"] == [1.0, 3.0] and s["seeds"] == [4, 5]
-  assert s["curve"] == [2.0, 4.0] and s["per_seed"]["curve"] == [[1.0, 3.0], [3.0, 5.0]]
+             {"loss": 2.0, "curve": [3.0, 5.0], "name": "a", "nested": {"acc": 0.7}},
+             {"loss": 6.0, "curve": [8.0, 4.0], "name": "a", "nested": {"acc": 0.9}}]
+  s = summarize(entries, [4, 5, 6])
+  assert s["loss"] == 3.0 and s["loss_std"] == pytest.approx(np.sqrt(7.0))
+  assert s["per_seed"]["loss"] == [1.0, 2.0, 6.0] and s["seeds"] == [4, 5, 6]
+  assert s["curve"] == [4.0, 4.0]
+  assert s["per_seed"]["curve"] == [[1.0, 3.0], [3.0, 5.0], [8.0, 4.0]]
   assert s["name"] == "a"
-  assert s["nested"]["acc"] == pytest.approx(0.6)
-  assert s["nested"]["per_seed"]["acc"] == [0.5, 0.7]
+  assert s["nested"]["acc"] == pytest.approx(0.7)
+  assert s["nested"]["per_seed"]["acc"] == [0.5, 0.7, 0.9]
   assert summarize(entries[:1]) is entries[0]  # one seed: unchanged
 
 
