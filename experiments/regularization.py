@@ -306,7 +306,7 @@ def data_parallel(cfg, run) -> dict:
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  run, _ = start_run(cfg, "regularization")
+  run, _ = start_run(cfg, "regularization", checkpoints=False)
   summary = {}
   summary |= regularizers(cfg, run)
   summary |= init_statistics(cfg, run)

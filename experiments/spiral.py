@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     x, y = synthetic.spiral(cfg.num_per_class, 3, seed=cfg.split_seed)
     class_names = ["c1", "c2", "c3"]
     source = f"generated spiral, {cfg.num_per_class} per class, seed {cfg.split_seed}"
-  run, runner = start_run(cfg, "spiral")
+  run, runner = start_run(cfg, "spiral", checkpoints=False)
   data = split(x, y, cfg.split_seed)
   say(f"data: {source}; train/val/test {[len(v[1]) for v in data.values()]}")
   summary = {}

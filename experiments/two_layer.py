@@ -152,7 +152,7 @@ def module_runs(cfg: Config, run, runner, datasets: list[dict]) -> tuple[list[di
 
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
-  run, runner = start_run(cfg, "two_layer")
+  run, runner = start_run(cfg, "two_layer", checkpoints=False)
   seeds = Seeds.of(cfg.common)  # each seed draws its own data, as its single run does
   datasets = [dict(zip("xy", synthetic.random_regression(cfg.n, cfg.d_in, cfg.d_out, seed=s)))
               for s in seeds.seeds]

@@ -500,3 +500,31 @@ def test_sigterm_while_a_program_starts_ends_in_one_line(tmp_path, after):
   lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
   assert len(lines) == 1 and "Traceback" not in err, err[-1500:]
   assert lines[0].startswith("error: SIGTERM: stopped outside training")
+
+
+def test_an_experiment_without_checkpoints_starts_over_and_records_each_step_once(
+    handlers, tmp_path, monkeypatch):
+  """two_layer keeps no checkpoints: stopped in its second fit, it resumes by starting over,
+  and its metric rows and history are those of one uninterrupted run, each step once."""
+  from dlcore.train import loop
+  from experiments import two_layer
+  args = ["--steps", "100", "--fuse", "50", "--no-progress"]
+  calls = []
+
+  def stop_in_the_second_fit(step):
+    calls.append(step)
+    return "SIGTERM" if len(calls) == 3 else None  # 2 calls per fit: the second fit's first
+
+  monkeypatch.setattr(loop.preemption, "reached", stop_in_the_second_fit)
+  with pytest.raises(handlers.Preempted, match="keeps no checkpoint"):
+    two_layer.main(["--workdir", str(tmp_path / "stopped"), *args])
+  monkeypatch.undo()
+  two_layer.main(["--workdir", str(tmp_path / "stopped"), "--auto-resume", *args])
+  two_layer.main(["--workdir", str(tmp_path / "whole"), *args])
+
+  def rows(run, name):
+    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in open(tmp_path / run / name)]
+
+  for name in ("metrics.jsonl", "history.jsonl"):
+    assert rows("stopped", name) == rows("whole", name), name

@@ -250,6 +250,14 @@ class RunDir:
   def scoped(self, scope: str) -> _Scoped:
     return _Scoped(self, scope)
 
+  def restart_rows(self) -> None:
+    """A resumed run of an experiment that keeps no checkpoints starts over: the rows of
+    the interrupted attempt are dropped, so every step is recorded once."""
+    for name in ("metrics.jsonl", "history.jsonl"):
+      path = os.path.join(self.path, name)
+      if os.path.exists(path):
+        _write_jsonl(path, [])
+
   def update_summary(self, entries: dict) -> dict:
     path = self.file("summary.json")
     summary = _read_json(path) if os.path.exists(path) else {}
@@ -305,6 +313,9 @@ class FollowerRun:
   def scoped(self, scope: str) -> _Scoped:
     return _Scoped(self, scope)
 
+  def restart_rows(self) -> None:
+    pass
+
   def update_summary(self, entries: dict) -> dict:
     self._summary.update(jsonable(entries))
     return dict(self._summary)
@@ -320,12 +331,13 @@ def read_metrics(path: str) -> list[dict]:
   return _read_jsonl(path)
 
 
-def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
+def start_run(cfg, name: str, *, console: tuple[str, ...] = (), checkpoints: bool = True):
   """Common experiment start: JAX's compilation cache (`jaxcache`), host devices, joining a
   job of several processes
   (`dlcore.distributed`), run directory (identity, lock, resume checks, config.json; with
   several processes only process 0 writes it, the others get a `FollowerRun`), Runner.
-  `cfg.common` is a `dlcore.harness.cli.Common`.
+  `cfg.common` is a `dlcore.harness.cli.Common`. `checkpoints=False`: the experiment keeps
+  none, so a resumed run starts over (its earlier rows dropped).
   Returns (RunDir, Runner)."""
   import jax
 
@@ -370,12 +382,16 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = ()):
     run.resumed = resumed == "1"
   # --auto-resume decided here whether this run continues: the experiment reads --resume.
   common.resume = run.resumed
+  again = ""
+  if run.resumed and not checkpoints:
+    run.restart_rows()
+    again = " (resumed: this experiment keeps no checkpoints, so it starts over)"
   runner = Runner(common.mode, devices=common.devices)
   procs = f" processes={jax.process_count()}" if several else ""
   if common.precision != "float32":
     procs += f" precision={common.precision}"
   say(f"[{name}] mode={common.mode} devices={runner.devices}{procs} run directory: {run.path}"
-      + (" (resumed)" if common.resume else ""))
+      + (again or (" (resumed)" if common.resume else "")))
   return run, runner
 
 
