@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -198,6 +197,9 @@ class Checkpointer:
         # Last: the manifest (covering `extra`) marks the step as saved.
         files.write_json(os.path.join(folder, MANIFEST),
                          {"step": int(step), "sha256": _file_hashes(folder)})
+      if saved and distributed.process_count() > 1:  # no process calls it saved before
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"dlcore-checkpoint-manifest-{int(step)}")
     except OSError as e:
       raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory}: "
                                  f"{e.strerror or e}") from None
@@ -312,22 +314,40 @@ def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int,
   # at any moment leaves the old folder (or none), never half of one.
   parent, base = os.path.split(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")
+  _sweep_leftovers(parent, base)
+  tmp = files.make_dir(parent, prefix=f".{base}.", suffix=".tmp")
+  old = None
   try:
     with _local_checkpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "variables"), _host(variables), force=True)
     files.write_json(os.path.join(tmp, "model.json"), meta, indent=2)
-    old = None
     if os.path.exists(path):
-      old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".old")
+      old = files.make_dir(parent, prefix=f".{base}.", suffix=".old")
       os.replace(path, os.path.join(old, base))
     os.replace(tmp, path)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
   except BaseException:
+    if old is not None and not os.path.exists(path):  # stopped between the two renames
+      os.replace(os.path.join(old, base), path)
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  finally:
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
   return path
+
+
+def _sweep_leftovers(parent: str, base: str) -> None:
+  """Removes what a SIGKILLed `save_model` of `base` left: its temporary folder, or the old
+  folder it had moved aside (put back when nothing took its place)."""
+  for name in os.listdir(parent):
+    if not name.startswith(f".{base}."):
+      continue
+    folder = os.path.join(parent, name)
+    if name.endswith(".old") and not os.path.exists(os.path.join(parent, base)) \
+        and os.path.isdir(os.path.join(folder, base)):
+      os.replace(os.path.join(folder, base), os.path.join(parent, base))
+    if name.endswith((".tmp", ".old")):
+      shutil.rmtree(folder, ignore_errors=True)
 
 
 class ModelFolderError(ValueError):

@@ -114,6 +114,17 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     where = f"the coordinator at {address}"
   done = threading.Event()
 
+  def stop_joining(name: str) -> None:
+    # A signal while this process waits to join (blocked in C, where no Python handler
+    # runs): leave now, in one line, rather than when the join times out.
+    if not done.is_set():
+      sys.stderr.write(f"error: {preemption.Preempted(name)}\n")
+      sys.stderr.flush()
+      os._exit(preemption.EXIT_CODES.get(name, 1))
+
+  if threading.current_thread() is threading.main_thread():
+    preemption.watch_blocked(stop_joining)
+
   def watchdog():
     # JAX's own deadline aborts the process with a C++ stack; this one ends first, in a line.
     if done.wait(timeout):
@@ -148,7 +159,7 @@ _leaving = threading.Event()
 
 def _die(message: str) -> None:
   code = EXIT_PEER
-  if (signal_name := preemption.requested()) is not None:  # stopping anyway: a peer was first
+  if (signal_name := preemption.noted()) is not None:  # stopping anyway: a peer was first
     message = f"{preemption.Preempted(signal_name)} ({message.split(': ', 1)[-1]})"
     code = preemption.EXIT_CODES.get(signal_name, 1)
   sys.stderr.write(f"error: {message}\n")

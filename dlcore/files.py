@@ -13,6 +13,15 @@ import tempfile
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_UMASK = _umask()  # read once, at import (setting it is the only way to read it)
+
+
 def _fsync_dir(folder: str) -> None:
   try:
     fd = os.open(folder, os.O_RDONLY)
@@ -35,7 +44,10 @@ def replacing(path: str, *, suffix: str = "") -> Iterator[str]:
   folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{suffix}")
-  os.close(fd)
+  try:
+    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)
+  finally:
+    os.close(fd)
   try:
     yield tmp
     with open(tmp, "rb+") as f:
@@ -46,6 +58,14 @@ def replacing(path: str, *, suffix: str = "") -> Iterator[str]:
       os.remove(tmp)
     raise
   _fsync_dir(folder)
+
+
+def make_dir(parent: str, *, prefix: str, suffix: str) -> str:
+  """A new folder in `parent` with a unique name, with the permissions `os.makedirs` would
+  give it (tempfile makes it private)."""
+  path = tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix)
+  os.chmod(path, 0o777 & ~_UMASK)
+  return path
 
 
 def write_text(path: str, text: str) -> str:

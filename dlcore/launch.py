@@ -98,25 +98,27 @@ def launch(n: int, module: str, args: list[str], *, log_dir: str | None = None,
 
   # Before the first process starts: a SIGTERM at any moment reaches every process.
   previous = signal.signal(signal.SIGTERM, forward)
-  for i in range(n):
-    if terminated.is_set():
-      break
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{
-        ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(n), ENV_PROCESS_ID: str(i)})
-    log = open(os.path.join(log_dir, f"process-{i}.log"), "wb")
-    logs.append(log)
-    out = subprocess.PIPE if i == 0 else log
-    # Own session: a stop reaches whatever the worker started, and Ctrl-C reaches us only.
-    p = subprocess.Popen([python, "-m", module, *args], env=env, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    procs.append(p)
-    if i == 0:
-      t = threading.Thread(target=_relay, args=(p.stdout, log, sys.stdout.buffer), daemon=True)
-      t.start()
-      relays.append(t)
-  print(f"dlcore.launch: {n} processes of {module} (pids {' '.join(str(p.pid) for p in procs)}"
-        f"), coordinator {address}, logs in {log_dir}", file=sys.stderr, flush=True)
   try:
+    for i in range(n):
+      if terminated.is_set():
+        break
+      env = dict(os.environ, PYTHONUNBUFFERED="1", **{
+          ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(n), ENV_PROCESS_ID: str(i)})
+      log = open(os.path.join(log_dir, f"process-{i}.log"), "wb")
+      logs.append(log)
+      out = subprocess.PIPE if i == 0 else log
+      # Own session: a stop reaches whatever the worker started, and Ctrl-C reaches us only.
+      p = subprocess.Popen([python, "-m", module, *args], env=env, stdout=out,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+      procs.append(p)
+      if i == 0:
+        t = threading.Thread(target=_relay, args=(p.stdout, log, sys.stdout.buffer),
+                             daemon=True)
+        t.start()
+        relays.append(t)
+    print(f"dlcore.launch: {n} processes of {module} (pids "
+          f"{' '.join(str(p.pid) for p in procs)}), coordinator {address}, logs in {log_dir}",
+          file=sys.stderr, flush=True)
     if terminated.is_set():
       forward()  # the processes started after the signal get it too
     code = _watch(procs, log_dir, terminated)

@@ -12,6 +12,8 @@ summary) a signal stops the program at once with `Preempted`: what was saved sta
 the message says what that is. A second Ctrl-C stops at once too. `Preempted` derives from
 `BaseException`, as `KeyboardInterrupt` does, so no `except Exception` on the way (a data
 source trying the next candidate, a loader turning errors into its own) can swallow it.
+Python ignores an exception raised inside a gc callback, `__del__` or a weakref callback,
+and a handler can run inside one: a program's stop is raised again until it is caught.
 
 Several processes (`dlcore.distributed` calls `join` after `jax.distributed.initialize`,
 with JAX's own SIGTERM handler switched off): the process that receives a signal publishes a
@@ -21,35 +23,41 @@ the signal to its own main thread, so every process stops, whichever got the sig
 preemption-sync protocol: each process posts the last step it finished, all stop after
 max + 1), so they save the same checkpoint together. A process that is not in such a `fit`
 posts that it is out, and the others then stop without saving (a save needs every process).
-Every wait has a timeout.
+Every wait has a timeout. A job agrees on one stop: the program ends with it.
+
+The handlers only set flags and write a byte to a pipe: no locks, no threads started there
+(a handler runs between two bytecodes of whatever the main thread was doing, possibly while
+it holds a lock).
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
 import gc
+import os
 import signal
 import sys
 import threading
 import time
-from typing import Callable
 
 # Exit codes (shell convention: 128 + the signal's number).
 EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 AGREE_S = 30.0  # how long processes wait for each other to agree on a step
+AGAIN_S = 0.5   # a program's stop raised outside training is raised again after this
+DEFER_S = 0.02  # a stop that arrived inside a finalizer is raised this much later
+_DEFERRED = 64  # added to the signal's number in the pipe: raise after DEFER_S
 
 _requested: str | None = None  # the signal's name once one arrived
 _program = False               # installed by cli.entry for one run (see `install`)
-_delivered = False             # the program caught its Preempted
+_delivered = False             # the program caught its Preempted and is leaving
 _again = False                 # the next handler call is a stop raised again
 _told = False                  # the early handler printed its line
-AGAIN_S = 0.5   # a stop raised outside training is raised again after this (until caught)
-DEFER_S = 0.02  # a stop that arrived inside a finalizer is raised after this
 _training = False              # inside fit: finish the step, then save and stop
 _collective = False            # that fit's steps run over every process of the job
 _saved: tuple[str, int] | None = None  # newest checkpoint saved or restored here
 _job: "_Job | None" = None
+_pipe: int | None = None       # write end: the handlers' requests to raise again
 
 
 class Preempted(BaseException):
@@ -89,22 +97,41 @@ def note_saved(directory: str, step: int) -> None:
   _saved = (directory, int(step))
 
 
+# ---- handlers -------------------------------------------------------------------------------
 def _handler(signum, frame) -> None:
   global _requested, _again
   name = signal.Signals(signum).name
   again, _again = _again, False
+  if _delivered:  # the program is leaving with its stop already
+    return
   if name == "SIGINT" and _requested is not None and not again:  # a second Ctrl-C: at once
     raise KeyboardInterrupt
   _requested = _requested or name
-  if _job is not None:
-    _job.notice.set()
   if not _training:
     if _in_finalizer(frame):  # Python would ignore the exception here: raise it soon after
-      _schedule_again(signum, DEFER_S, lambda: signal.getsignal(signum) is _handler)
+      _later(signum, deferred=True)
       return
     if _program:
-      _schedule_again(signum, AGAIN_S, lambda: _program and not _delivered)
+      _later(signum)
     raise Preempted(_requested)
+
+
+def _early_handler(signum, frame) -> None:
+  """Before `cli.entry` runs (a program still importing JAX and the rest) and after it: one
+  line and the exit code, raised again until the program ends."""
+  global _requested, _told
+  if _delivered:
+    return
+  _requested = _requested or signal.Signals(signum).name
+  if _in_finalizer(frame):
+    _later(signum, deferred=True)
+    return
+  if not _told:  # once, if the first exit was swallowed
+    _told = True
+    sys.stderr.write(f"error: {Preempted(_requested)}\n")
+    sys.stderr.flush()
+  _later(signum)
+  raise SystemExit(EXIT_CODES.get(_requested, 1))
 
 
 def _in_finalizer(frame) -> bool:
@@ -118,6 +145,44 @@ def _in_finalizer(frame) -> bool:
   return False
 
 
+def _later(signum: int, *, deferred: bool = False) -> None:
+  """Asks the re-raise thread to deliver `signum` again (a byte to a pipe: safe in a
+  handler)."""
+  if _pipe is not None:
+    with contextlib.suppress(OSError):  # a full pipe already holds requests
+      os.write(_pipe, bytes([signum + (_DEFERRED if deferred else 0)]))
+
+
+def _start_again_thread() -> None:
+  """The thread that raises a stop again when the handler asks (started outside any
+  handler). A stop is raised again while it is not caught: weakref callbacks, which Python
+  ignores exceptions from, cannot be told from the frame."""
+  global _pipe
+  if _pipe is not None:
+    return
+  read, _pipe = os.pipe()
+  os.set_blocking(_pipe, False)
+  main = threading.main_thread().ident
+
+  def run():
+    global _again
+    while True:
+      try:
+        byte = os.read(read, 1)
+      except OSError:
+        return
+      if not byte:
+        return
+      signum, deferred = byte[0] % _DEFERRED, byte[0] >= _DEFERRED
+      time.sleep(DEFER_S if deferred else AGAIN_S)
+      if (_requested is not None and not _delivered
+          and signal.getsignal(signum) in (_handler, _early_handler)):
+        _again = True
+        signal.pthread_kill(main, signum)
+
+  threading.Thread(target=run, name="dlcore-preempt-again", daemon=True).start()
+
+
 def _unraisable(info) -> None:
   """`sys.unraisablehook` while dlcore's handlers are in place: a stop that Python could not
   raise (in a weakref callback) is raised again soon; its traceback would only alarm."""
@@ -126,46 +191,11 @@ def _unraisable(info) -> None:
   sys.__unraisablehook__(info)
 
 
-def _schedule_again(signum, delay: float, still: Callable[[], bool]) -> None:
-  """Delivers `signum` to the main thread again after `delay` seconds if `still()`. A
-  program's stop outside training is raised again every `AGAIN_S` until `delivered()`:
-  besides gc callbacks and `__del__`, a handler can run inside a weakref callback, which
-  Python ignores exceptions from too, and that cannot be told from the frame."""
-  main = threading.main_thread().ident
-
-  def again():
-    global _again
-    if still():
-      _again = True
-      signal.pthread_kill(main, signum)
-
-  timer = threading.Timer(delay, again)
-  timer.daemon = True
-  timer.start()
-
-
-def _early_handler(signum, frame) -> None:
-  """Before `cli.entry` runs (a program still importing JAX and the rest) and after it: one
-  line and the exit code, raised again until the program ends (see `_schedule_again`)."""
-  global _requested, _told
-  name = signal.Signals(signum).name
-  _requested = _requested or name
-  still = lambda: signal.getsignal(signum) is _early_handler  # noqa: E731
-  if _in_finalizer(frame):
-    _schedule_again(signum, DEFER_S, still)
-    return
-  if not _told:  # once, if the first exit was swallowed
-    _told = True
-    sys.stderr.write(f"error: {Preempted(_requested)}\n")
-    sys.stderr.flush()
-  _schedule_again(signum, AGAIN_S, still)
-  raise SystemExit(EXIT_CODES.get(_requested, 1))
-
-
 def early() -> None:
   """For programs (`experiments/__init__.py` calls this when run with `python -m`): SIGTERM
   and Ctrl-C end the program in one line from the first import on. A request that arrives
-  now is kept for `install(program=True)`, which then stops at once."""
+  now is kept for `install(program=True)`, and `check()` then stops at once."""
+  _start_again_thread()
   for s in SIGNALS:
     signal.signal(s, _early_handler)
   sys.unraisablehook = _unraisable
@@ -178,12 +208,14 @@ def install(*, program: bool = False) -> dict:
   discards a request, and a stop raised outside training is raised again until it is
   delivered. Without it (a notebook), a request left over when a `fit` starts is from an
   earlier, stopped run and is forgotten."""
-  global _program, _delivered, _requested, _told
+  global _program, _delivered, _requested, _told, _saved
   pending = _requested if signal.getsignal(signal.SIGTERM) is _early_handler else None
   if pending is None:
     _told = False
   reset()
-  _program, _delivered = program, False
+  _program, _delivered, _saved = program, False, None
+  if program:
+    _start_again_thread()
   previous = {s: signal.signal(s, _handler) for s in SIGNALS}
   previous["unraisablehook"] = sys.unraisablehook
   sys.unraisablehook = _unraisable
@@ -201,15 +233,16 @@ def check() -> None:
 
 
 def delivered() -> None:
-  """The program caught its `Preempted`: no more raising it again."""
+  """The program caught its `Preempted` and leaves: later signals are ignored, nothing is
+  raised again."""
   global _delivered
   _delivered = True
 
 
 def uninstall(previous: dict) -> None:
   """Puts back the handlers `install` returned and forgets any request."""
-  global _program, _told
-  _program, _told = False, False
+  global _program, _told, _saved
+  _program, _told, _saved = False, False, None
   previous = dict(previous)
   sys.unraisablehook = previous.pop("unraisablehook", sys.unraisablehook)
   for s, h in previous.items():
@@ -219,8 +252,8 @@ def uninstall(previous: dict) -> None:
 
 def begin_fit() -> None:
   """At the start of a `fit`: a request that arrived earlier in this program (its raise
-  swallowed, see `_schedule_again`) stops now; in a notebook it is from an earlier, stopped
-  run and is forgotten."""
+  swallowed) stops now; in a notebook it is from an earlier, stopped run and is
+  forgotten."""
   if _training or _requested is None:
     return
   if _program:
@@ -232,18 +265,13 @@ def requested() -> str | None:
   return _requested
 
 
-def in_training() -> bool:
-  return _training
-
-
 def reset() -> None:
   """Forgets a request (a new run in the same process starts clean)."""
   global _requested
   _requested = None
-  if _job is not None:
-    _job.reset()
 
 
+# ---- training -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def training(*, collective: bool = False, step: int = 0):
   """While training, a signal is only noted; `fit` stops at the next step boundary.
@@ -252,6 +280,8 @@ def training(*, collective: bool = False, step: int = 0):
   global _training, _collective
   before = (_training, _collective)
   with _job.lock if _job is not None else contextlib.nullcontext():
+    if _job is not None and collective and _job.out:
+      raise Preempted(_requested or "SIGTERM", detail=_job.out_note())
     _training, _collective = True, collective
     if _job is not None and collective:
       _job.counter = int(step)
@@ -279,6 +309,7 @@ def stopping() -> str | None:
   return _requested
 
 
+# ---- several processes ----------------------------------------------------------------------
 def join(client, me: int, n: int) -> None:
   """Several processes: watch the job's key-value store for stop notices (see the module
   doc). `client`: JAX's distributed client; called by `dlcore.distributed.initialize`."""
@@ -288,10 +319,13 @@ def join(client, me: int, n: int) -> None:
 
 
 def leave(wait_s: float = 3.0) -> None:
-  """This process stops: tells the others not to wait for it. Process 0, which hosts the
-  job's coordination service, then waits up to `wait_s` for the others to stop first: a
-  process whose coordinator vanishes aborts with a C++ stack instead of its own line."""
+  """This process stops: tells the others, and that they need not wait for it. Process 0,
+  which hosts the job's coordination service, then waits up to `wait_s` for the others to
+  stop first: a process whose coordinator vanishes aborts with a C++ stack instead of its
+  own line."""
   if _job is not None:
+    if _requested is not None:
+      _job.notify()
     _job.post_out()
     _job.left(wait_s if _job.me == 0 else 0.0)
 
@@ -306,11 +340,11 @@ class _Job:
   def __init__(self, client, me: int, n: int):
     self.client, self.me, self.n = client, me, n
     self.lock = threading.Lock()
-    self.notice = threading.Event()  # this process got a signal: tell the others
     self.counter = 0      # the last step this process finished in a collective fit
     self.target: int | None = None  # the agreed step to stop after
     self.failed: str | None = None  # why no step could be agreed on
-    self.posted = False
+    self.out = False      # this process posted that it takes no part in a collective stop
+    self.told = False     # this process published the notice
     self.main = threading.main_thread().ident
     self.done = threading.Event()
     self.thread = threading.Thread(target=self._watch, name="dlcore-preempt-watch",
@@ -324,12 +358,15 @@ class _Job:
     self.done.set()
     self.thread.join(2.0)
 
-  def reset(self) -> None:
-    self.notice.clear()
+  def out_note(self) -> str:
+    return ("stopped; this process had stopped outside training when the job's processes "
+            f"agreed on a step, so none was saved together; {_saved_note()}")
 
   def reached(self, step: int) -> str | None:
     with self.lock:  # blocked while an agreement is being computed
       self.counter = step
+      if self.out:
+        raise Preempted(_requested or "SIGTERM", detail=self.out_note())
       if self.failed is not None:
         raise Preempted(_requested or "SIGTERM", detail=self.failed)
       if self.target is not None and step >= self.target:
@@ -342,9 +379,14 @@ class _Job:
     except Exception:  # noqa: BLE001 - ALREADY_EXISTS: another process posted it first
       pass
 
+  def notify(self) -> None:
+    if not self.told:
+      self.told = True
+      self._set(self.NOTICE, _requested or "SIGTERM")
+
   def post_out(self) -> None:
-    if not self.posted:
-      self.posted = True
+    if not self.out:
+      self.out = True
       self._set(f"{self.POSTS}{self.me}", self.OUT)
 
   def left(self, wait_s: float) -> None:
@@ -360,11 +402,9 @@ class _Job:
         pass
 
   def _watch(self) -> None:
-    told = False
     while not self.done.is_set():
-      if self.notice.is_set() and not told:
-        self._set(self.NOTICE, _requested or "SIGTERM")
-        told = True
+      if _requested is not None:  # a signal here: tell the others
+        self.notify()
       try:
         self.client.blocking_key_value_get(self.NOTICE, 500)
       except Exception as e:  # noqa: BLE001 - a timeout: no notice yet; else the job ended
@@ -382,7 +422,6 @@ class _Job:
         self.post_out()
         return
       self._set(f"{self.POSTS}{self.me}", str(self.counter))
-      self.posted = True
       steps = []
       for p in range(self.n):
         try:
@@ -396,3 +435,37 @@ class _Job:
           return
         steps.append(int(value))
       self.target = max(steps) + 1
+
+
+# ---- signals while the main thread is blocked in C ---------------------------------------
+_noted: str | None = None  # a signal seen through the wakeup fd (the handler may not have run)
+
+
+def noted() -> str | None:
+  """A signal that arrived, even one whose handler has not run yet because the main thread
+  is blocked inside a C call (joining a job, a barrier); see `watch_blocked`."""
+  return _requested or _noted
+
+
+def watch_blocked(on_signal) -> None:
+  """Several processes: a thread reads `signal.set_wakeup_fd`'s pipe, where every caught
+  signal is written even while the main thread is blocked in C (no Python handler can run
+  then), notes it for `noted()` and calls `on_signal(name)`. Main thread only."""
+  global _noted
+  read, write = os.pipe()
+  os.set_blocking(write, False)
+  signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+  def run():
+    global _noted
+    while True:
+      try:
+        data = os.read(read, 64)
+      except OSError:
+        return
+      for signum in data:
+        if signum in SIGNALS:
+          _noted = _noted or signal.Signals(signum).name
+          on_signal(_noted)
+
+  threading.Thread(target=run, name="dlcore-signal-watch", daemon=True).start()

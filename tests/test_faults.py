@@ -321,14 +321,58 @@ def test_bad_json_and_non_finite_or_integer_arrays_are_refused(model_folder, tmp
 
 
 # ---- files written all or nothing -------------------------------------------------------------
-def test_run_files_are_replaced_whole_or_not_at_all(tmp_path):
-  """A write that fails half way (here: a value JSON cannot hold, met after the first keys)
-  leaves the previous summary.json as it was: dlcore writes a temporary file and renames."""
+def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+  """A stop just before the new summary.json would replace the old one (here: an interrupt
+  raised by fsync, after the new text was written) leaves the old file as it was and no
+  temporary file; new files get the usual permissions."""
   run = RunDir(str(tmp_path))
   run.update_summary({"1.1": {"loss": 1.0}})
   before = open(tmp_path / "summary.json").read()
-  with pytest.raises(TypeError):
-    run.update_summary({"1.2": {"loss": 2.0, "z": object()}})
+
+  def interrupted(fd):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(os, "fsync", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    run.update_summary({"1.2": {"loss": 2.0}})
+  monkeypatch.undo()
   assert open(tmp_path / "summary.json").read() == before
   assert sorted(os.listdir(tmp_path)) == [".lock", "run.json", "summary.json"]  # no temp file
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(tmp_path / "summary.json").st_mode & 0o777 == 0o666 & ~umask
   run.close()
+
+
+def test_a_model_folder_stopped_between_its_renames_is_put_back(tmp_path, monkeypatch):
+  """save_model over an existing folder moves the old one aside, then renames the new one in:
+  a stop between the two puts the old one back; a SIGKILL's leftovers are swept next time."""
+  old = small_state("mlp", seed=1).params
+  path = checkpoint.save_model(str(tmp_path / "m"), "mlp", {"params": old}, input_shape=(2,))
+  replace, calls = os.replace, []
+
+  def stop_at_the_third(src, dst):  # manifest-free model.json, old aside, new in
+    calls.append(dst)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", stop_at_the_third)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save_model(path, "mlp", {"params": small_state("mlp", seed=2).params},
+                          input_shape=(2,))
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == ["m"]
+  loaded = checkpoint.load_model(path)[1]["params"]
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(old)))
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask
+  # What a SIGKILL between the renames leaves: the old folder aside, nothing in place.
+  aside = tmp_path / ".m.x.old"
+  aside.mkdir()
+  os.replace(path, aside / "m")
+  (tmp_path / ".m.y.tmp").mkdir()
+  checkpoint.save_model(str(tmp_path / "other"), "mlp", {"params": old}, input_shape=(2,))
+  checkpoint.save_model(path, "mlp", {"params": old}, input_shape=(2,))
+  assert sorted(os.listdir(tmp_path)) == ["m", "other"]

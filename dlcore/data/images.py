@@ -436,8 +436,12 @@ def _extract(archive: str, dest: str, ds: DatasetInfo) -> None:
               f"{CIFAR_RECORDS_PER_FILE} records of {CIFAR_RECORD} bytes; nothing was kept")
     for name in os.listdir(tmp):
       target = os.path.join(dest, name)
-      if not os.path.exists(target):
-        os.replace(os.path.join(tmp, name), target)
+      try:
+        os.rename(os.path.join(tmp, name), target)
+      except OSError:
+        if not os.path.exists(target):
+          raise
+        # Another run extracted the same archive first: its copy was checked too.
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -241,8 +241,9 @@ def entry(main) -> None:
 
   # SIGTERM / Ctrl-C: finish the step, save, stop (exit 143 / 130); the handlers before are
   # put back afterwards, so a notebook or a loop of runs starts each run clean.
-  previous = preemption.install(program=True)
+  previous = None
   try:
+    previous = preemption.install(program=True)
     preemption.check()  # a stop that arrived while the program was starting
     main()
   except preemption.Preempted as e:
@@ -260,7 +261,7 @@ def entry(main) -> None:
     if isinstance(e, distributed.DistributedError):
       code = distributed.EXIT_PEER
     elif code is None and distributed.lost_peer(e):
-      if (signal_name := preemption.requested()) is not None:  # a peer stopped first
+      if (signal_name := preemption.noted()) is not None:  # a peer stopped first
         print(f"error: {preemption.Preempted(signal_name)}", file=sys.stderr)
         _leave(preemption.EXIT_CODES.get(signal_name, 1))
       code = distributed.EXIT_PEER
@@ -276,7 +277,8 @@ def entry(main) -> None:
     print(f"error: {message}", file=sys.stderr)
     _leave(code)
   finally:
-    preemption.uninstall(previous)
+    if previous is not None:
+      preemption.uninstall(previous)
 
 
 def _leave(code: int) -> None:

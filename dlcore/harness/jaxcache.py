@@ -42,8 +42,9 @@ def enable() -> str | None:
 def drop_empty_entries(path: str) -> list[str]:
   """Removes empty entries from JAX's cache folder; returns their names. JAX writes an
   entry in place (open, then write): a stop between the two leaves an empty file, which JAX
-  would fail to read, warn about and never replace. (A stop cannot cut a write in half: the
-  write is one call, and Python runs signal handlers between calls.)"""
+  would fail to read, warn about and never replace. (SIGTERM and Ctrl-C cannot cut a write
+  in half: the write is one call, and Python runs signal handlers between calls; a SIGKILL
+  can, and JAX then recompiles that program every run, with a warning.)"""
   dropped = []
   try:
     entries = list(os.scandir(path))

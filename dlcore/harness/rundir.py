@@ -143,6 +143,8 @@ class RunDir:
           shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
     if resume and config is not None:
       self._check_same_settings(config, allow_change)
+    if resume:
+      self._repair_rows()
     self._write_identity(resumed=resume)
     if config is not None:
       self.write_config(config)
@@ -216,6 +218,19 @@ class RunDir:
       raise RunDirError(f"cannot --resume {self.path} with other settings: {diffs}; use the "
                         f"saved values, or pass --allow-change {names} to change them on "
                         "purpose")
+
+  def _repair_rows(self) -> None:
+    """A run killed mid-line (SIGKILL) leaves a row cut short at the end of a .jsonl file;
+    rows appended after it would be glued to it. Keep the whole rows only."""
+    for name in ("metrics.jsonl", "history.jsonl"):
+      path = os.path.join(self.path, name)
+      if not os.path.exists(path) or os.path.getsize(path) == 0:
+        continue
+      with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+          continue
+      _write_jsonl(path, _read_jsonl(path))
 
   # ---- files and metrics -----------------------------------------------------------------
   def file(self, *parts: str) -> str:
