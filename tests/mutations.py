@@ -1,0 +1,279 @@
+"""Bugs planted by hand, one at a time, each with the tests that must catch it (issue 32:
+a test counts once it has failed). `python -m tests.mutations [NAME...]` plants each break
+in its file, runs its tests, puts the file back and says CAUGHT or MISSED; `--list` shows
+them. Not part of `make test` (each break reruns its tests: about 20 minutes for all).
+A break whose code moved is reported STALE: update its `old` text here."""
+T_PRE = "tests/test_preemption.py"
+BREAKS = {
+  "preempted-is-an-Exception": dict(file="dlcore/preemption.py",
+      old="class Preempted(BaseException):", new="class Preempted(Exception):",
+      tests=[T_PRE + "::test_a_signal_while_tfds_reads_stops_the_load_instead_of_falling_back"]),
+  "preempted-is-an-Exception-model-folder": dict(file="dlcore/preemption.py",
+      old="class Preempted(BaseException):", new="class Preempted(Exception):",
+      tests=[T_PRE + "::test_a_signal_while_a_model_folder_loads_is_a_stop_not_a_damaged_folder"]),
+  "fit-keeps-a-stale-request": dict(file="dlcore/preemption.py",
+      old="  if _program:\n    raise Preempted(_requested)\n  reset()\n",
+      new="  if _program:\n    raise Preempted(_requested)\n",
+      tests=[T_PRE + "::test_a_stop_does_not_outlive_its_run"]),
+  "no-checkpointer-message": dict(file="dlcore/train/loop.py",
+      old='raise preemption.Preempted(signal_name, step, where, what=f"\'{desc}\'")',
+      new='raise preemption.Preempted(signal_name, step, str(where))',
+      tests=[T_PRE + "::test_a_fit_without_checkpoints_says_nothing_was_saved"]),
+  "no-stop-after-last-evaluation": dict(file="dlcore/train/loop.py",
+      old="    if (signal_name := preemption.stopping()) is not None:",
+      new="    if (signal_name := preemption.stopping()) is not None and False:",
+      tests=[T_PRE + "::test_a_signal_in_the_last_evaluation_stops_after_saving"]),
+  "entry-keeps-its-handlers": dict(file="dlcore/harness/cli.py",
+      old="    preemption.uninstall(previous)\n", new="    pass\n",
+      tests=[T_PRE + "::test_entry_puts_the_handlers_back_and_forgets_the_request"]),
+  "manifest-not-required": dict(file="dlcore/checkpoint.py",
+      old='''    return ("incomplete: the save was cut short before its manifest was written"
+            if manifest_required else None)''', new="    return None",
+      tests=["tests/test_faults.py::test_a_step_without_its_manifest_is_incomplete"]),
+  "damaged-step-not-set-aside": dict(file="dlcore/checkpoint.py",
+      old="          if step is None:\n            self._set_aside(s)\n", new="",
+      tests=["tests/test_faults.py::test_a_damaged_newest_checkpoint_is_reported_and_skipped"]),
+}
+T_MEM = "tests/test_members.py"
+BREAKS.update({
+  "members-share-the-first-data-order": dict(file="dlcore/train/members.py",
+      old="shuffle=shuffle, seed=s, epoch=epoch,", new="shuffle=shuffle, seed=seeds[0], epoch=epoch,",
+      tests=[T_MEM, "-m", "not slow"]),
+  "members-share-the-first-init": dict(file="dlcore/train/members.py",
+      old="return stack_states([create_train_state(model, tx, example_x, s, init_args, loss_scale)",
+      new="return stack_states([create_train_state(model, tx, example_x, seeds[0], init_args, loss_scale)",
+      tests=[T_MEM, "-m", "not slow"]),
+  "members-eval-seed-of-the-first": dict(file="dlcore/harness/seeds.py",
+      old="return self.seeds[0] + offset if not self.many else [s + offset for s in self.seeds]",
+      new="return self.seeds[0] + offset if not self.many else [self.seeds[0] + offset for s in self.seeds]",
+      tests=[T_MEM + "::test_vae_members_equal_single_runs"]),
+  "summary-std-population": dict(file="dlcore/harness/seeds.py",
+      old="np.std(vals, ddof=1)", new="np.std(vals, ddof=0)", tests=[T_MEM, "-m", "not slow"]),
+  "float16-counted-means-unweighted": dict(file="dlcore/train/loop.py",
+      old='    per_step = [k for k in ("skipped", "loss_scale") if k in rows[0]]',
+      new='    per_step = []', tests=["tests/test_precision.py"]),
+  "float16-summary-skipped-zero": dict(file="dlcore/harness/cli.py",
+      old='return {} if skipped is None else {"skipped_steps": skipped}',
+      new='return {} if skipped is None else {"skipped_steps": 0}',
+      tests=["tests/test_precision.py"]),
+  "cifar-extract-in-place": dict(file="dlcore/data/images.py",
+      old='        tar.extractall(tmp, filter="data")', new='        tar.extractall(dest, filter="data")',
+      tests=["tests/test_data.py"]),
+  "cifar-no-record-check": dict(file="dlcore/data/images.py",
+      old="      if raw.size == 0 or raw.size % CIFAR_RECORD:", new="      if False:",
+      tests=["tests/test_data.py"]),
+})
+T_PREC = "tests/test_precision.py"
+BREAKS.update({
+  "tagger-log-softmax-back-to-bf16": dict(file="dlcore/models/rnn.py",
+      old="    return nn.log_softmax(logits.astype(jnp.float32), axis=-1)\n",
+      new="    return nn.log_softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)\n",
+      tests=[T_PREC + "::test_the_tagger_gives_float32_log_probabilities_in_bfloat16"]),
+  "lenet-conv1-without-dtype": dict(file="dlcore/models/cnn.py",
+      old="    self.conv1 = Conv2d(self.in_channels, 6, 5, **kw)",
+      new="    self.conv1 = Conv2d(self.in_channels, 6, 5)",
+      tests=[T_PREC + "::test_every_layer_computes_in_the_model_dtype"]),
+  "tagger-embed-without-dtype": dict(file="dlcore/models/rnn.py",
+      old="embedding_init=nn.initializers.normal(1.0), **kw)",
+      new="embedding_init=nn.initializers.normal(1.0))",
+      tests=[T_PREC + "::test_every_layer_computes_in_the_model_dtype"]),
+  "cgan-embed-without-dtype": dict(file="dlcore/models/generative.py",
+      old='    e = nn.Embed(self.num_classes, self.embed_dim, name="label_embed", **kw)(y)\n    h = jnp.concatenate([_flat(x).astype(self.dtype), e], -1)\n    h = nn.leaky_relu(Linear(h.shape[-1], self.hidden, name="layers_0"',
+      new='    e = nn.Embed(self.num_classes, self.embed_dim, name="label_embed")(y)\n    h = jnp.concatenate([_flat(x).astype(self.dtype), e], -1)\n    h = nn.leaky_relu(Linear(h.shape[-1], self.hidden, name="layers_0"',
+      tests=[T_PREC + "::test_every_layer_computes_in_the_model_dtype"]),
+  "batchnorm-without-dtype": dict(file="dlcore/models/generative.py",
+      old="  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name, **kw)",
+      new="  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)",
+      tests=[T_PREC + "::test_every_layer_computes_in_the_model_dtype"]),
+  "bf16-pt-import": dict(file="dlcore/interop/__main__.py",
+      old="  if tensor.dtype == torch.bfloat16:", new="  if False:",
+      tests=["tests/test_export.py::test_bfloat16_weights_import_alike_from_pt_and_safetensors"]),
+  "bf16-safetensors-import": dict(file="dlcore/interop/__main__.py",
+      old="  import ml_dtypes  # noqa: F401 - registers bfloat16 with NumPy, for safetensors' reader\n",
+      new="", tests=["tests/test_export.py::test_bfloat16_weights_import_alike_from_pt_and_safetensors"]),
+  "xla-describe-ignores-late-backend": dict(file="dlcore/xlaflags.py",
+      old="  if _late and environ is os.environ:", new="  if False:",
+      tests=["tests/test_xlaflags.py::test_describe_tells_when_the_backend_started_too_early"]),
+  "xla-flag-inherited-by-other-jaxlib": dict(file="dlcore/xlaflags.py",
+      old="  if inherited:  # a parent", new="  if False:  # a parent",
+      tests=["tests/test_xlaflags.py::test_a_child_with_another_jaxlib_drops_the_inherited_flag"]),
+  "xla-flag-not-added": dict(file="dlcore/xlaflags.py",
+      old='    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()\n', new="",
+      tests=["tests/test_xlaflags.py", "-m", "not slow"]),
+})
+T_FAULT = "tests/test_faults.py"
+T_DL = "tests/test_download.py"
+BREAKS.update({
+  "summary-written-in-place": dict(file="dlcore/harness/rundir.py",
+      old="    files.write_json(path, summary, indent=2, sort_keys=True)",
+      new="    json.dump(summary, open(path, 'w'), indent=2, sort_keys=True)",
+      tests=[T_FAULT + "::test_run_files_are_replaced_whole_or_not_at_all"]),
+  "download-no-checksum": dict(file="dlcore/data/images.py",
+      old="    if sha256 and digest.hexdigest() != sha256:", new="    if False:",
+      tests=[T_DL]),
+  "download-no-size-check": dict(file="dlcore/data/images.py",
+      old="    if expected is not None and received != expected:", new="    if False:",
+      tests=[T_DL]),
+  "download-in-place": dict(file="dlcore/data/images.py",
+      old='  fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".part")',
+      new='  fd, tmp = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), path',
+      tests=[T_DL]),
+  "checkpoint-verification-off": dict(file="dlcore/checkpoint.py",
+      old="      bad = verify_step(self._step_dir(s), manifest_required=required)",
+      new="      bad = None", tests=[T_FAULT]),
+  "resume-replays-one-step-short": dict(file="dlcore/train/loop.py",
+      old="        if (calls_done + 1) * steps_per_call <= start_step:",
+      new="        if (calls_done + 1) * steps_per_call < start_step:",
+      tests=[T_PRE + "::test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit"]),
+  "preempted-epoch-rows-not-saved": dict(file="dlcore/train/loop.py",
+      old="      checkpointer.save(step, host, force=True, extra=rows_extra(epoch, epoch_rows))",
+      new="      checkpointer.save(step, host, force=True)",
+      tests=[T_PRE + "::test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit"]),
+  "auto-resume-starts-over": dict(file="dlcore/harness/rundir.py",
+      old="      resume = holds_run\n", new="      resume = False\n",
+      tests=[T_PRE + "::test_auto_resume_starts_a_missing_or_empty_folder"]),
+  "float16-never-skips": dict(file="dlcore/precision.py",
+      old="    skip = ~finite & (scale.scale > FLOOR)", new="    skip = ~finite & False",
+      tests=[T_PREC]),
+  "stop-not-raised-again": dict(file="dlcore/preemption.py",
+      old="    if _program:\n      _later(signum)\n", new="",
+      tests=[T_PRE + "::test_a_stop_swallowed_by_a_weakref_callback_is_raised_again"]),
+  "no-early-handler": dict(file="experiments/__init__.py",
+      old="  preemption.early()\n", new="  pass\n",
+      tests=[T_PRE + "::test_sigterm_while_a_program_starts_ends_in_one_line"]),
+  "scorer-without-lock": dict(file="dlcore/harness/scoring.py",
+      old='    with _exclusive(path + ".lock", SCORER_WAIT_S, what="train the scoring classifier"):',
+      new='    with contextlib.nullcontext():',
+      tests=[T_PRE + "::test_two_runs_at_once_on_an_empty_cache_train_the_scorer_once"]),
+  "jax-cache-skips-small-programs": dict(file="dlcore/harness/jaxcache.py",
+      old='  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)\n', new="",
+      tests=[T_PRE + "::test_a_second_run_compiles_nothing"]),
+  "jax-cache-keeps-empty-entries": dict(file="dlcore/harness/jaxcache.py",
+      old="  drop_empty_entries(path)\n", new="",
+      tests=[T_PRE + "::test_empty_entries_left_by_a_stop_are_dropped_from_the_jax_cache"]),
+  "model-folder-written-in-place": dict(file="dlcore/checkpoint.py",
+      old='  tmp = files.make_dir(parent, prefix=f".{base}.", suffix=".tmp")',
+      new="  tmp = path; os.makedirs(path, exist_ok=True)",
+      tests=[T_PRE + "::test_a_stop_while_a_model_folder_is_written_leaves_the_old_one"]),
+})
+T_EXP = "tests/test_export.py"
+BREAKS.update({
+  "export-conv-kernel-layout": dict(file="dlcore/interop/torch.py",
+      old='  out = {f"{prefix}.weight": np.ascontiguousarray(_a(p["kernel"]).transpose(3, 2, 0, 1))}',
+      new='  out = {f"{prefix}.weight": np.ascontiguousarray(_a(p["kernel"]).transpose(3, 2, 1, 0))}',
+      tests=[T_EXP]),
+  "export-flatten-order": dict(file="dlcore/interop/torch.py",
+      old="  weight = kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)",
+      new="  weight = kernel.reshape(h, w, c, -1).transpose(3, 2, 1, 0).reshape(kernel.shape[1], -1)",
+      tests=[T_EXP]),
+  "export-lstm-gate-order": dict(file="dlcore/interop/torch.py",
+      old='  w_ih = np.concatenate([_a(p[f"i{g}"]["kernel"]).T for g in gates])',
+      new='  w_ih = np.concatenate([_a(p[f"i{g}"]["kernel"]).T for g in gates[::-1]])',
+      tests=[T_EXP]),
+  "seeds-summary-median": dict(file="dlcore/harness/seeds.py",
+      old="      out[key] = float(np.mean(vals))", new="      out[key] = float(np.median(vals))",
+      tests=[T_MEM + "::test_summarize_gives_mean_std_and_per_seed"]),
+})
+BREAKS.update({
+  "no-restart-rows": dict(file="dlcore/harness/rundir.py",
+      old="    run.restart_rows()\n", new="",
+      tests=[T_PRE + "::test_an_experiment_without_checkpoints_starts_over_and_records_each_step_once"]),
+})
+BREAKS.update({
+  "join-not-interruptible": dict(file="dlcore/distributed.py",
+      old="    preemption.watch_blocked(stop_joining)\n", new="    pass\n",
+      tests=[T_PRE + "::test_sigterm_while_waiting_to_join_a_job_stops_at_once"]),
+  "model-folder-not-put-back": dict(file="dlcore/checkpoint.py",
+      old="    if old is not None and not os.path.exists(path):  # stopped between the two renames",
+      new="    if False:",
+      tests=[T_FAULT + "::test_a_model_folder_stopped_between_its_renames_is_put_back"]),
+  "files-private-mode": dict(file="dlcore/files.py",
+      old="    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)",
+      new="    pass",
+      tests=[T_FAULT + "::test_run_files_are_replaced_whole_or_not_at_all"]),
+  "files-written-in-place": dict(file="dlcore/files.py",
+      old='''def write_text(path: str, text: str) -> str:
+  """Writes `text` to `path` all or nothing."""
+  with replacing(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+  return path''', new='''def write_text(path: str, text: str) -> str:
+  with open(path, "w") as f:
+    f.write(text)
+  return path''',
+      tests=[T_FAULT + "::test_run_files_are_replaced_whole_or_not_at_all"]),
+  "final-save-after-stop": dict(file="dlcore/train/loop.py",
+      old='''    host_state = runner.get_state(state)
+    final = step_of(host_state)
+    where = None
+''', new='''    host_state = runner.get_state(state)
+    final = step_of(host_state)
+    where = None
+    if (signal_name := preemption.stopping()) is not None:
+      raise preemption.Preempted(signal_name, final, None, what=f"'{desc}'")
+''', tests=[T_PRE + "::test_a_signal_in_the_last_evaluation_stops_after_saving"]),
+})
+T_ANY = T_PRE + "::test_sigterm_at_any_moment_then_auto_resume_gives_the_uninterrupted_numbers"
+T_TWO = T_PRE + "::test_two_processes_stop_together_at_any_moment_on_sigterm_to_the_launcher"
+BREAKS.update({
+  "preempted-epoch-rows-not-saved-chain": dict(file="dlcore/train/loop.py",
+      old="      checkpointer.save(step, host, force=True, extra=rows_extra(epoch, epoch_rows))",
+      new="      checkpointer.save(step, host, force=True)", tests=[T_ANY]),
+  "agree-without-plus-one": dict(file="dlcore/preemption.py",
+      old="      self.target = max(steps) + 1", new="      self.target = max(steps)",
+      tests=[T_TWO]),
+  "jax-preemption-service-on": dict(file="dlcore/distributed.py",
+      old='  jax.config.update("jax_enable_preemption_service", False)\n', new="",
+      tests=[T_TWO]),
+  "no-agreement-stop-at-own-step": dict(file="dlcore/preemption.py",
+      old="  return _job.reached(int(step))", new="  return _requested", tests=[T_TWO]),
+})
+
+
+def main(argv=None) -> int:
+  """Plants each named break (all by default), runs its tests, restores the file; prints
+  CAUGHT or MISSED per break. Exit 1 if any break was missed or no longer applies."""
+  import argparse
+  import os
+  import subprocess
+  import sys
+  import time
+  p = argparse.ArgumentParser(prog="python -m tests.mutations", description=__doc__)
+  p.add_argument("names", nargs="*", help=f"breaks to try (default: all {len(BREAKS)})")
+  p.add_argument("--list", action="store_true", help="list the breaks and their tests")
+  args = p.parse_args(argv)
+  if args.list:
+    for name, b in BREAKS.items():
+      print(f"{name}: {b['file']} -> {' '.join(b['tests'])}")
+    return 0
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  bad = 0
+  for name in args.names or list(BREAKS):
+    b = BREAKS[name]
+    path = os.path.join(root, b["file"])
+    with open(path) as f:
+      src = f.read()
+    if src.count(b["old"]) != 1:
+      print(f"STALE  {name}: the code it breaks changed ({b['file']}); update tests/mutations.py")
+      bad += 1
+      continue
+    with open(path, "w") as f:
+      f.write(src.replace(b["old"], b["new"]))
+    start = time.monotonic()
+    try:
+      out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                            *b["tests"]], cwd=root, capture_output=True, text=True, timeout=1800)
+    finally:
+      with open(path, "w") as f:
+        f.write(src)
+    caught = out.returncode != 0
+    failed = [line.split(" ")[1] for line in out.stdout.splitlines()
+              if line.startswith(("FAILED", "ERROR"))]
+    bad += not caught
+    print(f"{'CAUGHT' if caught else 'MISSED'} {name} ({time.monotonic() - start:.0f} s): "
+          f"{', '.join(failed)}", flush=True)
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
