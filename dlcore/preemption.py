@@ -58,6 +58,7 @@ _collective = False            # that fit's steps run over every process of the 
 _saved: tuple[str, int] | None = None  # newest checkpoint saved or restored here
 _job: "_Job | None" = None
 _pipe: int | None = None       # write end: the handlers' requests to raise again
+_early_called = False          # a program (`python -m experiments.*`), see `early`
 
 
 class Preempted(BaseException):
@@ -191,10 +192,17 @@ def _unraisable(info) -> None:
   sys.__unraisablehook__(info)
 
 
+def program_process() -> bool:
+  """Whether this process is a program that called `early()` (`python -m experiments.*`)."""
+  return _early_called
+
+
 def early() -> None:
   """For programs (`experiments/__init__.py` calls this when run with `python -m`): SIGTERM
   and Ctrl-C end the program in one line from the first import on. A request that arrives
   now is kept for `install(program=True)`, and `check()` then stops at once."""
+  global _early_called
+  _early_called = True
   _start_again_thread()
   for s in SIGNALS:
     signal.signal(s, _early_handler)

@@ -431,9 +431,10 @@ def _check_line(err):
   return line
 
 
-# (marker in the output, seconds after it): data loaded; the scoring CNN's training (its
-# first steps compile for ~3 s); the VAE's compilation; its second epoch; after training.
-VAE_STOPS = [("data: ", 0), ("training the scoring classifier", 3),
+# (marker in the output, seconds after it): the first compilation (the model's init; a stop
+# there crashed Python's exit with SIGSEGV); the scoring CNN's training (its first steps
+# compile for ~3 s); the VAE's compilation; its second epoch; after training.
+VAE_STOPS = [("[vae] mode=", 1.0), ("training the scoring classifier", 3),
              ("scoring classifier: test accuracy", 0), ("epoch 1:", 0), ("Frechet distance", 0)]
 
 

@@ -251,11 +251,11 @@ def entry(main) -> None:
     preemption.leave()  # other processes of the job stop without waiting for this one
     if not e.told:
       print(f"error: {e}", file=sys.stderr)
-    _leave(e.exit_code)
+    _leave(e.exit_code, stopped=True)
   except KeyboardInterrupt:
     preemption.delivered()
     print("interrupted; continue with --resume", file=sys.stderr)
-    _leave(EXIT_INTERRUPTED)
+    _leave(EXIT_INTERRUPTED, stopped=True)
   except Exception as e:  # noqa: BLE001 - re-raised below unless it is one of ours
     code = _exit_code(e)
     if isinstance(e, distributed.DistributedError):
@@ -263,7 +263,7 @@ def entry(main) -> None:
     elif code is None and distributed.lost_peer(e):
       if (signal_name := preemption.noted()) is not None:  # a peer stopped first
         print(f"error: {preemption.Preempted(signal_name)}", file=sys.stderr)
-        _leave(preemption.EXIT_CODES.get(signal_name, 1))
+        _leave(preemption.EXIT_CODES.get(signal_name, 1), stopped=True)
       code = distributed.EXIT_PEER
       first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
       e = RuntimeError(f"process {distributed.process_index()} lost contact with another "
@@ -281,10 +281,15 @@ def entry(main) -> None:
       preemption.uninstall(previous)
 
 
-def _leave(code: int) -> None:
-  from dlcore import distributed
+def _leave(code: int, *, stopped: bool = False) -> None:
+  """Ends the program with `code`. A job of several processes, and a program stopped by a
+  signal (`stopped`, run as `python -m`), leave with `os._exit`: JAX's shutdown would wait for
+  peers that are gone, and a stop in the middle of an XLA compilation crashed the
+  interpreter's finalization (SIGSEGV) in 6 of 7 tries. Every file dlcore writes is whole by
+  then (`dlcore.files`, checkpoints waited for)."""
+  from dlcore import distributed, preemption
 
-  if distributed.process_count() > 1:
+  if distributed.process_count() > 1 or (stopped and preemption.program_process()):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
