@@ -165,23 +165,32 @@ def _start_again_thread() -> None:
   os.set_blocking(_pipe, False)
   main = threading.main_thread().ident
 
-  def run():
+  def again(byte: bytes) -> None:
     global _again
+    signum, deferred = byte[0] % _DEFERRED, byte[0] >= _DEFERRED
+    time.sleep(DEFER_S if deferred else AGAIN_S)
+    if (_requested is not None and not _delivered
+        and signal.getsignal(signum) in (_handler, _early_handler)):
+      _again = True
+      signal.pthread_kill(main, signum)
+
+  _read_forever(read, 1, again, "dlcore-preempt-again")
+
+
+def _read_forever(fd: int, size: int, on_bytes, name: str) -> None:
+  """A daemon thread that calls `on_bytes(data)` with what arrives on pipe `fd`."""
+
+  def run():
     while True:
       try:
-        byte = os.read(read, 1)
+        data = os.read(fd, size)
       except OSError:
         return
-      if not byte:
+      if not data:
         return
-      signum, deferred = byte[0] % _DEFERRED, byte[0] >= _DEFERRED
-      time.sleep(DEFER_S if deferred else AGAIN_S)
-      if (_requested is not None and not _delivered
-          and signal.getsignal(signum) in (_handler, _early_handler)):
-        _again = True
-        signal.pthread_kill(main, signum)
+      on_bytes(data)
 
-  threading.Thread(target=run, name="dlcore-preempt-again", daemon=True).start()
+  threading.Thread(target=run, name=name, daemon=True).start()
 
 
 def _unraisable(info) -> None:
@@ -459,21 +468,15 @@ def watch_blocked(on_signal) -> None:
   """Several processes: a thread reads `signal.set_wakeup_fd`'s pipe, where every caught
   signal is written even while the main thread is blocked in C (no Python handler can run
   then), notes it for `noted()` and calls `on_signal(name)`. Main thread only."""
-  global _noted
   read, write = os.pipe()
   os.set_blocking(write, False)
   signal.set_wakeup_fd(write, warn_on_full_buffer=False)
 
-  def run():
+  def seen(data: bytes) -> None:
     global _noted
-    while True:
-      try:
-        data = os.read(read, 64)
-      except OSError:
-        return
-      for signum in data:
-        if signum in SIGNALS:
-          _noted = _noted or signal.Signals(signum).name
-          on_signal(_noted)
+    for signum in data:
+      if signum in SIGNALS:
+        _noted = _noted or signal.Signals(signum).name
+        on_signal(_noted)
 
-  threading.Thread(target=run, name="dlcore-signal-watch", daemon=True).start()
+  _read_forever(read, 64, seen, "dlcore-signal-watch")
