@@ -59,6 +59,7 @@ _saved: tuple[str, int] | None = None  # newest checkpoint saved or restored her
 _job: "_Job | None" = None
 _pipe: int | None = None       # write end: the handlers' requests to raise again
 _early_called = False          # a program (`python -m experiments.*`), see `early`
+_generation = 0                # advanced by `reset`: a raise-again asked before it is dropped
 
 
 class Preempted(BaseException):
@@ -147,11 +148,11 @@ def _in_finalizer(frame) -> bool:
 
 
 def _later(signum: int, *, deferred: bool = False) -> None:
-  """Asks the re-raise thread to deliver `signum` again (a byte to a pipe: safe in a
-  handler)."""
+  """Asks the re-raise thread to deliver `signum` again (two bytes to a pipe, safe in a
+  handler: the signal and the generation it belongs to; a pipe writes them at once)."""
   if _pipe is not None:
     with contextlib.suppress(OSError):  # a full pipe already holds requests
-      os.write(_pipe, bytes([signum + (_DEFERRED if deferred else 0)]))
+      os.write(_pipe, bytes([signum + (_DEFERRED if deferred else 0), _generation % 256]))
 
 
 def _start_again_thread() -> None:
@@ -165,16 +166,16 @@ def _start_again_thread() -> None:
   os.set_blocking(_pipe, False)
   main = threading.main_thread().ident
 
-  def again(byte: bytes) -> None:
+  def again(data: bytes) -> None:
     global _again
-    signum, deferred = byte[0] % _DEFERRED, byte[0] >= _DEFERRED
+    signum, deferred = data[0] % _DEFERRED, data[0] >= _DEFERRED
     time.sleep(DEFER_S if deferred else AGAIN_S)
-    if (_requested is not None and not _delivered
+    if (_requested is not None and not _delivered and _generation % 256 == data[1]
         and signal.getsignal(signum) in (_handler, _early_handler)):
       _again = True
       signal.pthread_kill(main, signum)
 
-  _read_forever(read, 1, again, "dlcore-preempt-again")
+  _read_forever(read, 2, again, "dlcore-preempt-again")
 
 
 def _read_forever(fd: int, size: int, on_bytes, name: str) -> None:
@@ -283,9 +284,11 @@ def requested() -> str | None:
 
 
 def reset() -> None:
-  """Forgets a request (a new run in the same process starts clean)."""
-  global _requested
+  """Forgets a request (a new run in the same process starts clean), and any raise-again
+  it asked for."""
+  global _requested, _generation
   _requested = None
+  _generation += 1
 
 
 # ---- training -------------------------------------------------------------------------------

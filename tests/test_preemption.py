@@ -323,6 +323,23 @@ def test_entry_puts_the_handlers_back_and_forgets_the_request():
   assert preemption.requested() is None
 
 
+def test_a_raise_again_asked_by_an_ended_run_never_reaches_the_next_one():
+  """A program's stop asks for a raise-again AGAIN_S later; when that run has ended and the
+  next one (a notebook's) was stopped and caught its stop, the old request must not stop the
+  next one again (seen in CI: a load after a caught stop raised Preempted)."""
+  from dlcore import preemption
+  from dlcore.harness import cli
+  with pytest.raises(SystemExit):
+    cli.entry(_signal_self)  # its handler asked for a raise-again
+  previous = preemption.install()
+  try:
+    with pytest.raises(preemption.Preempted):
+      _signal_self()
+    time.sleep(3 * preemption.AGAIN_S)  # the old raise-again would land here
+  finally:
+    preemption.uninstall(previous)
+
+
 def test_a_stop_while_a_model_folder_is_written_leaves_the_old_one(handlers, monkeypatch,
                                                                     tmp_path):
   from dlcore import checkpoint, files
