@@ -19,7 +19,7 @@ def test_planar_reaches_the_seeds_losses(tmp_path):
     assert s[net]["reload_identical"] == {"params_only": True, "whole_model": True}
     assert os.path.exists(tmp_path / f"boundary_{net}.png")
   on_disk = json.load(open(tmp_path / "summary.json"))
-  assert set(on_disk) == {"0.1", "0.3"}
+  assert set(on_disk) == {"0.1", "0.3", "timings"}
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert {r["split"] for r in rows} == {"train", "eval"}
 

@@ -188,6 +188,7 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   """Parses argv (default: sys.argv[1:]) into `config_cls`; `--help` lists every option with
   its description, type and default. Invalid values stop with one line and exit code 2."""
   cfg = tyro.cli(config_cls, args=argv, description=description, prog=_prog(config_cls))
+  _start_timing()
   try:
     check(cfg)
     common = getattr(cfg, "common", None)
@@ -207,6 +208,19 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
   return cfg
+
+
+_parsed = False  # a program's first run counts its start-up (imports) in its timings
+
+
+def _start_timing() -> None:
+  """A run's account of where its time goes (`dlcore.timing`, summary.json's "timings")
+  starts as its options are parsed; a program's first run adds its start-up."""
+  global _parsed
+  from dlcore import preemption, timing
+  before = timing.since_process_start() if preemption.program_process() and not _parsed else 0
+  _parsed = True
+  timing.reset(before or 0.0)
 
 
 # Exit codes of `entry` (the README lists them).
@@ -300,12 +314,14 @@ def load_image_data(args: ImageDataArgs, fallback: str | tuple[str, ...] | None 
   """Loads `args.dataset` (mnist when none is named), trimmed to the limits; says what it
   got. `fallback` is used only when the user named neither a dataset nor a data folder: an
   explicit choice is never replaced."""
+  from dlcore import timing
   from dlcore.data import images
 
   explicit = args.dataset is not None or args.data_dir is not None
-  data = images.load(args.dataset or "mnist", data_dir=args.data_dir,
-                     fallback=None if explicit else fallback)
-  if args.train_limit or args.test_limit:
-    data = data.subset(args.train_limit, args.test_limit)
+  with timing.section("data"):
+    data = images.load(args.dataset or "mnist", data_dir=args.data_dir,
+                       fallback=None if explicit else fallback)
+    if args.train_limit or args.test_limit:
+      data = data.subset(args.train_limit, args.test_limit)
   say(f"data: {data.describe()}")
   return data

@@ -10,7 +10,7 @@ import os
 import shutil
 import uuid
 
-from dlcore import files
+from dlcore import files, timing
 from dlcore.harness.errors import ConfigError, RunDirError
 from dlcore.harness.errors import flag as _flag
 from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
@@ -280,6 +280,8 @@ class RunDir:
       entries = {k: {"precision": self.precision} | v if isinstance(v, dict) else v
                  for k, v in entries.items()}
     summary.update(jsonable(entries))
+    # Where this process's time went so far (a resumed run: since it resumed).
+    summary["timings"] = timing.report()
     files.write_json(path, summary, indent=2, sort_keys=True)
     return summary
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from dlcore import metrics, models, optim
-from dlcore import distributed
+from dlcore import distributed, timing
 from dlcore.checkpoint import load_model, save_model
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
@@ -144,6 +144,11 @@ def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: in
                          seed: int = 0, progress: bool = True) -> Scorer:
   """The chapter 6 CNN for `data` from `path` (a save_model folder; default: the cache path
   for (data, epochs, seed)), or trained and saved there first."""
+  with timing.section("scoring CNN", whole=True):
+    return _load_or_train_scorer(data, path, epochs=epochs, seed=seed, progress=progress)
+
+
+def _load_or_train_scorer(data, path, *, epochs, seed, progress) -> Scorer:
   pipeline = scorer_pipeline(data)
   path = os.path.abspath(path or default_scorer_path(data, epochs, seed))
   several = distributed.process_count() > 1

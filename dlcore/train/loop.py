@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlcore import distributed, precision, preemption
+from dlcore import distributed, precision, preemption, timing
 from dlcore.checkpoint import Checkpointer
 from dlcore.train.modes import Runner
 
@@ -64,6 +64,23 @@ def host_mean(rows: list[dict]) -> dict:
     return out | {"count": int(total)}
   return precision.applied_means(
       {k: float(np.mean([np.mean(r[k]) for r in rows])) for k in rows[0]})
+
+
+STEPS = "training steps"  # the timing section of the steps themselves (dispatch and wait)
+
+
+def _timed(iterable: Iterable, name: str):
+  """`iterable`'s items, the time to produce each counted for timing section `name`."""
+  iterator = iter(iterable)
+  while True:
+    with timing.section(name):
+      item = next(iterator, _END)
+    if item is _END:
+      return
+    yield item
+
+
+_END = object()
 
 
 def batch_evaluator(eval_step, batches: Callable[[], Iterable], *,
@@ -209,9 +226,15 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
             f"{checkpointer.directory}" if last_good is not None else "no checkpoint was saved")
 
   def flush(step: int, epoch: int) -> dict | None:
-    nonlocal pending
     if not pending:
       return None
+    with timing.section(STEPS):  # the steps in flight finish here
+      jax.block_until_ready(pending)
+    with timing.section("metrics"):
+      return _write_pending(step, epoch)
+
+  def _write_pending(step: int, epoch: int) -> dict:
+    nonlocal pending
     means, per = means_of(pending)
     pending = []
     rows = [means] if per is None else [dict(zip(per, v)) for v in zip(*per.values())]
@@ -258,12 +281,19 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       return
     step, epoch = due_save
     due_save = None
-    host = runner.get_state(state)
-    check_state(host, step, epoch)
-    # A save in the middle of an epoch keeps the epoch's rows, so a resume from it reports
-    # the epoch's means over all of its steps.
-    checkpointer.save(step, host, extra=rows_extra(epoch, epoch_rows) if mid else None)
+    host = host_state_of(state)
+    with timing.section("checkpoints"):
+      check_state(host, step, epoch)
+      # A save in the middle of an epoch keeps the epoch's rows, so a resume from it
+      # reports the epoch's means over all of its steps.
+      checkpointer.save(step, host, extra=rows_extra(epoch, epoch_rows) if mid else None)
     last_good = step
+
+  def host_state_of(state):
+    with timing.section(STEPS):  # the steps in flight finish here
+      jax.block_until_ready(state)
+    with timing.section("metrics"):
+      return runner.get_state(state)
 
   # With several processes only process 0 shows a bar.
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress or not distributed.is_primary(),
@@ -273,10 +303,11 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     flush(step, epoch)
     where = None
     if checkpointer is not None:
-      host = runner.get_state(state)
-      check_state(host, step, epoch)
-      checkpointer.save(step, host, force=True, extra=rows_extra(epoch, epoch_rows))
-      checkpointer.wait()
+      host = host_state_of(state)
+      with timing.section("checkpoints"):
+        check_state(host, step, epoch)
+        checkpointer.save(step, host, force=True, extra=rows_extra(epoch, epoch_rows))
+        checkpointer.wait()
       where = checkpointer.directory
     raise preemption.Preempted(signal_name, step, where, what=f"'{desc}'")
 
@@ -286,14 +317,17 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       contextlib.closing(bar):
     for epoch in range(num_epochs):
       epoch_rows = list(carried[1]) if carried and carried[0] == epoch else []
-      for batch in batches(epoch):
+      for batch in _timed(batches(epoch), "data"):
         if (calls_done + 1) * steps_per_call <= start_step:  # replaying up to the resume point
           calls_done += 1
           continue
         save_due(mid=True)
-        state, metrics = train_step(state, runner.put_batch(batch, stacked=stacked))
+        with timing.section("data"):
+          batch = runner.put_batch(batch, stacked=stacked)
+        with timing.section(STEPS):
+          state, metrics = train_step(state, batch)
+          metrics = runner.get_output(metrics)
         calls_done += 1
-        metrics = runner.get_output(metrics)
         pending.append(metrics)
         epoch_rows.append(metrics)
         step = calls_done * steps_per_call
@@ -309,37 +343,44 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         bar.update(1)
         continue
       flush(step, epoch)
-      train_means, train_per = means_of(epoch_rows)
+      host_state = host_state_of(state)
+      with timing.section("metrics"):
+        train_means, train_per = means_of(epoch_rows)
       record = {"epoch": epoch, "step": step, "train": train_means}
       if train_per is not None:
         record["per_seed"] = {"train": train_per}
-      host_state = runner.get_state(state)
-      if evaluators and (scores := evaluate(host_state, epoch)):
+      with timing.section("evaluation"):
+        scores = evaluate(host_state, epoch) if evaluators else {}
+      if scores:
         eval_per = scores.pop("per_seed", None)
         record["eval"] = scores
         if eval_per is not None:
           record.setdefault("per_seed", {})["eval"] = eval_per
         if writer is not None:
-          writer.write("eval", step, record["eval"], epoch=epoch,
-                       **({} if eval_per is None else {"per_seed": eval_per}))
+          with timing.section("metrics"):
+            writer.write("eval", step, record["eval"], epoch=epoch,
+                         **({} if eval_per is None else {"per_seed": eval_per}))
       history.append(record)
       if hasattr(writer, "write_epoch"):
-        writer.write_epoch(record)
+        with timing.section("metrics"):
+          writer.write_epoch(record)
       if on_epoch_end is not None:
-        on_epoch_end(epoch, host_state, record)
+        with timing.section("epoch callbacks"):
+          on_epoch_end(epoch, host_state, record)
       save_due()  # after the epoch's record: a checkpoint never runs ahead of the history
       bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
                       | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
                          if np.ndim(v) == 0 and k != "count"})
       bar.update(1)
-    host_state = runner.get_state(state)
+    host_state = host_state_of(state)
     final = step_of(host_state)
     where = None
     if checkpointer is not None:
-      check_state(host_state, final, num_epochs - 1)
-      if checkpointer.latest_step() != final:
-        checkpointer.save(final, host_state, force=True)
-      checkpointer.wait()
+      with timing.section("checkpoints"):
+        check_state(host_state, final, num_epochs - 1)
+        if checkpointer.latest_step() != final:
+          checkpointer.save(final, host_state, force=True)
+        checkpointer.wait()
       where = checkpointer.directory
     # A signal during the last epoch's evaluation: the run is saved; stop here, not after
     # whatever the caller does next.
