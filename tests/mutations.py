@@ -203,10 +203,10 @@ BREAKS.update({
   return path''',
       tests=[T_FAULT + "::test_run_files_are_replaced_whole_or_not_at_all"]),
   "final-save-after-stop": dict(file="dlcore/train/loop.py",
-      old='''    host_state = runner.get_state(state)
+      old='''    host_state = host_state_of(state)
     final = step_of(host_state)
     where = None
-''', new='''    host_state = runner.get_state(state)
+''', new='''    host_state = host_state_of(state)
     final = step_of(host_state)
     where = None
     if (signal_name := preemption.stopping()) is not None:
