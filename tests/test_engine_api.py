@@ -137,3 +137,54 @@ def test_the_scorer_is_trained_once_cached_and_identified(tmp_path, monkeypatch)
   changed["params"]["fc2"]["bias"] = np.asarray(changed["params"]["fc2"]["bias"]) + 1e-3
   assert scoring.weights_hash(changed) != first.sha256
   assert first.describe()["weights_sha256"] == first.sha256
+
+
+def _fit_batches(tmp_path, *, log_every=50, save_every_steps=None, writer=None, epochs=1):
+  """fit over 7 different batches an epoch, checkpointing into tmp_path when asked."""
+  from dlcore.checkpoint import Checkpointer
+  runner = Runner("jit")
+  batches = [planar_batch(16 * (i + 1)) for i in range(7)]
+  ckpt = (Checkpointer(str(tmp_path), save_every_steps=save_every_steps, max_to_keep=10)
+          if save_every_steps else None)
+  try:
+    _, history = fit(small_state(), runner.compile(make_train_step(bce_loss)),
+                     lambda e: batches, runner=runner, num_epochs=epochs, log_every=log_every,
+                     writer=writer, checkpointer=ckpt, progress=False)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  return history
+
+
+def test_train_metrics_are_written_every_log_every_calls_and_at_the_epoch_end(tmp_path):
+  writer = Recorder()
+  history = _fit_batches(tmp_path, log_every=3, writer=writer)
+  assert [r[1] for r in writer.rows if r[0] == "train"] == [3, 6, 7]
+  assert history[0]["step"] == 7
+
+
+def test_a_mid_epoch_checkpoint_keeps_the_epoch_rows_so_far(tmp_path):
+  from dlcore.checkpoint import Checkpointer
+  writer = Recorder()
+  _fit_batches(tmp_path, save_every_steps=3, log_every=1, writer=writer)
+  ckpt = Checkpointer(str(tmp_path))
+  assert {3, 6, 7} <= set(ckpt.all_steps())
+  extra = ckpt.extra(6)
+  ckpt.close()
+  assert extra["epoch"] == 0
+  written = [r[2]["loss"] for r in writer.rows if r[0] == "train"]  # one row a step
+  # steps 1..6 of the epoch, as the steps gave them (a resume averages them with the rest)
+  assert [r["loss"] for r in extra["epoch_rows"]] == pytest.approx(written[:6], rel=1e-6)
+
+
+def test_a_checkpoint_never_runs_ahead_of_the_epoch_record(tmp_path):
+  from dlcore.checkpoint import Checkpointer
+  seen = []
+
+  class Epochs(Recorder):
+    def write_epoch(self, record):  # the epoch's save comes after its record
+      seen.append((record["step"], Checkpointer(str(tmp_path)).latest_step()))
+
+  _fit_batches(tmp_path, save_every_steps=7, writer=Epochs(), epochs=2)
+  assert [s for s, _ in seen] == [7, 14] and seen[1][1] == 7
+  assert all(latest is None or latest < step for step, latest in seen)

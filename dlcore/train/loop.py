@@ -4,6 +4,12 @@ progress bar, periodic checkpoints, resume, and a guard that stops on a NaN/inf 
 The engine knows nothing of run directories or consoles: metrics leave through a
 `MetricWriter` (anything with `write(split, step, metrics, **extra)`); dlcore's harness
 provides JSON-lines, console and TensorBoard writers.
+
+`fit` is the loop; each job around the step is a piece of its own: `_MetricLog` (the step
+metrics, fetched and written once per log interval, the NaN guard), `_Saves` (periodic,
+stop and final checkpoints, every saved state finite), `_restore` (resume) and
+`_epoch_evaluation` (the evaluators due each epoch). Each piece's time is its own section
+of `dlcore.timing`.
 """
 from __future__ import annotations
 
@@ -150,6 +156,154 @@ def _members_batch_evaluator(eval_step, batches, n: int) -> Evaluator:
   return evaluate
 
 
+class _MetricLog:
+  """The step metrics: kept as the steps return them (on the device) and fetched, averaged
+  and written every `log_every` calls, at saves, stops and epoch ends; a non-finite loss
+  then stops the run before anything is saved from its state."""
+
+  def __init__(self, writer, n_members: int | None, log_every: int, saves: "_Saves"):
+    self.writer, self.n_members, self.log_every, self.saves = writer, n_members, log_every, saves
+    self.pending: list = []     # not written yet
+    self.epoch_rows: list = []  # this epoch's, for its record (and a mid-epoch checkpoint)
+
+  def start_epoch(self, rows: list) -> None:
+    self.epoch_rows = list(rows)
+
+  def add(self, metrics) -> None:
+    self.pending.append(metrics)
+    self.epoch_rows.append(metrics)
+
+  @property
+  def full(self) -> bool:
+    return len(self.pending) >= self.log_every
+
+  def means(self, rows: list) -> tuple[dict, dict | None]:
+    """(the metrics' means, each member's values or None)."""
+    if self.n_members is None:
+      return host_mean(rows), None
+    from dlcore.train import members
+    return members.combine([host_mean(r) for r in members.split_means(rows, self.n_members)])
+
+  def flush(self, step: int, epoch: int) -> None:
+    if not self.pending:
+      return
+    with timing.section(STEPS):  # the steps in flight finish here
+      jax.block_until_ready(self.pending)
+    with timing.section("metrics"):
+      means, per = self.means(self.pending)
+      self.pending = []
+      rows = [means] if per is None else [dict(zip(per, v)) for v in zip(*per.values())]
+      for row in rows:  # each member on its own
+        all_skipped = row.get("skipped", 0.0) >= 1.0  # float16: no step applied, none diverged
+        if "loss" in row and not math.isfinite(row["loss"]) and not all_skipped:
+          raise NonFiniteLossError(
+              f"loss became {row['loss']} by step {step} (epoch {epoch}); "
+              f"{self.saves.kept('good')}. Lower the learning rate, check the inputs for "
+              "NaN/inf, or resume from the checkpoint.")
+      if self.writer is not None:
+        self.writer.write("train", step, means, epoch=epoch,
+                          **({} if per is None else {"per_seed": per}))
+
+  def saved_rows(self, epoch: int) -> dict:
+    """The epoch's step metrics so far, as JSON for a checkpoint (with their dtypes, so a
+    resume from it reports the epoch's means bit for bit)."""
+    rows = jax.device_get(self.epoch_rows)
+    return {"epoch": epoch,
+            "epoch_rows": [{k: np.asarray(v).tolist() for k, v in r.items()} for r in rows],
+            "dtypes": {k: str(np.asarray(v).dtype) for k, v in (rows[0] if rows else {}).items()}}
+
+
+class _Saves:
+  """The checkpoints of one `fit`: a periodic save falls due at a step and is made before the
+  next step, or once the epoch's record is written (so a kill between the two resumes from
+  the previous save); a stop saves at once; the end saves the final step. Every state saved
+  is finite."""
+
+  def __init__(self, checkpointer: Checkpointer | None):
+    self.checkpointer = checkpointer
+    self.last_good = checkpointer.latest_step() if checkpointer is not None else None
+    self.due: tuple[int, int] | None = None  # (step, epoch)
+
+  def kept(self, which: str) -> str:
+    if self.last_good is None:
+      return "no checkpoint was saved"
+    return (f"the last {which} checkpoint (step {self.last_good}) is kept in "
+            f"{self.checkpointer.directory}")
+
+  def check(self, host_state, step: int, epoch: int) -> None:
+    if not all_finite(host_state):
+      raise NonFiniteLossError(
+          f"the parameters or optimizer state became NaN/inf by step {step} (epoch {epoch}); "
+          f"{self.kept('finite')}. Lower the learning rate or check the inputs.")
+
+  def falls_due(self, step: int, epoch: int) -> bool:
+    if self.checkpointer is None or not self.checkpointer.should_save(step):
+      return False
+    self.due = (step, epoch)
+    return True
+
+  def save_due(self, host_state: Callable[[], Any], extra: Callable[[int], dict] | None = None
+               ) -> None:
+    """Makes the save that fell due; `extra(epoch)`: in the middle of an epoch, its rows
+    so far (a resume from it then reports the epoch's means over all of its steps)."""
+    if self.due is None:
+      return
+    (step, epoch), self.due = self.due, None
+    host = host_state()
+    with timing.section("checkpoints"):
+      self.check(host, step, epoch)
+      self.checkpointer.save(step, host, extra=extra(epoch) if extra else None)
+    self.last_good = step
+
+  def save_now(self, host_state, step: int, epoch: int, extra: dict | None = None
+               ) -> str | None:
+    """Saves `step` (unless it is saved already) and waits for it; returns the folder, or
+    None without a checkpointer."""
+    if self.checkpointer is None:
+      return None
+    with timing.section("checkpoints"):
+      self.check(host_state, step, epoch)
+      if extra is not None or self.checkpointer.latest_step() != step:
+        self.checkpointer.save(step, host_state, force=True, extra=extra)
+      self.checkpointer.wait()
+    self.last_good = step
+    return self.checkpointer.directory
+
+
+def _restore(state, checkpointer, writer, resume: bool):
+  """(state, history, carried): the newest checkpoint's state when resuming, the history up to
+  it, and the rows of the epoch it interrupted as (epoch, rows) or None."""
+  if not resume or checkpointer is None or checkpointer.latest_step() is None:
+    return state, [], None
+  state = checkpointer.restore(state)
+  history = list(writer.resume(step_of(state))) if hasattr(writer, "resume") else []
+  extra = checkpointer.extra(step_of(state)) or {}
+  if "epoch_rows" not in extra:
+    return state, history, None
+  dtypes = extra.get("dtypes", {})  # back in their dtypes, so the epoch's means are bit-equal
+  return state, history, (int(extra["epoch"]),
+                          [{k: np.asarray(v, dtypes.get(k)) for k, v in row.items()}
+                           for row in extra["epoch_rows"]])
+
+
+def _epoch_evaluation(evaluators: list, eval_every: int, num_epochs: int, eval_seed):
+  """evaluate(host_state, epoch) -> scores of the evaluators due that epoch."""
+
+  def evaluate(host_state, epoch: int) -> dict:
+    def due(ev):
+      every = getattr(ev, "every", eval_every)  # None: after the last epoch only
+      return epoch == num_epochs - 1 or bool(every and (epoch + 1) % every == 0)
+
+    if not evaluators:
+      return {}
+    # Skipped evaluators stay in the list (as no-ops) so each keeps its index, hence its key.
+    with timing.section("evaluation"):
+      return run_evaluators([ev if due(ev) else (lambda s, k: {}) for ev in evaluators],
+                            host_state, eval_seed)
+
+  return evaluate
+
+
 def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner,
         num_epochs: int, steps_per_call: int = 1, stacked: bool = False,
         eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
@@ -195,195 +349,91 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       raise ValueError("fit: eval_step needs eval_batches (a function returning the batches)")
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
                       _members_batch_evaluator(eval_step, eval_batches, n_members))
-  history: list[dict] = []
-  carried: tuple[int, list] | None = None  # an interrupted epoch's rows, from its checkpoint
-  if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    if hasattr(writer, "resume"):
-      history = list(writer.resume(step_of(state)))
-    extra = checkpointer.extra(step_of(state)) or {}
-    if "epoch_rows" in extra:  # back in their dtypes, so the epoch's means are bit-equal
-      dtypes = extra.get("dtypes", {})
-      carried = (int(extra["epoch"]),
-                 [{k: np.asarray(v, dtypes.get(k)) for k, v in row.items()}
-                  for row in extra["epoch_rows"]])
+  evaluate = _epoch_evaluation(evaluators, eval_every, num_epochs, eval_seed)
+  state, history, carried = _restore(state, checkpointer, writer, resume)
   start_step = step_of(state)
-  last_good = checkpointer.latest_step() if checkpointer is not None else None
+  saves = _Saves(checkpointer)
+  log = _MetricLog(writer, n_members, log_every, saves)
   state = runner.put_state(state)
-  pending: list = []
   calls_done = 0  # calls whose steps are already in `state`
 
-  def means_of(rows: list) -> tuple[dict, dict | None]:
-    """(the metrics' means, each member's values or None)."""
-    if n_members is None:
-      return host_mean(rows), None
-    from dlcore.train import members
-    means, per = members.combine([host_mean(r) for r in members.split_means(rows, n_members)])
-    return means, per
-
-  def kept(which: str) -> str:
-    return (f"the last {which} checkpoint (step {last_good}) is kept in "
-            f"{checkpointer.directory}" if last_good is not None else "no checkpoint was saved")
-
-  def flush(step: int, epoch: int) -> dict | None:
-    if not pending:
-      return None
-    with timing.section(STEPS):  # the steps in flight finish here
-      jax.block_until_ready(pending)
-    with timing.section("metrics"):
-      return _write_pending(step, epoch)
-
-  def _write_pending(step: int, epoch: int) -> dict:
-    nonlocal pending
-    means, per = means_of(pending)
-    pending = []
-    rows = [means] if per is None else [dict(zip(per, v)) for v in zip(*per.values())]
-    for row in rows:  # each member on its own
-      all_skipped = row.get("skipped", 0.0) >= 1.0  # float16: no step applied, none diverged
-      if "loss" in row and not math.isfinite(row["loss"]) and not all_skipped:
-        raise NonFiniteLossError(
-            f"loss became {row['loss']} by step {step} (epoch {epoch}); {kept('good')}. Lower "
-            "the learning rate, check the inputs for NaN/inf, or resume from the checkpoint.")
-    if writer is not None:
-      writer.write("train", step, means, epoch=epoch, **({} if per is None else
-                                                           {"per_seed": per}))
-    return means
-
-  def check_state(host_state, step: int, epoch: int) -> None:
-    if not all_finite(host_state):
-      raise NonFiniteLossError(
-          f"the parameters or optimizer state became NaN/inf by step {step} (epoch {epoch}); "
-          f"{kept('finite')}. Lower the learning rate or check the inputs.")
-
-  def evaluate(host_state, epoch: int) -> dict:
-    def due(ev):
-      every = getattr(ev, "every", eval_every)  # None: after the last epoch only
-      return epoch == num_epochs - 1 or bool(every and (epoch + 1) % every == 0)
-
-    # Skipped evaluators stay in the list (as no-ops) so each keeps its index, hence its key.
-    return run_evaluators([ev if due(ev) else (lambda s, k: {}) for ev in evaluators],
-                          host_state, eval_seed)
-
-  due_save = None  # (step, epoch): saved before the next step, or once the epoch's record
-                  # is written, so a kill between the two resumes from the previous save
-
-  def rows_extra(epoch: int, rows: list) -> dict:
-    """The interrupted epoch's step metrics, as JSON (with their dtypes, for bit-equal
-    means on resume)."""
-    rows = jax.device_get(rows)
-    return {"epoch": epoch,
-            "epoch_rows": [{k: np.asarray(v).tolist() for k, v in r.items()} for r in rows],
-            "dtypes": {k: str(np.asarray(v).dtype) for k, v in (rows[0] if rows else {}).items()}}
-
-  def save_due(mid: bool = False) -> None:
-    nonlocal due_save, last_good
-    if due_save is None:
-      return
-    step, epoch = due_save
-    due_save = None
-    host = host_state_of(state)
-    with timing.section("checkpoints"):
-      check_state(host, step, epoch)
-      # A save in the middle of an epoch keeps the epoch's rows, so a resume from it
-      # reports the epoch's means over all of its steps.
-      checkpointer.save(step, host, extra=rows_extra(epoch, epoch_rows) if mid else None)
-    last_good = step
-
-  def host_state_of(state):
+  def host_state():
     with timing.section(STEPS):  # the steps in flight finish here
       jax.block_until_ready(state)
     with timing.section("metrics"):
       return runner.get_state(state)
 
+  def end_epoch(epoch: int, step: int) -> dict:
+    """The epoch's record: its training means, its evaluation, written and shown."""
+    log.flush(step, epoch)
+    host = host_state()
+    with timing.section("metrics"):
+      train_means, train_per = log.means(log.epoch_rows)
+    record = {"epoch": epoch, "step": step, "train": train_means}
+    if train_per is not None:
+      record["per_seed"] = {"train": train_per}
+    if scores := evaluate(host, epoch):
+      eval_per = scores.pop("per_seed", None)
+      record["eval"] = scores
+      if eval_per is not None:
+        record.setdefault("per_seed", {})["eval"] = eval_per
+      if writer is not None:
+        with timing.section("metrics"):
+          writer.write("eval", step, scores, epoch=epoch,
+                       **({} if eval_per is None else {"per_seed": eval_per}))
+    history.append(record)
+    if hasattr(writer, "write_epoch"):
+      with timing.section("metrics"):
+        writer.write_epoch(record)
+    if on_epoch_end is not None:
+      with timing.section("epoch callbacks"):
+        on_epoch_end(epoch, host, record)
+    saves.save_due(host_state)  # after the epoch's record: a checkpoint never runs ahead
+    return record                # of the history
+
+  def stop(step: int, epoch: int, signal_name: str):
+    """A signal arrived: save this step with the epoch's rows so far, then stop."""
+    log.flush(step, epoch)
+    where = saves.save_now(host_state(), step, epoch, extra=log.saved_rows(epoch)) \
+        if checkpointer is not None else None
+    raise preemption.Preempted(signal_name, step, where, what=f"'{desc}'")
+
   # With several processes only process 0 shows a bar.
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress or not distributed.is_primary(),
              unit="epoch", dynamic_ncols=True)
-  def stop(step: int, epoch: int, epoch_rows: list, signal_name: str):
-    """A signal arrived: save this step with the epoch's rows so far, then stop."""
-    flush(step, epoch)
-    where = None
-    if checkpointer is not None:
-      host = host_state_of(state)
-      with timing.section("checkpoints"):
-        check_state(host, step, epoch)
-        checkpointer.save(step, host, force=True, extra=rows_extra(epoch, epoch_rows))
-        checkpointer.wait()
-      where = checkpointer.directory
-    raise preemption.Preempted(signal_name, step, where, what=f"'{desc}'")
-
   preemption.begin_fit()  # a request left from an earlier, stopped run, or a missed stop
   # While training, a signal only asks to stop after the step in flight (see `stop`).
   with preemption.training(collective=runner.multiprocess, step=start_step), \
       contextlib.closing(bar):
     for epoch in range(num_epochs):
-      epoch_rows = list(carried[1]) if carried and carried[0] == epoch else []
+      log.start_epoch(carried[1] if carried and carried[0] == epoch else [])
       for batch in _timed(batches(epoch), "data"):
         if (calls_done + 1) * steps_per_call <= start_step:  # replaying up to the resume point
           calls_done += 1
           continue
-        save_due(mid=True)
+        saves.save_due(host_state, log.saved_rows)
         with timing.section("data"):
           batch = runner.put_batch(batch, stacked=stacked)
         with timing.section(STEPS):
           state, metrics = train_step(state, batch)
-          metrics = runner.get_output(metrics)
+          log.add(runner.get_output(metrics))
         calls_done += 1
-        pending.append(metrics)
-        epoch_rows.append(metrics)
         step = calls_done * steps_per_call
         if (signal_name := preemption.reached(step)) is not None:
-          stop(step, epoch, epoch_rows, signal_name)
-        if checkpointer is not None and checkpointer.should_save(step):
-          flush(step, epoch)
-          due_save = (step, epoch)
-        elif len(pending) >= log_every:
-          flush(step, epoch)
-      step = calls_done * steps_per_call
-      if not epoch_rows:  # epoch entirely before the resume point
-        bar.update(1)
-        continue
-      flush(step, epoch)
-      host_state = host_state_of(state)
-      with timing.section("metrics"):
-        train_means, train_per = means_of(epoch_rows)
-      record = {"epoch": epoch, "step": step, "train": train_means}
-      if train_per is not None:
-        record["per_seed"] = {"train": train_per}
-      with timing.section("evaluation"):
-        scores = evaluate(host_state, epoch) if evaluators else {}
-      if scores:
-        eval_per = scores.pop("per_seed", None)
-        record["eval"] = scores
-        if eval_per is not None:
-          record.setdefault("per_seed", {})["eval"] = eval_per
-        if writer is not None:
-          with timing.section("metrics"):
-            writer.write("eval", step, record["eval"], epoch=epoch,
-                         **({} if eval_per is None else {"per_seed": eval_per}))
-      history.append(record)
-      if hasattr(writer, "write_epoch"):
-        with timing.section("metrics"):
-          writer.write_epoch(record)
-      if on_epoch_end is not None:
-        with timing.section("epoch callbacks"):
-          on_epoch_end(epoch, host_state, record)
-      save_due()  # after the epoch's record: a checkpoint never runs ahead of the history
-      bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
-                      | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
-                         if np.ndim(v) == 0 and k != "count"})
+          stop(step, epoch, signal_name)
+        if saves.falls_due(step, epoch) or log.full:
+          log.flush(step, epoch)
+      if log.epoch_rows:  # (none: the epoch was entirely before the resume point)
+        record = end_epoch(epoch, calls_done * steps_per_call)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
+                        | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
+                           if np.ndim(v) == 0 and k != "count"})
       bar.update(1)
-    host_state = host_state_of(state)
-    final = step_of(host_state)
-    where = None
-    if checkpointer is not None:
-      with timing.section("checkpoints"):
-        check_state(host_state, final, num_epochs - 1)
-        if checkpointer.latest_step() != final:
-          checkpointer.save(final, host_state, force=True)
-        checkpointer.wait()
-      where = checkpointer.directory
+    final_state = host_state()
+    final = step_of(final_state)
+    where = saves.save_now(final_state, final, num_epochs - 1)
     # A signal during the last epoch's evaluation: the run is saved; stop here, not after
     # whatever the caller does next.
     if (signal_name := preemption.stopping()) is not None:
       raise preemption.Preempted(signal_name, final, where, what=f"'{desc}'")
-  return host_state, history
+  return final_state, history
