@@ -233,6 +233,11 @@ BREAKS.update({  # the pieces of fit (issue 33)
   "checkpoint-ahead-of-the-record": dict(file="dlcore/train/loop.py",
       old="    history.append(record)\n", new="    saves.save_due(host_state)\n    history.append(record)\n",
       tests=["tests/test_engine_api.py::test_a_checkpoint_never_runs_ahead_of_the_epoch_record"]),
+  "epoch-rows-host-copies-misplaced": dict(file="dlcore/train/loop.py",
+      old="self.epoch_rows[len(self.epoch_rows) - len(rows):] = rows",
+      new="self.epoch_rows[:len(rows)] = rows",
+      tests=["tests/test_engine_api.py::"
+             "test_train_metrics_are_written_every_log_every_calls_and_at_the_epoch_end"]),
   "metrics-written-every-call": dict(file="dlcore/train/loop.py",
       old="        if saves.falls_due(step, epoch) or log.full:",
       new="        if saves.falls_due(step, epoch) or True:",

@@ -161,6 +161,9 @@ def test_train_metrics_are_written_every_log_every_calls_and_at_the_epoch_end(tm
   history = _fit_batches(tmp_path, log_every=3, writer=writer)
   assert [r[1] for r in writer.rows if r[0] == "train"] == [3, 6, 7]
   assert history[0]["step"] == 7
+  # the log interval never changes the epoch's numbers
+  assert _fit_batches(tmp_path, log_every=1)[0]["train"] == history[0]["train"]
+  assert _fit_batches(tmp_path, log_every=50)[0]["train"] == history[0]["train"]
 
 
 def test_a_mid_epoch_checkpoint_keeps_the_epoch_rows_so_far(tmp_path):

@@ -30,7 +30,18 @@ def test_an_untitled_grid_is_the_composed_pixels(tmp_path, c):
   np.testing.assert_array_equal(got, want[..., 0] if c == 1 else want)
 
 
-def test_a_titled_grid_draws_one_axis(tmp_path, monkeypatch):
+def test_a_titled_grid_is_the_enlarged_pixels_under_a_title(tmp_path):
+  images = _images(6, 5, 7)
+  path = plots.image_grid(images, str(tmp_path / "t.png"), nrow=3, title="epoch 1")
+  got = np.asarray(Image.open(path))
+  k = plots.TITLED_SCALE
+  want = np.round(plots.make_grid(images, 3) * 255).astype(np.uint8)[..., 0]
+  assert got.shape == (want.shape[0] * k + plots.TITLE_BAR, want.shape[1] * k)
+  np.testing.assert_array_equal(got[plots.TITLE_BAR:], np.kron(want, np.ones((k, k), np.uint8)))
+  assert got[:plots.TITLE_BAR].min() < 100  # the title's dark pixels
+
+
+def test_a_labelled_grid_draws_one_axis(tmp_path, monkeypatch):
   axes = []
   write = plots._write
 

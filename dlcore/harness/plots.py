@@ -144,12 +144,32 @@ def make_grid(images: np.ndarray, nrow: int | None = None, *, padding: int = 2,
   return grid
 
 
+TITLED_SCALE = 3  # a titled grid's pixels per image pixel (28 px images: 84 px cells)
+TITLE_BAR = 28    # pixels above a titled grid
+
+
+def _with_title(picture, title: str):
+  """`picture` enlarged TITLED_SCALE times (nearest) under a bar with `title`, centred."""
+  from PIL import Image, ImageDraw, ImageFont
+  big = picture.resize((picture.width * TITLED_SCALE, picture.height * TITLED_SCALE),
+                       Image.NEAREST)
+  white = 255 if big.mode == "L" else (255, 255, 255)
+  canvas = Image.new(big.mode, (big.width, big.height + TITLE_BAR), white)
+  canvas.paste(big, (0, TITLE_BAR))
+  ImageDraw.Draw(canvas).text((canvas.width / 2, TITLE_BAR / 2), title,
+                              fill=0 if big.mode == "L" else (0, 0, 0),
+                              font=ImageFont.load_default(size=15), anchor="mm")
+  return canvas
+
+
 @_figure
 def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title: str = "",
                labels: Sequence[str] | None = None, value_range=(0.0, 1.0)) -> str:
   """A grid of NHWC images (grey or RGB) as one PNG, like torchvision's `save_image`: the
-  images are composed into one array (`make_grid`) and written as one picture, with one
-  plot axis at most for a title or labels (an axis per image took ~1 s a grid).
+  images are composed into one array (`make_grid`) and written as one picture. A title goes
+  in a bar above the grid, drawn with PIL and the grid enlarged `TITLED_SCALE` times (no
+  plot axes: an axis per image took ~1 s a grid, one matplotlib figure ~0.06 s); labels
+  over the images take one plot axis.
 
   `value_range` maps pixel values to black..white (use (-1, 1) for tanh outputs)."""
   images = np.asarray(images, np.float32)
@@ -162,11 +182,13 @@ def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title:
   nrow = nrow or int(np.ceil(np.sqrt(n)))
   grid = make_grid(images, nrow)
   pixels = np.round(grid * 255).astype(np.uint8)
-  if not title and labels is None:
+  if labels is None:
     from PIL import Image
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    if title:
+      picture = _with_title(picture, title)
     with files.replacing(path, suffix=".png") as tmp:
-      Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp,
-                                                                               format="PNG")
+      picture.save(tmp, format="PNG")
     return path
   rows = int(np.ceil(n / nrow))
   fig = plt.figure(figsize=(nrow * 0.9, rows * 0.9 + (0.4 if title else 0)))

@@ -190,7 +190,10 @@ class _MetricLog:
     with timing.section(STEPS):  # the steps in flight finish here
       jax.block_until_ready(self.pending)
     with timing.section("metrics"):
-      means, per = self.means(self.pending)
+      # Fetched once: the epoch's rows keep the host copies (its record reuses them).
+      rows = jax.device_get(self.pending)
+      self.epoch_rows[len(self.epoch_rows) - len(rows):] = rows
+      means, per = self.means(rows)
       self.pending = []
       rows = [means] if per is None else [dict(zip(per, v)) for v in zip(*per.values())]
       for row in rows:  # each member on its own
