@@ -1,5 +1,7 @@
 """fit's keyed evaluators and writers, random streams found by the step, the cached and
 hashed scoring classifier."""
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -186,7 +188,8 @@ def test_a_checkpoint_never_runs_ahead_of_the_epoch_record(tmp_path):
 
   class Epochs(Recorder):
     def write_epoch(self, record):  # the epoch's save comes after its record
-      seen.append((record["step"], Checkpointer(str(tmp_path)).latest_step()))
+      with contextlib.closing(Checkpointer(str(tmp_path))) as ckpt:
+        seen.append((record["step"], ckpt.latest_step()))
 
   _fit_batches(tmp_path, save_every_steps=7, writer=Epochs(), epochs=2)
   assert [s for s, _ in seen] == [7, 14] and seen[1][1] == 7

@@ -24,8 +24,7 @@ def test_nested_sections_count_once_and_the_parts_add_up():
   got = timing.report()
   assert got["inner"] == pytest.approx(0.3, abs=0.05)
   assert got["outer"] == pytest.approx(0.2, abs=0.05)  # not 0.5: inner's time is inner's
-  parts = sum(v for k, v in got.items() if k != "total")
-  assert parts == pytest.approx(got["total"], abs=0.01)
+  assert got["other"] < 0.05  # all of the time is in the two sections
 
 
 def test_compilation_is_taken_out_of_the_section_that_compiled():
