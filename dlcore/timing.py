@@ -32,7 +32,7 @@ _spans: list[tuple] = []       # recent compile spans (start, end, counted): nes
 _listening = False
 _lock = threading.Lock()
 _t0 = time.perf_counter()      # when the account began (`reset`)
-_before = 0.0                  # seconds spent before it (a program's start-up)
+START_UP = "start-up"          # the section of the seconds spent before `reset`
 
 
 def _main() -> bool:
@@ -85,11 +85,11 @@ def _listen() -> None:
 
 def report() -> dict:
   """Seconds per section since `reset` (rounded to ms), largest first, with "total" (the
-  wall time since `reset`, plus what was `add`ed before it) and "other" (the part of it in
-  no section)."""
+  wall time since `reset`, plus the start-up given to it) and "other" (the part of it in no
+  section)."""
   with _lock:
     totals = dict(_totals)
-  total = time.perf_counter() - _t0 + _before
+  total = time.perf_counter() - _t0 + totals.get(START_UP, 0.0)
   out = {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
   return {"total": round(total, 3)} | out | {
       "other": round(max(0.0, total - sum(totals.values())), 3)}
@@ -98,14 +98,14 @@ def report() -> dict:
 def reset(before: float = 0.0) -> None:
   """Starts the account over (compilations count from the first `reset` or `section` on);
   `before`: seconds already spent (counted as "start-up")."""
-  global _t0, _before
+  global _t0
   _listen()
   with _lock:
     _totals.clear()
     _spans.clear()
-    _t0, _before = time.perf_counter(), before
+    _t0 = time.perf_counter()
     if before:
-      _totals["start-up"] = before
+      _totals[START_UP] = before
 
 
 def since_process_start() -> float | None:

@@ -1,7 +1,6 @@
 """Figures as PNG files (matplotlib's Agg backend: no display needed)."""
 from __future__ import annotations
 
-import functools
 import os
 from typing import Callable, Sequence
 
@@ -14,15 +13,8 @@ import numpy as np  # noqa: E402
 from dlcore import files, timing  # noqa: E402
 
 
-def _figure(draw):
-  """A figure function whose time counts as "figures" in the run's timings."""
-
-  @functools.wraps(draw)
-  def timed(*args, **kwargs):
-    with timing.section("figures"):
-      return draw(*args, **kwargs)
-
-  return timed
+# Every figure function's time counts as "figures" in the run's timings.
+FIGURES = "figures"
 
 
 def _write(fig, path: str, dpi: int) -> str:
@@ -45,7 +37,7 @@ def _legend_grid(ax) -> None:
   ax.grid(alpha=0.3)
 
 
-@_figure
+@timing.section(FIGURES)
 def decision_boundary(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
                       y: np.ndarray, path: str, *, title: str = "", h: float = 0.02) -> str:
   """The seed's `plot_decision_boundary`: predicted class over a grid, data on top.
@@ -77,7 +69,7 @@ def _line(ax, x, ys, label: str, **kw) -> None:
   ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
 
 
-@_figure
+@timing.section(FIGURES)
 def curves(series: dict[str, Sequence[float]], path: str, *, xs: dict | None = None,
            title: str = "", xlabel: str = "step", ylabel: str = "loss",
            logy: bool = False) -> str:
@@ -96,7 +88,7 @@ def curves(series: dict[str, Sequence[float]], path: str, *, xs: dict | None = N
   return _save(fig, path)
 
 
-@_figure
+@timing.section(FIGURES)
 def prediction(dates, series: dict[str, Sequence[float]], path: str, *, title: str = "") -> str:
   """Predicted vs actual values over dates (string or datetime64)."""
   x = np.asarray(dates).astype("datetime64[D]")
@@ -109,7 +101,7 @@ def prediction(dates, series: dict[str, Sequence[float]], path: str, *, title: s
   return _save(fig, path)
 
 
-@_figure
+@timing.section(FIGURES)
 def panels(groups: dict[str, dict[str, Sequence[float]]], path: str, *, x=None,
            xlabel: str = "epoch", title: str = "", logy: Sequence[str] = ()) -> str:
   """One subplot per group (e.g. "loss", "accuracy"), several named curves in each."""
@@ -162,7 +154,7 @@ def _with_title(picture, title: str):
   return canvas
 
 
-@_figure
+@timing.section(FIGURES)
 def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title: str = "",
                labels: Sequence[str] | None = None, value_range=(0.0, 1.0)) -> str:
   """A grid of NHWC images (grey or RGB) as one PNG, like torchvision's `save_image`: the
@@ -205,7 +197,7 @@ def image_grid(images: np.ndarray, path: str, *, nrow: int | None = None, title:
   return _write(fig, path, 100)
 
 
-@_figure
+@timing.section(FIGURES)
 def confusion(y_true, y_pred, class_names: Sequence[str], path: str, *, title: str = "") -> str:
   """Confusion matrix (scikit-learn's), rows = true class, normalised per row."""
   from sklearn.metrics import ConfusionMatrixDisplay
@@ -219,7 +211,7 @@ def confusion(y_true, y_pred, class_names: Sequence[str], path: str, *, title: s
   return _save(fig, path)
 
 
-@_figure
+@timing.section(FIGURES)
 def scatter_fit(x, y, fits: dict[str, tuple], path: str, *, title: str = "") -> str:
   """Data points and fitted curves {name: (xs, ys)}."""
   fig, ax = plt.subplots(figsize=(6, 4))

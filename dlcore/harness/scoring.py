@@ -140,15 +140,11 @@ def _exclusive(lock_path: str, timeout: float, *, what: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@timing.section("scoring CNN", whole=True)  # its training is not the run's training steps
 def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: int = 3,
                          seed: int = 0, progress: bool = True) -> Scorer:
   """The chapter 6 CNN for `data` from `path` (a save_model folder; default: the cache path
   for (data, epochs, seed)), or trained and saved there first."""
-  with timing.section("scoring CNN", whole=True):
-    return _load_or_train_scorer(data, path, epochs=epochs, seed=seed, progress=progress)
-
-
-def _load_or_train_scorer(data, path, *, epochs, seed, progress) -> Scorer:
   pipeline = scorer_pipeline(data)
   path = os.path.abspath(path or default_scorer_path(data, epochs, seed))
   several = distributed.process_count() > 1

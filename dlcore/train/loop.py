@@ -75,6 +75,12 @@ def host_mean(rows: list[dict]) -> dict:
 STEPS = "training steps"  # the timing section of the steps themselves (dispatch and wait)
 
 
+def _wait(tree) -> None:
+  """Waits for the steps in flight that compute `tree` (their time is the steps')."""
+  with timing.section(STEPS):
+    jax.block_until_ready(tree)
+
+
 def _timed(iterable: Iterable, name: str):
   """`iterable`'s items, the time to produce each counted for timing section `name`."""
   iterator = iter(iterable)
@@ -187,8 +193,7 @@ class _MetricLog:
   def flush(self, step: int, epoch: int) -> None:
     if not self.pending:
       return
-    with timing.section(STEPS):  # the steps in flight finish here
-      jax.block_until_ready(self.pending)
+    _wait(self.pending)
     with timing.section("metrics"):
       # Fetched once: the epoch's rows keep the host copies (its record reuses them).
       rows = jax.device_get(self.pending)
@@ -361,8 +366,7 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   calls_done = 0  # calls whose steps are already in `state`
 
   def host_state():
-    with timing.section(STEPS):  # the steps in flight finish here
-      jax.block_until_ready(state)
+    _wait(state)
     with timing.section("metrics"):
       return runner.get_state(state)
 
