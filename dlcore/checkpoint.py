@@ -9,6 +9,7 @@ never executes code from the files.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -130,8 +131,15 @@ def verify_step(folder: str, *, manifest_required: bool = False) -> str | None:
 class Checkpointer:
   """Saves and restores a training-state pytree with an Orbax `CheckpointManager`.
 
-  Saves are synchronous, so a save that cannot be written fails at once
+  Saves are synchronous by default, so a save that cannot be written fails at once
   (`CheckpointWriteError`, naming the path and the OS error) and earlier steps stay intact.
+  With `background=True` (in a job of one process) `save` copies the state on its device
+  and returns; one worker thread writes it (arrays, `extra`, manifest) while training goes
+  on, and every other call (`save`, `wait`, `restore`, `latest_step`, ...) first waits for
+  it and raises its error, so a failed write surfaces at the next save or at the end and the
+  steps before it stay intact. A process that leaves with a write in flight finishes it
+  first (the worker is joined at exit); a kill leaves a step without a manifest, which
+  `restore` treats as incomplete.
   Each step gets a manifest of its files' SHA-256, written (atomically) after the arrays
   and the `extra` file: a step counts as saved once its manifest is in place. `restore`
   verifies it and, if the newest step is damaged or incomplete, warns in one line, falls
@@ -142,7 +150,8 @@ class Checkpointer:
   opened.
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, save_every_steps: int = 1):
+  def __init__(self, directory: str, *, max_to_keep: int = 3, save_every_steps: int = 1,
+               background: bool = False):
     self.directory = os.path.abspath(directory)  # Orbax needs absolute paths
     # With several processes every one calls save and restore (Orbax coordinates them and
     # process 0 writes the arrays); only process 0 cleans up and writes manifests.
@@ -171,14 +180,33 @@ class Checkpointer:
                                              enable_async_checkpointing=False),
         # Declared up front so a fresh manager can read metadata before any save.
         item_handlers=ocp.StandardCheckpointHandler())
+    self.save_every = max(1, save_every_steps)
+    # Several processes save together (Orbax's barriers, ours): kept on the main thread.
+    self._worker = (concurrent.futures.ThreadPoolExecutor(1, "dlcore-checkpoint")
+                    if background and distributed.process_count() == 1 else None)
+    self._pending: concurrent.futures.Future | None = None
+
+  def _join(self) -> None:
+    """Waits for the write in flight; raises its error."""
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      pending.result()
 
   def latest_step(self) -> int | None:
+    self._join()
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    self._join()
     return list(self.manager.all_steps())
 
   def should_save(self, step: int) -> bool:
+    # Asked after every step: off the interval, with a step saved already (so Orbax's
+    # initial-save policy is spent), Orbax would say no; it takes ~15 us to say so.
+    if step % self.save_every and self._pending is None \
+        and self.manager.latest_step() is not None:
+      return False
+    self._join()
     return self.manager.should_save(step)
 
   def _step_dir(self, step: int) -> str:
@@ -187,24 +215,37 @@ class Checkpointer:
   def save(self, step: int, state, *, force: bool = False, extra: dict | None = None) -> bool:
     """Saves the (unreplicated) state at `step` if the interval says so, or if `force`.
     `extra`: a JSON-able dict stored beside the arrays (covered by the manifest), read back
-    with `extra(step)`; `fit` keeps an interrupted epoch's metrics there."""
+    with `extra(step)`; `fit` keeps an interrupted epoch's metrics there. In the background
+    (see the class doc) True means the write has started."""
+    self._join()
+    if not force and not self.manager.should_save(int(step)):
+      return False
+    if self._worker is None:
+      return self._write(int(step), state, extra)
+    # A copy: the next training step may reuse (donate) the state's buffers.
+    state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x,
+                         state)
+    self._pending = self._worker.submit(self._write, int(step), state, extra)
+    return True
+
+  def _write(self, step: int, state, extra: dict | None) -> bool:
     try:
-      saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+      saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
       if saved and self.primary:
-        folder = self._step_dir(int(step))
+        folder = self._step_dir(step)
         if extra is not None:
           files.write_json(os.path.join(folder, EXTRA), extra)
         # Last: the manifest (covering `extra`) marks the step as saved.
         files.write_json(os.path.join(folder, MANIFEST),
-                         {"step": int(step), "sha256": _file_hashes(folder)})
+                         {"step": step, "sha256": _file_hashes(folder)})
       if saved and distributed.process_count() > 1:  # no process calls it saved before
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"dlcore-checkpoint-manifest-{int(step)}")
+        multihost_utils.sync_global_devices(f"dlcore-checkpoint-manifest-{step}")
     except OSError as e:
       raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory}: "
                                  f"{e.strerror or e}") from None
     if saved:
-      preemption.note_saved(self.directory, int(step))
+      preemption.note_saved(self.directory, step)
     return saved
 
   def manifest_required(self) -> bool:
@@ -215,6 +256,7 @@ class Checkpointer:
   def restore(self, target, step: int | None = None):
     """Restores into the structure, shapes and dtypes of `target` (a fresh state): the given
     step, or the newest step whose files pass verification."""
+    self._join()
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -257,6 +299,7 @@ class Checkpointer:
 
   def extra(self, step: int) -> dict | None:
     """The `extra` dict saved with `step`, or None. Read as JSON only (no code runs)."""
+    self._join()
     path = os.path.join(self._step_dir(int(step)), EXTRA)
     if not os.path.exists(path):
       return None
@@ -270,11 +313,16 @@ class Checkpointer:
     return value
 
   def wait(self) -> None:
+    self._join()
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      if self._worker is not None:
+        self._worker.shutdown()
+      self.manager.close()
 
   def __enter__(self):
     return self

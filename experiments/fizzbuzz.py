@@ -91,7 +91,8 @@ def main(argv=None) -> dict:
     batches = lambda e: dldata.batches(train, cfg.batch_size)  # noqa: E731
     num_calls, steps_per_call = cfg.epochs, 1
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
-                    save_every_steps=max(steps_per_call, n_batches * cfg.epochs // 10)) as ckpt:
+                    save_every_steps=max(steps_per_call, n_batches * cfg.epochs // 10),
+                    background=True) as ckpt:
     state, history = fit(state, runner.compile(call), batches, runner=runner,
                          num_epochs=num_calls, steps_per_call=steps_per_call, run=run,
                          checkpointer=ckpt, resume=cfg.common.resume, progress=cfg.common.progress,

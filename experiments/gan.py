@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     raise cli.ConfigError(f"--batch-size {cfg.batch_size} must divide over {runner.devices} devices")
   train = data.train()
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
-                    save_every_steps=steps_per_epoch) as ckpt:
+                    save_every_steps=steps_per_epoch, background=True) as ckpt:
     state, history = fit(
         state, step, lambda e: seeds.batches(train, cfg.batch_size, e, drop_remainder=True),
         runner=runner, num_epochs=epochs, evaluators=evaluators, eval_seed=seeds.eval_seed(2),

@@ -114,7 +114,8 @@ def run_tagger(cfg: Config, run, runner) -> dict:
     return map(per_member, zip(*(sentences(s, epoch) for s in seeds.seeds)))
 
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
-                    save_every_steps=max(1, epochs * len(sents) // 5)) as ckpt:
+                    save_every_steps=max(1, epochs * len(sents) // 5),
+                    background=True) as ckpt:
     state, history = fit(state, runner.compile(step), batches, runner=runner,
                          num_epochs=epochs, run=run, checkpointer=ckpt, resume=cfg.common.resume,
                          progress=cfg.common.progress, desc=f"tagger x{seeds.n} seeds",
@@ -179,7 +180,8 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   step = seeds.step(make_train_step(mse))  # in order: every seed sees the same batches
   steps_per_epoch = -(-len(train["x"]) // cfg.batch_size)  # with the partial batch
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
-                    save_every_steps=max(1, steps_per_epoch * epochs // 5)) as ckpt:
+                    save_every_steps=max(1, steps_per_epoch * epochs // 5),
+                    background=True) as ckpt:
     state, history = fit(
         state, runner.compile(step),
         lambda e: dldata.batches(train, cfg.batch_size),

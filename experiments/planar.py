@@ -71,7 +71,8 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict, seeds: Seeds):
     step = repeat_step(step, chunk)
   step = seeds.step(step)  # full batch: every seed trains on the same data
   with checkpoint.Checkpointer(run.file("checkpoints", net_id), max_to_keep=2,
-                               save_every_steps=max(chunk, steps // 10)) as ckpt:
+                               save_every_steps=max(chunk, steps // 10),
+                               background=True) as ckpt:
     state, history = fit(
         state, runner.compile(step), lambda epoch: [data], runner=runner,
         num_epochs=steps // chunk, steps_per_call=chunk,

@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
 
   steps_per_epoch = -(-len(data.train_x) // cfg.batch_size)  # with the partial batch
   with Checkpointer(run.file("checkpoints"), max_to_keep=2,
-                    save_every_steps=steps_per_epoch) as ckpt:
+                    save_every_steps=steps_per_epoch, background=True) as ckpt:
     state, history = fit(
         state, step,
         lambda e: seeds.batches(train, cfg.batch_size, e),

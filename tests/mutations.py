@@ -268,6 +268,21 @@ BREAKS.update({
 })
 
 
+T_CK = "tests/test_checkpoint.py"
+BREAKS.update({  # issue 33: saves in the background, the fast interval check
+  "background-save-without-copy": dict(file="dlcore/checkpoint.py",
+      old="    state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x,\n                         state)\n",
+      new="",
+      tests=[T_CK + "::test_a_background_save_keeps_the_state_it_was_given"]),
+  "background-error-lost": dict(file="dlcore/checkpoint.py",
+      old="      pending.result()\n", new="      pending.exception()\n",
+      tests=[T_CK + "::test_a_failed_background_save_raises_at_the_next_call_and_keeps_the_steps_before"]),
+  "should-save-skips-the-initial-save": dict(file="dlcore/checkpoint.py",
+      old="    if step % self.save_every and self._pending is None \\\n        and self.manager.latest_step() is not None:",
+      new="    if step % self.save_every:",
+      tests=[T_CK + "::test_should_save_takes_orbax_decisions"]),
+})
+
 def main(argv=None) -> int:
   """Plants each named break (all by default), runs its tests, restores the file; prints
   CAUGHT or MISSED per break. Exit 1 if any break was missed or no longer applies."""

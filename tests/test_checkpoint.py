@@ -30,6 +30,67 @@ def test_state_round_trip(tmp_path):
   np.testing.assert_array_equal(state.rng, restored.rng)
 
 
+def test_a_background_save_keeps_the_state_it_was_given(tmp_path):
+  """`save` returns while a worker writes; the next (donating) steps reuse the state's
+  buffers meanwhile, and what is restored is still the state at the saved step."""
+  step = jax.jit(make_train_step(bce_loss), donate_argnums=0)
+  state, _ = step(small_state(opt=optax.adam(1e-3)), planar_batch(32))
+  want = jax.tree.map(jnp.copy, state)  # (a host copy would keep the buffers from donation)
+  with checkpoint.Checkpointer(str(tmp_path / "ck"), background=True) as ck:
+    import threading
+    trained, orbax_save = threading.Event(), ck.manager.save
+
+    def late_save(*args, **kwargs):  # the write starts only after the steps below
+      assert trained.wait(60)
+      return orbax_save(*args, **kwargs)
+
+    ck.manager.save = late_save
+    assert ck.save(1, state, extra={"note": 1})
+    for _ in range(20):
+      state, _ = step(state, planar_batch(32))
+    jax.block_until_ready(state)
+    trained.set()
+    assert ck.latest_step() == 1 and ck.extra(1) == {"note": 1}
+    assert checkpoint.verify_step(str(tmp_path / "ck" / "1"), manifest_required=True) is None
+    restored = ck.restore(small_state(opt=optax.adam(1e-3), seed=7))
+  assert max_abs_diff(want.params, restored.params) == 0
+  assert max_abs_diff(want.opt_state, restored.opt_state) == 0
+  assert max_abs_diff(want.params, state.params) > 0  # training did go on
+
+
+def test_a_failed_background_save_raises_at_the_next_call_and_keeps_the_steps_before(tmp_path):
+  import shutil
+  ck = checkpoint.Checkpointer(str(tmp_path / "ck"), background=True)
+  ck.save(1, small_state())
+  ck.wait()
+  shutil.rmtree(tmp_path / "ck")
+  (tmp_path / "ck").write_text("now a file")
+  assert ck.save(2, small_state(), force=True)  # started; the write fails in the worker
+  with pytest.raises(checkpoint.CheckpointWriteError, match="cannot write checkpoint step 2"):
+    ck.wait()
+  ck.close()  # the error was raised once; closing does not raise it again
+  os.remove(tmp_path / "ck")
+
+
+def test_should_save_takes_orbax_decisions(tmp_path):
+  """The fast path (off the interval) says what Orbax's own policy says, including its
+  first save at any step of an empty folder."""
+  ck = checkpoint.Checkpointer(str(tmp_path / "ck"), save_every_steps=5, background=True)
+  ref = checkpoint.Checkpointer(str(tmp_path / "ref"), save_every_steps=5)
+  for c in (ck, ref):
+    assert c.should_save(3)
+  decisions = {}
+  for c in (ck, ref):
+    got = []
+    for s in range(3, 23):
+      if c.should_save(s):
+        got.append(s)
+        c.save(s, small_state())
+    decisions[c is ck] = got
+  assert decisions[True] == decisions[False] == [3, 5, 10, 15, 20]
+  ck.close(), ref.close()
+
+
 def test_incompatible_checkpoint_names_the_keys(tmp_path):
   with checkpoint.Checkpointer(str(tmp_path / "ck")) as ck:
     ck.save(0, small_state(widths=(10, 1)))

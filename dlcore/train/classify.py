@@ -91,7 +91,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
     batches = lambda e: dldata.batches(train, batch_size, shuffle=True,  # noqa: E731
                                        seed=seeds[0], epoch=e)
 
-  ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch)
+  ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch,
+                       background=True)
           if checkpoint_dir else None)
   try:
     state, history = fit(state, step, batches, runner=runner, num_epochs=epochs,
