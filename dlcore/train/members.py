@@ -203,7 +203,8 @@ def member_view(history: list[dict], i: int) -> list[dict]:
 
 def split_means(rows: list[dict], n: int) -> list[list[dict]]:
   """Rows of member step outputs (leading members axis) as one list of rows per member."""
-  rows = jax.device_get(rows)
+  from dlcore.train.loop import fetch
+  rows = fetch(rows)
   return [[jax.tree.map(lambda x: np.asarray(x)[i], r) for r in rows] for i in range(n)]
 
 
