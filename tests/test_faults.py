@@ -11,7 +11,9 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dlcore import checkpoint
@@ -145,6 +147,19 @@ def test_divergence_stops_before_a_non_finite_state_is_saved(tmp_path):
     for s in ckpt.all_steps():
       restored = ckpt.restore(small_state(), step=s)
       assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
+
+
+def test_all_finite_sees_a_non_finite_value_in_any_leaf():
+  from dlcore.train.loop import all_finite
+  state = small_state(opt=optax.adam(1e-3))
+  leaves, treedef = jax.tree.flatten(state)
+  floats = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  assert all_finite(state) and len(floats) > 4
+  for i in floats:
+    for bad in (np.nan, np.inf):
+      broken = list(leaves)
+      broken[i] = leaves[i].at[(0,) * leaves[i].ndim].set(bad)
+      assert not all_finite(jax.tree.unflatten(treedef, broken)), (i, bad)
 
 
 def test_lr_1e39_exits_non_zero_in_one_line(tmp_path):

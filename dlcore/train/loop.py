@@ -44,7 +44,13 @@ def all_finite(tree) -> bool:
   """Whether every floating-point leaf of `tree` (params, optimizer state, ...) is finite."""
   leaves = [x for x in jax.tree.leaves(tree)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-  return all(bool(v) for v in jax.device_get([jnp.isfinite(x).all() for x in leaves]))
+  return not leaves or bool(_all_finite(leaves))
+
+
+@jax.jit
+def _all_finite(leaves):
+  # One program for the whole state: op by op it compiled two per leaf shape (~0.5 s cold).
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 def step_of(state) -> int:
