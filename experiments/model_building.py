@@ -16,6 +16,7 @@ Adam 1e-3, batch 128, 20 epochs) or `--train alexnet` (images resized to 224x224
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Annotated, Literal
 
 import flax.linen as nn
@@ -33,6 +34,7 @@ from dlcore.harness.writers import say
 from dlcore.models.custom import corr2d, pool2d
 from dlcore.models.layers import Conv2d
 from dlcore.models.summary import count_params, param_table
+from dlcore.train.state import RUN_ONCE
 
 TRAINING = {  # model -> (pipeline size, resize, optimizer, lr, epochs, cosine decay)
     "lenet": (32, "pad", "adam", 1e-3, 20, True),
@@ -62,8 +64,16 @@ class Config:
   """How 28x28 images reach --image-size; None: the model's (LeNet pad, AlexNet bilinear)."""
 
 
+@functools.partial(jax.jit, static_argnums=0, compiler_options=RUN_ONCE)
 def _init(model, x, key):
+  # Compiled as one program: op by op, every initializer compiled once per shape (about
+  # 10 s of a cold run's compilation for these demos); the values are the same.
   return model.init({"params": key, "dropout": key}, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(model, variables, x, *args):
+  return model.apply(variables, x, *args)
 
 
 def demos(seed: int) -> dict:
@@ -73,7 +83,7 @@ def demos(seed: int) -> dict:
   mlp = models.build("basic_mlp")
   x = jax.random.uniform(key, (2, 784))
   v = _init(mlp, x, key)
-  y = mlp.apply(v, x)
+  y = _apply(mlp, v, x)
   say("4.1 BasicMLP(hidden=Linear(784, 256), act=ReLU, output=Linear(256, 10))")
   say(param_table(v["params"]))
   say(f"  forward of a (2, 784) batch -> {y.shape}: {np.round(np.asarray(y[0, :4]), 4)} ...")
@@ -85,7 +95,7 @@ def demos(seed: int) -> dict:
   say(f"4.2 CenteredLayer([1, 2, 3, 4, 5]) -> {centered.tolist()} (seed: [-2, -1, 0, 1, 2])")
   net = nn.Sequential([nn.Dense(128), layer])
   xs = jax.random.uniform(key, (4, 8))
-  mean = float(net.apply(net.init(key, xs), xs).mean())
+  mean = float(jax.jit(net.apply)(jax.jit(net.init)(key, xs), xs).mean())
   say(f"  Dense(128) then CenteredLayer: output mean {mean:.2e} (0 up to rounding)")
   out["4.2"] = {"output": centered.tolist(), "mean_after_dense": mean}
   # 4.3 list and dict of parameters
@@ -94,8 +104,9 @@ def demos(seed: int) -> dict:
   vl, vd = _init(ld, ones, key), _init(dd, ones, key)
   say("4.3 ListDense (ParameterList):\n" + param_table(vl["params"]))
   say("    DictDense (ParameterDict):\n" + param_table(vd["params"]))
-  shapes = {c: list(dd.apply(vd, ones, c).shape) for c in ("linear1", "linear2", "linear3")}
-  say(f"  ListDense(ones(1, 4)) -> {ld.apply(vl, ones).shape}; DictDense by choice: {shapes}")
+  shapes = {c: list(jax.eval_shape(lambda v: dd.apply(v, ones, c), vd).shape)
+            for c in ("linear1", "linear2", "linear3")}
+  say(f"  ListDense(ones(1, 4)) -> {jax.eval_shape(lambda v: ld.apply(v, ones), vl).shape}; DictDense by choice: {shapes}")
   out["4.3"] = {"list_dense": {k: list(s) for k, s in
                                jax.tree.map(jnp.shape, vl["params"]).items()},
                 "dict_dense_output_shapes": shapes}
@@ -112,7 +123,8 @@ def demos(seed: int) -> dict:
                      ("k(5,3) p(2,1)", Conv2d(1, 1, (5, 3), padding=(2, 1))),
                      ("k(3,5) p(0,1) s(3,4)", Conv2d(1, 1, (3, 5), stride=(3, 4),
                                                      padding=(0, 1)))):
-    conv_shapes[name] = list(conv.apply(conv.init(key, x8), x8).shape[1:3])
+    conv_shapes[name] = list(jax.eval_shape(
+        lambda x: conv.apply(conv.init(key, x), x), x8).shape[1:3])
   say(f"  Conv2d output shapes on 8x8 (seed: 8x8, 8x8, 2x2): {conv_shapes}")
   P = jnp.arange(9.0).reshape(3, 3)
   pmax, pavg = pool2d(P, (2, 2)), pool2d(P, (2, 2), "avg")
@@ -125,7 +137,7 @@ def demos(seed: int) -> dict:
   lenet = models.build("lenet")
   v = _init(lenet, jnp.zeros((1, 32, 32, 1)), key)
   say("4.5 LeNet:\n" + param_table(v["params"]))
-  logits = lenet.apply(v, jax.random.normal(key, (1, 32, 32, 1)))
+  logits = jax.eval_shape(lenet.apply, v, jax.random.normal(key, (1, 32, 32, 1)))
   say(f"  {len(jax.tree.leaves(v['params']))} parameter arrays (seed: 10); conv1 kernel "
         f"{v['params']['conv1']['kernel'].shape} (HWIO; PyTorch's (6, 1, 5, 5) is OIHW); "
         f"forward of a random 32x32 image -> {logits.shape}")
@@ -134,14 +146,14 @@ def demos(seed: int) -> dict:
   # 4.6 AlexNet: layer output shapes (shape inference only; no 46.7M-parameter init needed)
   alex = models.build("alexnet")
   x224 = jax.ShapeDtypeStruct((1, 224, 224, 1), jnp.float32)
-  shapes = jax.eval_shape(lambda x: alex.apply(_init(alex, x, key), x,
+  shapes = jax.eval_shape(lambda x: alex.apply(_init.__wrapped__(alex, x, key), x,
                                                capture_intermediates=True,
                                                mutable=["intermediates"]), x224)[1]
   order = lambda k: (k.split("_")[0], int(k.split("_")[1]))  # noqa: E731
   layers = sorted((k for k in shapes["intermediates"] if k.startswith(("conv_", "fc_"))),
                   key=order)
   layer_shapes = {k: list(shapes["intermediates"][k]["__call__"][0].shape) for k in layers}
-  params = jax.eval_shape(lambda x: _init(alex, x, key), x224)["params"]
+  params = jax.eval_shape(lambda x: _init.__wrapped__(alex, x, key), x224)["params"]
   say("4.6 AlexNet output shapes: " + ", ".join(f"{k} {s}" for k, s in layer_shapes.items()))
   say(f"  {count_params(params):,} parameters (PyTorch: 46,764,746)")
   out["4.6"] = {"layer_output_shapes": layer_shapes, "parameters": count_params(params),

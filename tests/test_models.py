@@ -84,3 +84,20 @@ def test_batchnorm_is_pytorchs_unbiased_running_variance():
   y_eval = ours.apply({**v_ours, **new}, x, use_running_average=True)
   want = (flat - 0.1 * flat.mean(0)) / np.sqrt(0.9 + 0.1 * flat.var(0, ddof=1) + 1e-5)
   np.testing.assert_allclose(np.asarray(y_eval).reshape(-1, 4), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lenet", "mnist_mlp", "dcgan_generator", "vae"])
+def test_an_init_compiled_to_run_once_gives_the_default_programs_values(name):
+  """create_train_state compiles the init at LLVM level 1 (half the compile time); the
+  values are those of the default level, bit for bit."""
+  from dlcore.models import registry
+  from dlcore.train.state import RUN_ONCE
+  model = registry.build(name)
+  xs = [jnp.asarray(a) for a in registry.example_inputs(name)]
+  train = {"train": False} if name in ("lenet", "mnist_mlp") else {}
+  init = jax.jit(lambda k, *x: model.init({"params": k, "dropout": k, "noise": k}, *x, **train))
+  lowered = init.lower(jax.random.PRNGKey(3), *xs)
+  default = lowered.compile()(jax.random.PRNGKey(3), *xs)
+  once = lowered.compile(compiler_options=RUN_ONCE)(jax.random.PRNGKey(3), *xs)
+  for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(once), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -22,6 +22,13 @@ class TrainState(train_state.TrainState):
   dynamic_scale: Any = None
 
 
+# Compiler options for a program that runs once (an init): LLVM's level 1 compiles it in
+# about half the time of the default, to the same values (checked on every registered model
+# but AlexNet on 2026-12-02, four of them in tests/test_models.py; level 0 changes the last
+# bits of some).
+RUN_ONCE = {"xla_backend_optimization_level": 1}
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_x,
                        seed: int = 0, init_args: tuple = (), loss_scale=None) -> TrainState:
   """Initialises `model` on `example_x` (a batch; `init_args` are further positional inputs,
@@ -30,7 +37,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, examp
   init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
   # jit keeps the init of large models (AlexNet) from running op by op.
   variables = jax.jit(lambda k, x, args: model.init({"params": k, "dropout": k}, x, *args,
-                                                    train=False))(
+                                                    train=False), compiler_options=RUN_ONCE)(
       init_key, jnp.asarray(example_x), tuple(jnp.asarray(a) for a in init_args))
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats"), rng=run_key,
