@@ -137,9 +137,10 @@ class Checkpointer:
   and returns; one worker thread writes it (arrays, `extra`, manifest) while training goes
   on, and every other call (`save`, `wait`, `restore`, `latest_step`, ...) first waits for
   it and raises its error, so a failed write surfaces at the next save or at the end and the
-  steps before it stay intact. A process that leaves with a write in flight finishes it
-  first (the worker is joined at exit); a kill leaves a step without a manifest, which
-  `restore` treats as incomplete.
+  steps before it stay intact. Leaving the `with` block, or `close`, waits for the write (a
+  write that failed while another error ends the block is reported in one line, and the
+  other error propagates); a kill mid-write leaves a step without a manifest, which
+  `restore` treats as incomplete and sets aside.
   Each step gets a manifest of its files' SHA-256, written (atomically) after the arrays
   and the `extra` file: a step counts as saved once its manifest is in place. `restore`
   verifies it and, if the newest step is damaged or incomplete, warns in one line, falls
@@ -187,10 +188,15 @@ class Checkpointer:
     self._pending: concurrent.futures.Future | None = None
 
   def _join(self) -> None:
-    """Waits for the write in flight; raises its error."""
-    if self._pending is not None:
-      pending, self._pending = self._pending, None
-      pending.result()
+    """Waits for the write in flight; raises its error. The write is forgotten only once it
+    has finished (a wait cut short by a signal leaves it to the next call)."""
+    pending = self._pending
+    if pending is not None:
+      try:
+        pending.result()
+      finally:
+        if pending.done():
+          self._pending = None
 
   def latest_step(self) -> int | None:
     self._join()
@@ -203,9 +209,9 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     # Asked after every step: off the interval, with a step saved already (so Orbax's
     # initial-save policy is spent), Orbax would say no; it takes ~15 us to say so.
-    if step % self.save_every and self._pending is None \
-        and self.manager.latest_step() is not None:
-      return False
+    if step % self.save_every and (self._pending is not None
+                                   or self.manager.latest_step() is not None):
+      return False  # (a write in flight: a step is being saved, so no initial save is due)
     self._join()
     return self.manager.should_save(step)
 
@@ -327,8 +333,14 @@ class Checkpointer:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
-    self.close()
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None:
+      self.close()
+      return
+    try:  # the error that ended the block is the one to report; a failed write is a line
+      self.close()
+    except CheckpointError as e:
+      sys.stderr.write(f"warning: {e}\n")
 
 
 def _local_checkpointer() -> ocp.StandardCheckpointer:

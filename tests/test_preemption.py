@@ -287,7 +287,8 @@ def test_a_fit_without_checkpoints_says_nothing_was_saved(handlers):
   assert "'toy' after step 3" in message and "keeps no checkpoint" in message
 
 
-def test_a_signal_in_the_last_evaluation_stops_after_saving(handlers, tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_a_signal_in_the_last_evaluation_stops_after_saving(handlers, tmp_path, background):
   """SIGTERM while the last epoch is evaluated: fit saves the final step and stops, rather
   than returning to code that would go on (scoring, more fits)."""
   from dlcore.checkpoint import Checkpointer
@@ -303,7 +304,7 @@ def test_a_signal_in_the_last_evaluation_stops_after_saving(handlers, tmp_path):
 
   evaluator.every = None  # the last epoch only
   # No periodic save at the last step: the final save is fit's, before it stops.
-  with Checkpointer(str(tmp_path), save_every_steps=100) as ckpt, \
+  with Checkpointer(str(tmp_path), save_every_steps=100, background=background) as ckpt, \
       pytest.raises(handlers.Preempted) as e:
     fit(small_state(), runner.compile(make_train_step(bce_loss)), lambda e: [data],
         runner=runner, num_epochs=3, progress=False, evaluators=[evaluator],

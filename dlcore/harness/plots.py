@@ -203,6 +203,10 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
   zeros). Written here because importing sklearn.metrics costs ~1 s, a twentieth of a short
   classifier run."""
   y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+  for name, y in (("true", y_true), ("predicted", y_pred)):
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, found "
+                       f"{y.min()}..{y.max()}")
   counts = np.bincount(y_true * num_classes + y_pred,
                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
   with np.errstate(all="ignore"):

@@ -7,6 +7,7 @@ inside the compiled step. Evaluation is exact: batches are weighted by their siz
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable, Sequence
 
@@ -91,26 +92,23 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
     batches = lambda e: dldata.batches(train, batch_size, shuffle=True,  # noqa: E731
                                        seed=seeds[0], epoch=e)
 
-  ckpt = (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch,
-                       background=True)
-          if checkpoint_dir else None)
-  try:
+  with (Checkpointer(checkpoint_dir, max_to_keep=2, save_every_steps=steps_per_epoch,
+                     background=True)
+        if checkpoint_dir else contextlib.nullcontext()) as ckpt:
     state, history = fit(state, step, batches, runner=runner, num_epochs=epochs,
                          eval_step=evaluate,
                          eval_batches=lambda: dldata.batches(test, eval_batch_size),
                          writer=writer, checkpointer=ckpt, resume=resume, progress=progress,
                          desc=desc, log_every=max(1, steps_per_epoch // 4),
                          on_epoch_end=on_epoch_end)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
   runs = []
   for s, h in (((mb.member(state, i), mb.member_view(history, i)) for i in range(len(seeds)))
                if many else [(state, history)]):
     # One model's last epoch was evaluated by the compiled program `evaluate_classifier`
     # compiles, on the same batches: its numbers are the final ones (not a second pass).
-    # Eager modes evaluate op by op and members vmapped, so those passes are redone here.
-    same = not many and runner.mode not in ("eager", "python") and h \
+    # Eager modes evaluate op by op and members vmapped, and a resumed run's last record may
+    # come from the earlier process (another mode, another precision): evaluated again.
+    same = not many and not resume and runner.mode not in ("eager", "python") and h \
         and h[-1]["epoch"] == epochs - 1 and "eval" in h[-1]
     final = h[-1]["eval"] if same else evaluate_classifier(s, test, pipeline, eval_batch_size)
     runs.append(ClassifierRun(s, h, final["accuracy"], final["loss"],

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dlcore import distributed, precision, preemption, timing
-from dlcore.checkpoint import Checkpointer
+from dlcore.checkpoint import CheckpointError, Checkpointer
 from dlcore.train.modes import Runner
 
 # evaluator(host_state, key) -> {metric: float}. `key` is the same at every evaluation of a
@@ -259,6 +259,10 @@ class _Saves:
   def kept(self, which: str) -> str:
     if self.last_good is None:
       return "no checkpoint was saved"
+    try:  # a write may still be in flight: the step is named only once it is on disk
+      self.checkpointer.wait()
+    except CheckpointError as e:
+      return f"the save of step {self.last_good} failed ({e})"
     return (f"the last {which} checkpoint (step {self.last_good}) is kept in "
             f"{self.checkpointer.directory}")
 
