@@ -16,7 +16,6 @@ Adam 1e-3, batch 128, 20 epochs) or `--train alexnet` (images resized to 224x224
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Annotated, Literal
 
 import flax.linen as nn
@@ -64,16 +63,13 @@ class Config:
   """How 28x28 images reach --image-size; None: the model's (LeNet pad, AlexNet bilinear)."""
 
 
-@functools.partial(jax.jit, static_argnums=0, compiler_options=RUN_ONCE)
-def _init(model, x, key):
-  # Compiled as one program: op by op, every initializer compiled once per shape (about
-  # 10 s of a cold run's compilation for these demos); the values are the same.
+def _variables(model, x, key):
   return model.init({"params": key, "dropout": key}, x)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _apply(model, variables, x, *args):
-  return model.apply(variables, x, *args)
+# Compiled as one program: op by op, every initializer compiled once per shape (about 10 s
+# of a cold run's compilation for these demos); the values are the same.
+_init = jax.jit(_variables, static_argnums=0, compiler_options=RUN_ONCE)
 
 
 def demos(seed: int) -> dict:
@@ -83,7 +79,7 @@ def demos(seed: int) -> dict:
   mlp = models.build("basic_mlp")
   x = jax.random.uniform(key, (2, 784))
   v = _init(mlp, x, key)
-  y = _apply(mlp, v, x)
+  y = jax.jit(mlp.apply)(v, x)
   say("4.1 BasicMLP(hidden=Linear(784, 256), act=ReLU, output=Linear(256, 10))")
   say(param_table(v["params"]))
   say(f"  forward of a (2, 784) batch -> {y.shape}: {np.round(np.asarray(y[0, :4]), 4)} ...")
@@ -106,7 +102,8 @@ def demos(seed: int) -> dict:
   say("    DictDense (ParameterDict):\n" + param_table(vd["params"]))
   shapes = {c: list(jax.eval_shape(lambda v: dd.apply(v, ones, c), vd).shape)
             for c in ("linear1", "linear2", "linear3")}
-  say(f"  ListDense(ones(1, 4)) -> {jax.eval_shape(lambda v: ld.apply(v, ones), vl).shape}; DictDense by choice: {shapes}")
+  list_shape = jax.eval_shape(lambda v: ld.apply(v, ones), vl).shape
+  say(f"  ListDense(ones(1, 4)) -> {list_shape}; DictDense by choice: {shapes}")
   out["4.3"] = {"list_dense": {k: list(s) for k, s in
                                jax.tree.map(jnp.shape, vl["params"]).items()},
                 "dict_dense_output_shapes": shapes}
@@ -137,7 +134,7 @@ def demos(seed: int) -> dict:
   lenet = models.build("lenet")
   v = _init(lenet, jnp.zeros((1, 32, 32, 1)), key)
   say("4.5 LeNet:\n" + param_table(v["params"]))
-  logits = jax.eval_shape(lenet.apply, v, jax.random.normal(key, (1, 32, 32, 1)))
+  logits = jax.eval_shape(lenet.apply, v, jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
   say(f"  {len(jax.tree.leaves(v['params']))} parameter arrays (seed: 10); conv1 kernel "
         f"{v['params']['conv1']['kernel'].shape} (HWIO; PyTorch's (6, 1, 5, 5) is OIHW); "
         f"forward of a random 32x32 image -> {logits.shape}")
@@ -146,14 +143,14 @@ def demos(seed: int) -> dict:
   # 4.6 AlexNet: layer output shapes (shape inference only; no 46.7M-parameter init needed)
   alex = models.build("alexnet")
   x224 = jax.ShapeDtypeStruct((1, 224, 224, 1), jnp.float32)
-  shapes = jax.eval_shape(lambda x: alex.apply(_init.__wrapped__(alex, x, key), x,
+  shapes = jax.eval_shape(lambda x: alex.apply(_variables(alex, x, key), x,
                                                capture_intermediates=True,
                                                mutable=["intermediates"]), x224)[1]
   order = lambda k: (k.split("_")[0], int(k.split("_")[1]))  # noqa: E731
   layers = sorted((k for k in shapes["intermediates"] if k.startswith(("conv_", "fc_"))),
                   key=order)
   layer_shapes = {k: list(shapes["intermediates"][k]["__call__"][0].shape) for k in layers}
-  params = jax.eval_shape(lambda x: _init.__wrapped__(alex, x, key), x224)["params"]
+  params = jax.eval_shape(lambda x: _variables(alex, x, key), x224)["params"]
   say("4.6 AlexNet output shapes: " + ", ".join(f"{k} {s}" for k, s in layer_shapes.items()))
   say(f"  {count_params(params):,} parameters (PyTorch: 46,764,746)")
   out["4.6"] = {"layer_output_shapes": layer_shapes, "parameters": count_params(params),
