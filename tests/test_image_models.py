@@ -220,6 +220,56 @@ def test_max_pool2d_equals_reduce_window(shape, k, s):
   np.testing.assert_allclose(g_ours, g_ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,k,dtype", [((3, 28, 28, 6), 2, jnp.float32),
+                                           ((2, 9, 11, 4), 2, jnp.float32),   # floor mode
+                                           ((2, 3, 10, 10, 3), 3, jnp.float32),  # members axis
+                                           ((4, 8, 8, 5), 2, jnp.bfloat16),
+                                           ((4, 8, 8, 5), 2, jnp.float16)])
+def test_max_pool2d_vjp_is_autodiffs_bit_for_bit(shape, k, dtype):
+  """Non-overlapping pools take their gradient from a custom VJP; it must be autodiff's
+  gradient of the chain of maxima bit for bit, ties (split in halves), zeros of either sign
+  and the floor-mode remainder included: default numbers do not move."""
+  from dlcore.models import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0) * rng.choice([1, 1.5], shape), dtype)
+  h, w = shape[-3], shape[-2]
+  chain = lambda x: layers._chain_max(layers._pool_views(x, k, k, k, k, h // k, w // k))  # noqa: E731
+  out = chain(x)
+  np.testing.assert_array_equal(layers.max_pool2d(x, k), out)
+  g = jnp.asarray(rng.standard_normal(out.shape) * rng.choice([0, 1, -1e-30], out.shape), dtype)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum((f(x) * g).astype(jnp.float32))))(x)  # noqa: E731
+  ours, ref = np.asarray(grad(lambda x: layers.max_pool2d(x, k))), np.asarray(grad(chain))
+  assert not np.isin(ref[ref != 0], np.asarray(g, ref.dtype)).all()  # some ties were split
+  bits = np.uint16 if ref.itemsize == 2 else np.uint32
+  np.testing.assert_array_equal(ours.view(bits), ref.view(bits))
+
+
+@pytest.mark.parametrize("xshape,kshape,strides,padding", [
+    ((3, 14, 14, 1), (3, 3, 1, 32), (1, 1), ((1, 1), (1, 1))),     # the CNN's conv1
+    ((2, 12, 12, 1), (4, 4, 1, 16), (2, 2), "SAME"),               # DCGAN D conv1
+    ((2, 9, 10, 1), (3, 2, 1, 16), (2, 1), ((1, 0), (2, 1))),      # uneven strides and pads
+])
+def test_shift_conv_equals_xla_conv(xshape, kshape, strides, padding):
+  """`shift_conv` is the same function as `lax.conv_general_dilated`: values and both
+  gradients (the input's feeds a GAN generator through its discriminator)."""
+  from dlcore.models.layers import shift_conv
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(xshape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal(kshape), jnp.float32)
+  ref = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, k: shift_conv(x, k, strides, padding)  # noqa: E731
+  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  w = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
+  g_ref = jax.grad(lambda x, k: jnp.sum(ref(x, k) * w), argnums=(0, 1))(x, k)
+  g_ours = jax.jit(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), argnums=(0, 1)))(x, k)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  members = jax.vmap(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), argnums=1))(
+      jnp.stack([x, 2 * x]), jnp.stack([k, k]))
+  np.testing.assert_allclose(members[1], 2 * g_ref[1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("xshape,kshape,strides,padding", [
     ((3, 12, 12, 1), (5, 5, 1, 6), (1, 1), ((0, 0), (0, 0))),      # LeNet conv1
     pytest.param((2, 23, 23, 1), (11, 11, 1, 4), (4, 4), ((0, 0), (0, 0)),  # AlexNet conv_0
@@ -260,4 +310,25 @@ def test_auto_conv_routes_by_channels(monkeypatch):
   monkeypatch.setattr(layers, "PATCH_CONV_MAX_CHANNELS", 0)  # every conv on XLA's kernel
   calls.clear()
   np.testing.assert_allclose(model.apply(params, x), out, rtol=1e-5, atol=1e-6)
+  assert calls == []
+
+
+def test_auto_conv_routes_one_channel_many_features_to_shift_conv(monkeypatch):
+  """The CNN's conv1 (1 -> 32) runs as `shift_conv`, LeNet's (1 -> 6) stays on patches; the
+  CNN gives the same outputs as one forced onto XLA's convolution."""
+  from dlcore.models import layers
+  calls = []
+  real = layers.shift_conv
+  monkeypatch.setattr(layers, "shift_conv", lambda *a: calls.append(a[1].shape) or real(*a))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 28, 28, 1)), jnp.float32)
+  model = models.build("cnn")
+  variables = model.init(jax.random.PRNGKey(0), x)
+  out = model.apply(variables, x)
+  assert calls == [(3, 3, 1, 32)] * 2
+  calls.clear()
+  lenet = models.build("lenet")
+  lenet.apply(lenet.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 1))), jnp.zeros((2, 32, 32, 1)))
+  assert calls == []
+  monkeypatch.setattr(layers, "PATCH_CONV_MAX_CHANNELS", 0)  # every conv on XLA's kernel
+  np.testing.assert_allclose(model.apply(variables, x), out, rtol=1e-5, atol=1e-6)
   assert calls == []

@@ -1,6 +1,7 @@
 """Building blocks shared by several models."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -76,11 +77,91 @@ def patch_conv(lhs, rhs, window_strides, padding):
   return y.reshape(o, n, ho, wo).transpose(1, 2, 3, 0)
 
 
+def _pads(lhs_shape, kernel_hw, window_strides, padding):
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs_shape[1:3], kernel_hw, window_strides, padding)
+  return tuple(window_strides), tuple(map(tuple, padding))
+
+
+def _taps(xp, kh, kw, strides, out_hw):
+  """The kh * kw strided views of the padded NHWC input, one per kernel tap (i, j)."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  return [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+
+
+def _padded(lhs, kh, kw, strides, padding):
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  return xp, ((xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift_conv(lhs, rhs, window_strides, padding):
+  kh, kw, _, _ = rhs.shape
+  xp, out_hw = _padded(lhs, kh, kw, window_strides, padding)
+  y = None
+  for t, view in enumerate(_taps(xp, kh, kw, window_strides, out_hw)):
+    term = view * rhs[t // kw, t % kw, 0]  # (B, Ho, Wo, 1) * (O,): NHWC out, no transpose
+    y = term if y is None else y + term
+  return y
+
+
+def _shift_conv_fwd(lhs, rhs, window_strides, padding):
+  return _shift_conv(lhs, rhs, window_strides, padding), (lhs, rhs)
+
+
+def _shift_conv_bwd(window_strides, padding, residuals, g):
+  lhs, rhs = residuals
+  kh, kw, c, o = rhs.shape
+
+  def as_product(lhs, rhs):  # the same function as one matmul over NHWC patches
+    xp, out_hw = _padded(lhs, kh, kw, window_strides, padding)
+    patches = jnp.concatenate(_taps(xp, kh, kw, window_strides, out_hw), axis=-1)
+    return patches @ rhs.reshape(kh * kw * c, o)
+
+  # The kernel gradient as patches^T @ dy (dy stays NHWC); the input gradient (needed where
+  # the input is itself a result, e.g. a GAN discriminator's) as the gather's transpose.
+  _, vjp = jax.vjp(as_product, lhs, rhs)
+  return vjp(g)
+
+
+_shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
+
+
+def shift_conv(lhs, rhs, window_strides, padding):
+  """A 2-D NHWC x HWIO convolution with ONE input channel as kh * kw shifted multiply-adds
+  that write NHWC directly: y = sum over taps (i, j) of x_padded[:, s*y + i, s*x + j, :] *
+  kernel[i, j, 0, :], in that order. Its gradients (custom VJP) are those of one matmul over
+  NHWC patches: the kernel's patches^T @ dy, the input's the transpose of the patch gather.
+
+  Why: `patch_conv` computes the output channel-major and transposes it to NHWC; with many
+  output channels that transpose and the matmul's tiny inner dimension (kh*kw) cost more
+  than the product itself. The CNN's conv1 (1 -> 32, 3x3, 28x28, batch 128) inside its
+  jitted step: step 45.5 -> 31.7 ms together with `max_pool2d`'s VJP
+  (`benchmarks.conv_layers`); with few output channels (LeNet's 1 -> 6 5x5) it is 2x slower
+  than `patch_conv`, so `auto_conv` picks it for >= `SHIFT_CONV_MIN_FEATURES` output channels
+  and at most `SHIFT_CONV_MAX_TAPS` taps. Tests check it against `lax.conv_general_dilated`.
+  """
+  kh, kw, c, _ = rhs.shape
+  if c != 1:
+    raise ValueError(f"shift_conv takes one input channel, got {c}")
+  strides, padding = _pads(lhs.shape, (kh, kw), window_strides, padding)
+  return _shift_conv(lhs, rhs, strides, padding)
+
+
+# `auto_conv` uses `shift_conv` for 1 input channel when the output has at least this many
+# channels and the kernel at most this many taps (measured: see `shift_conv`).
+SHIFT_CONV_MIN_FEATURES = 16
+SHIFT_CONV_MAX_TAPS = 16
+
+
 def auto_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
               dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` with the same signature, routed to `patch_conv` when that
   is faster: on the CPU backend, for a plain NHWC/HWIO 2-D convolution with at most
-  `PATCH_CONV_MAX_CHANNELS` input channels (measured in `patch_conv`'s docstring). GPUs and
+  `PATCH_CONV_MAX_CHANNELS` input channels (measured in `patch_conv`'s docstring), or to
+  `shift_conv` for one input channel and many output channels (its docstring). GPUs and
   everything else get XLA's convolution. `Conv2d` passes this to `nn.Conv`."""
   plain = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
            and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
@@ -89,6 +170,9 @@ def auto_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation
     dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     plain = tuple(map(tuple, dn)) == _NHWC
   if plain:
+    kh, kw, c, o = rhs.shape
+    if c == 1 and o >= SHIFT_CONV_MIN_FEATURES and kh * kw <= SHIFT_CONV_MAX_TAPS:
+      return shift_conv(lhs, rhs, window_strides, padding)
     return patch_conv(lhs, rhs, tuple(window_strides), padding)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                       rhs_dilation, dimension_numbers, feature_group_count,
@@ -111,6 +195,62 @@ def Conv2d(in_channels: int, out_channels: int, kernel_size, stride=1, padding=0
                  bias_init=torch_bias_init(in_channels // groups * kh * kw), **kwargs)
 
 
+def _pool_views(x, kh, kw, sh, sw, ho, wo):
+  """The kh * kw strided views of `x` (..., H, W, C), in the order (0, 0), (0, 1), ..."""
+  return [x[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+
+
+def _chain_max(views):
+  out = views[0]
+  for v in views[1:]:
+    out = jnp.maximum(out, v)
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tile_max_pool(x, kh, kw):
+  h, w = x.shape[-3], x.shape[-2]
+  return _chain_max(_pool_views(x, kh, kw, kh, kw, h // kh, w // kw))
+
+
+def _tile_max_pool_fwd(x, kh, kw):
+  return _tile_max_pool(x, kh, kw), x
+
+
+def _tile_max_pool_bwd(kh, kw, x, g):
+  """Autodiff's gradient of `_chain_max`, bit for bit, assembled without scatters: JAX's
+  `max(a, b)` sends g * (a == m) / (1 + (b == m)) to a (the same with a and b swapped), so
+  each view's share is g times a chain of such factors (0, 1/2 or 1). The windows do not
+  overlap, so the shares are interleaved into the input's layout by stack + reshape (one
+  loop fusion) instead of autodiff's strided pads summed (4-12x slower on XLA's CPU)."""
+  h, w = x.shape[-3], x.shape[-2]
+  ho, wo = h // kh, w // kw
+  views = _pool_views(x, kh, kw, kh, kw, ho, wo)
+  partial_max = [views[0]]
+  for v in views[1:]:
+    partial_max.append(jnp.maximum(partial_max[-1], v))
+  one, two, zero = (jnp.array(v, x.dtype) for v in (1, 2, 0))
+
+  def share(a, m, b):  # jax.lax's _balanced_eq
+    return jnp.where(a == m, one, zero) / jnp.where(b == m, two, one)
+
+  shares = [None] * len(views)
+  for k in range(len(views) - 1, 0, -1):
+    shares[k] = g * share(views[k], partial_max[k], partial_max[k - 1])
+    g = g * share(partial_max[k - 1], partial_max[k], views[k])
+  shares[0] = g
+  rows = [jnp.stack(shares[i * kw:(i + 1) * kw], axis=-2) for i in range(kh)]  # ho, wo, kw, c
+  gx = jnp.stack(rows, axis=-4)  # ..., ho, kh, wo, kw, c
+  gx = gx.reshape(gx.shape[:-5] + (ho * kh, wo * kw, gx.shape[-1]))
+  gx = jnp.where(gx == 0, zero, gx)  # -0.0 -> +0.0, as autodiff's sum of zero-padded shares
+  pad = [(0, 0)] * (x.ndim - 3) + [(0, h - ho * kh), (0, w - wo * kw), (0, 0)]
+  return (jnp.pad(gx, pad),)
+
+
+_tile_max_pool.defvjp(_tile_max_pool_fwd, _tile_max_pool_bwd)
+
+
 def max_pool2d(x, kernel_size, stride=None):
   """`F.max_pool2d(x, kernel_size, stride)` on NHWC: no padding, floor mode (PyTorch's
   defaults); stride defaults to the kernel size.
@@ -122,7 +262,11 @@ def max_pool2d(x, kernel_size, stride=None):
   overlapping 3/2 pools). Gradients are identical too, except at exact ties inside a
   window, where this form splits the gradient among the tied inputs and PyTorch gives it to
   one; after a ReLU the usual ties are zeros, whose gradient the ReLU discards anyway.
-  `tests/test_image_models.py` checks both against `nn.max_pool`.
+  Non-overlapping windows (stride = kernel: LeNet, the CNN) take that same gradient, bit for
+  bit, from a custom VJP that lays it out without strided pads (`_tile_max_pool_bwd`; the
+  CNN's step 45.5 -> 48 ms alone, and with `shift_conv` 31.7 ms).
+  `tests/test_image_models.py` checks both against `nn.max_pool` and the custom VJP against
+  autodiff's.
   """
   kh, kw = _pair(kernel_size)
   sh, sw = _pair(stride) if stride else (kh, kw)
@@ -130,12 +274,9 @@ def max_pool2d(x, kernel_size, stride=None):
   ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
   if ho < 1 or wo < 1:
     raise ValueError(f"max_pool2d: window {(kh, kw)} larger than the input {(h, w)}")
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      view = x[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-      out = view if out is None else jnp.maximum(out, view)
-  return out
+  if (sh, sw) == (kh, kw):
+    return _tile_max_pool(x, kh, kw)
+  return _chain_max(_pool_views(x, kh, kw, sh, sw, ho, wo))
 
 
 class BatchNorm(nn.Module):
