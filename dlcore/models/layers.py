@@ -115,15 +115,19 @@ def _shift_conv_bwd(window_strides, padding, residuals, g):
   lhs, rhs = residuals
   kh, kw, c, o = rhs.shape
 
-  def as_product(lhs, rhs):  # the same function as one matmul over NHWC patches
+  def as_product(lhs):  # the same function as one matmul over NHWC patches
     xp, out_hw = _padded(lhs, kh, kw, window_strides, padding)
     patches = jnp.concatenate(_taps(xp, kh, kw, window_strides, out_hw), axis=-1)
     return patches @ rhs.reshape(kh * kw * c, o)
 
-  # The kernel gradient as patches^T @ dy (dy stays NHWC); the input gradient (needed where
-  # the input is itself a result, e.g. a GAN discriminator's) as the gather's transpose.
-  _, vjp = jax.vjp(as_product, lhs, rhs)
-  return vjp(g)
+  # The kernel gradient as patches (taps, B*Ho*Wo) @ dy (B*Ho*Wo, O): dy stays NHWC and the
+  # one-channel patches are stacked tap-major, so neither side is transposed. The input
+  # gradient (a GAN discriminator's feeds its generator) as the patch gather's transpose;
+  # XLA drops it where nothing uses it.
+  xp, out_hw = _padded(lhs, kh, kw, window_strides, padding)
+  patches = jnp.stack([t[..., 0] for t in _taps(xp, kh, kw, window_strides, out_hw)])
+  d_rhs = (patches.reshape(kh * kw, -1) @ g.reshape(-1, o)).reshape(rhs.shape)
+  return jax.vjp(as_product, lhs)[1](g)[0], d_rhs
 
 
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
@@ -135,13 +139,16 @@ def shift_conv(lhs, rhs, window_strides, padding):
   kernel[i, j, 0, :], in that order. Its gradients (custom VJP) are those of one matmul over
   NHWC patches: the kernel's patches^T @ dy, the input's the transpose of the patch gather.
 
-  Why: `patch_conv` computes the output channel-major and transposes it to NHWC; with many
-  output channels that transpose and the matmul's tiny inner dimension (kh*kw) cost more
-  than the product itself. The CNN's conv1 (1 -> 32, 3x3, 28x28, batch 128) inside its
-  jitted step: step 45.5 -> 31.7 ms together with `max_pool2d`'s VJP
-  (`benchmarks.conv_layers`); with few output channels (LeNet's 1 -> 6 5x5) it is 2x slower
-  than `patch_conv`, so `auto_conv` picks it for >= `SHIFT_CONV_MIN_FEATURES` output channels
-  and at most `SHIFT_CONV_MAX_TAPS` taps. Tests check it against `lax.conv_general_dilated`.
+  Why: inside a step XLA fuses these multiply-adds with what follows (the bias, ReLU and a
+  max pool: one loop over the input), where `patch_conv` writes its product channel-major
+  and transposes it to NHWC. Alone it is slower (the CNN's conv1, 1 -> 32 3x3 at 28x28,
+  batch 128, forward + kernel gradient: 22.0 ms against 15.3 for `patch_conv`), but the
+  CNN's jitted step went 41.8 -> 32.7 ms with it and `max_pool2d`'s custom VJP, against
+  40.2 with the VJP alone (`benchmarks.conv_layers` shapes, 9 alternating rounds in one
+  process). Where nothing fuses it loses: LeNet's 1 -> 6 5x5 (2x slower), the DCGAN
+  discriminator's 4x4 stride-2 conv1 (9.3 vs 3.7 ms with the input gradient). So `auto_conv`
+  picks it for stride 1, >= `SHIFT_CONV_MIN_FEATURES` output channels and at most
+  `SHIFT_CONV_MAX_TAPS` taps. Tests check it against `lax.conv_general_dilated`.
   """
   kh, kw, c, _ = rhs.shape
   if c != 1:
@@ -151,9 +158,9 @@ def shift_conv(lhs, rhs, window_strides, padding):
 
 
 # `auto_conv` uses `shift_conv` for 1 input channel when the output has at least this many
-# channels and the kernel at most this many taps (measured: see `shift_conv`).
+# channels, the kernel at most this many taps and stride 1 (measured: see `shift_conv`).
 SHIFT_CONV_MIN_FEATURES = 16
-SHIFT_CONV_MAX_TAPS = 16
+SHIFT_CONV_MAX_TAPS = 9
 
 
 def auto_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -171,7 +178,8 @@ def auto_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation
     plain = tuple(map(tuple, dn)) == _NHWC
   if plain:
     kh, kw, c, o = rhs.shape
-    if c == 1 and o >= SHIFT_CONV_MIN_FEATURES and kh * kw <= SHIFT_CONV_MAX_TAPS:
+    if (c == 1 and o >= SHIFT_CONV_MIN_FEATURES and kh * kw <= SHIFT_CONV_MAX_TAPS
+        and tuple(window_strides) == (1, 1)):
       return shift_conv(lhs, rhs, window_strides, padding)
     return patch_conv(lhs, rhs, tuple(window_strides), padding)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
@@ -264,7 +272,7 @@ def max_pool2d(x, kernel_size, stride=None):
   one; after a ReLU the usual ties are zeros, whose gradient the ReLU discards anyway.
   Non-overlapping windows (stride = kernel: LeNet, the CNN) take that same gradient, bit for
   bit, from a custom VJP that lays it out without strided pads (`_tile_max_pool_bwd`; the
-  CNN's step 45.5 -> 48 ms alone, and with `shift_conv` 31.7 ms).
+  CNN's jitted step 41.8 -> 40.2 ms alone, 32.7 ms with `shift_conv`; LeNet 7.8 -> 7.4).
   `tests/test_image_models.py` checks both against `nn.max_pool` and the custom VJP against
   autodiff's.
   """
