@@ -330,6 +330,14 @@ BREAKS.update({
   "cnn-conv1-not-routed": dict(file="dlcore/models/layers.py",
       old="o >= SHIFT_CONV_MIN_FEATURES and", new="o >= 10 * SHIFT_CONV_MIN_FEATURES and",
       tests=[T_IMG + "::test_auto_conv_routes_one_channel_many_features_to_shift_conv"]),
+  "chunked-rest-dropped": dict(file="dlcore/train/steps.py",
+      old="  if b > n * chunk:\n    parts.append", new="  if False:\n    parts.append",
+      tests=[T_IMG + "::test_chunked_keeps_each_example_in_place"]),
+  "chunked-chunks-interleaved": dict(file="dlcore/train/steps.py",
+      old="x[:n * chunk].reshape(n, chunk, *x.shape[1:])",
+      new="x[:n * chunk].reshape(chunk, n, *x.shape[1:]).swapaxes(0, 1)",
+      tests=[T_IMG + "::test_chunked_keeps_each_example_in_place",
+             T_IMG + "::test_lenet_test_forward_in_chunks_gives_the_same_bits"]),
 })
 
 def main(argv=None) -> int:

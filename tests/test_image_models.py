@@ -332,3 +332,33 @@ def test_auto_conv_routes_one_channel_many_features_to_shift_conv(monkeypatch):
   monkeypatch.setattr(layers, "PATCH_CONV_MAX_CHANNELS", 0)  # every conv on XLA's kernel
   np.testing.assert_allclose(model.apply(variables, x), out, rtol=1e-5, atol=1e-6)
   assert calls == []
+
+
+def test_chunked_keeps_each_example_in_place():
+  """The whole chunks through lax.map, the rest in one call, joined in order (pytrees too)."""
+  from dlcore.train.steps import chunked
+  x = jnp.arange(250 * 3, dtype=jnp.float32).reshape(250, 3)
+  f = lambda b: {"y": b * 2.0 + jnp.arange(3.0), "s": b.sum(-1)}  # noqa: E731
+  for chunk in (None, 100, 125, 250, 400):
+    out = jax.jit(lambda b, c=chunk: chunked(f, b, c))(x)
+    np.testing.assert_array_equal(out["y"], f(x)["y"])
+    np.testing.assert_array_equal(out["s"], f(x)["s"])
+
+
+def test_lenet_test_forward_in_chunks_gives_the_same_bits():
+  """model_building's LeNet evaluates 100 examples at a time: its test loss, accuracy and
+  logits equal the whole batch's bit for bit (only the layout changes, 4x faster on CPU)."""
+  from dlcore.train.classify import evaluate_classifier, predict_logits
+  from experiments.model_building import TRAINING
+  size, resize, *_, chunk = TRAINING["lenet"]
+  assert chunk == 100
+  model = models.build("lenet")
+  pipeline = ImagePipeline("pm1", size=size, resize=resize)
+  rng = np.random.default_rng(0)
+  test = {"x": rng.integers(0, 256, (1000, 28, 28, 1), dtype=np.uint8),
+          "y": rng.integers(0, 10, 1000).astype(np.int32)}
+  state = create_train_state(model, optax.adam(1e-3), pipeline(jnp.asarray(test["x"][:2])), 0)
+  whole = evaluate_classifier(state, test, pipeline)
+  assert evaluate_classifier(state, test, pipeline, chunk=chunk) == whole
+  np.testing.assert_array_equal(predict_logits(state, test["x"], pipeline, chunk=chunk),
+                                predict_logits(state, test["x"], pipeline))

@@ -43,23 +43,26 @@ def print_epoch(epoch: int, state, record: dict) -> None:
 def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, model_name: str,
                           model_kwargs: dict, data: ImageData, pipeline: ImagePipeline,
                           tx: optax.GradientTransformation, title: str,
-                          extra: dict | None = None) -> tuple[dict, ClassifierRun]:
+                          extra: dict | None = None,
+                          eval_chunk: int | None = None) -> tuple[dict, ClassifierRun]:
   """What the image experiments share: train `model_name` on `data`, write the curves, the
   confusion matrix and the model (`save_model`: reload with `load_model(<run>/model)`),
   and return the summary entry under `spec_id` (SPEC ids; with test_accuracy, dataset,
   epochs). `cfg.common` is a `cli.Common` (its --precision is the model's dtype; the saved
-  model is float32 and its kwargs leave the dtype out), `cfg` has `epochs`, `batch_size`."""
+  model is float32 and its kwargs leave the dtype out), `cfg` has `epochs`, `batch_size`.
+  `eval_chunk`: the test forward that many examples at a time (`train_classifier`)."""
   seeds = Seeds.of(cfg.common)
   model = models.build(model_name, **model_kwargs, dtype=cli.model_dtype(cfg.common))
   result = train_classifier(model, data, tx, pipeline=pipeline, batch_size=cfg.batch_size,
                             epochs=cfg.epochs, runner=runner, writer=run, seed=cfg.common.seed,
                             resume=cfg.common.resume, progress=cfg.common.progress, desc=title,
                             checkpoint_dir=run.file("checkpoints"), on_epoch_end=print_epoch,
-                            loss_scale=cli.loss_scale(cfg.common), seeds=seeds.seeds)
+                            loss_scale=cli.loss_scale(cfg.common), seeds=seeds.seeds,
+                            eval_chunk=eval_chunk)
   runs = result.members or [result]  # each seed's run; the figures and the model: the first
   plot_history(result.history, run.file(f"{model_name}_curves.png"),
                f"{title} on {data.name} ({cfg.common.mode})")
-  pred = predict_logits(runs[0].state, data.test_x, pipeline).argmax(-1)
+  pred = predict_logits(runs[0].state, data.test_x, pipeline, chunk=eval_chunk).argmax(-1)
   which = f" (seed {seeds.seeds[0]})" if seeds.many else ""
   plots.confusion(data.test_y, pred, data.class_names, run.file(f"{model_name}_confusion.png"),
                   title=f"{title}{which}: test accuracy {runs[0].test_accuracy:.4f}")

@@ -25,7 +25,7 @@ from dlcore.train import members as mb
 from dlcore.train.loop import MetricWriter, fit, host_mean
 from dlcore.train.modes import Runner
 from dlcore.train.state import TrainState, create_train_state, variables_of
-from dlcore.train.steps import make_eval_step, make_train_step
+from dlcore.train.steps import chunked, make_eval_step, make_train_step
 
 
 def xent_loss(logits, batch):
@@ -56,6 +56,7 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
                      pipeline: ImagePipeline, batch_size: int, epochs: int, runner: Runner,
                      writer: MetricWriter | None = None, seed: int = 0, resume: bool = False,
                      progress: bool = True, desc: str = "train", eval_batch_size: int = 1000,
+                     eval_chunk: int | None = None,
                      checkpoint_dir: str | None = None,
                      on_epoch_end: Callable | None = None, loss_scale=None,
                      seeds: Sequence[int] | None = None) -> ClassifierRun:
@@ -64,7 +65,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   into `checkpoint_dir` (none: no checkpoints) and resumes from there. `loss_scale`: see
   `create_train_state` (float16). `seeds` (more than one): those runs side by side as
   members (`dlcore.train.members`), each as the single run with its seed (then `seed` is
-  unused; the returned numbers are means and `members` holds each seed's run)."""
+  unused; the returned numbers are means and `members` holds each seed's run). `eval_chunk`:
+  the test forward runs that many examples at a time (`dlcore.train.steps.chunked`)."""
   seeds = [seed] if seeds is None else list(seeds)
   many = len(seeds) > 1
   for split, y in (("train", data.train_y), ("test", data.test_y)):
@@ -81,7 +83,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
       raise ValueError(f"batch size {batch_size} does not divide over {runner.devices} "
                        f"devices; choose a multiple of {runner.devices}")
   step = runner.compile(train_step)
-  evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline))
+  evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline,
+                                                chunk=eval_chunk))
   steps_per_epoch = -(-len(data.train_x) // batch_size)  # the partial batch too, every mode
   train, test = data.train(), data.test()
   if many:  # the data goes to the device once; each member's indices are gathered there
@@ -110,7 +113,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
     # come from the earlier process (another mode, another precision): evaluated again.
     same = not many and not resume and runner.mode not in ("eager", "python") and h \
         and h[-1]["epoch"] == epochs - 1 and "eval" in h[-1]
-    final = h[-1]["eval"] if same else evaluate_classifier(s, test, pipeline, eval_batch_size)
+    final = h[-1]["eval"] if same else evaluate_classifier(s, test, pipeline, eval_batch_size,
+                                                               chunk=eval_chunk)
     runs.append(ClassifierRun(s, h, final["accuracy"], final["loss"],
                               h[-1]["train"]["accuracy"] if h else float("nan")))
   if not many:
@@ -121,17 +125,20 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
 
 
 def evaluate_classifier(state: TrainState, arrays: dict, pipeline: ImagePipeline,
-                        batch_size: int = 1000) -> dict:
-  """Exact loss and accuracy of `state` on `arrays` ({"x", "y"}) in inference mode."""
-  evaluate = jax.jit(make_eval_step(xent_metrics, preprocess=pipeline))
+                        batch_size: int = 1000, *, chunk: int | None = None) -> dict:
+  """Exact loss and accuracy of `state` on `arrays` ({"x", "y"}) in inference mode; `chunk`:
+  the forward that many examples at a time (`dlcore.train.steps.chunked`)."""
+  evaluate = jax.jit(make_eval_step(xent_metrics, preprocess=pipeline, chunk=chunk))
   means = host_mean([evaluate(state, b) for b in dldata.batches(arrays, batch_size)])
   return {k: means[k] for k in ("loss", "accuracy")}
 
 
 def predict_logits(state: TrainState, x: np.ndarray, pipeline: ImagePipeline,
-                   batch_size: int = 1000) -> np.ndarray:
-  """Logits of `state`'s model for uint8 images `x`, in inference mode."""
-  apply = jax.jit(lambda s, xb: s.apply_fn(variables_of(s), pipeline(xb), train=False).astype(
-      jnp.float32))
+                   batch_size: int = 1000, *, chunk: int | None = None) -> np.ndarray:
+  """Logits of `state`'s model for uint8 images `x`, in inference mode (`chunk`: as in
+  `evaluate_classifier`)."""
+  apply = jax.jit(lambda s, xb: chunked(
+      lambda c: s.apply_fn(variables_of(s), c, train=False), pipeline(xb), chunk).astype(
+          jnp.float32))
   return np.concatenate([np.asarray(apply(state, x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)])

@@ -131,15 +131,35 @@ def make_train_step(loss_fn: LossFn, *, axis_name: str | None = None,
   return learning_streams(on_axis(step, axis_name), rng_streams)
 
 
+def chunked(fn, x: jax.Array, chunk: int | None):
+  """`fn(x)` computed `chunk` rows at a time (`lax.map` over the whole chunks, then the rest)
+  and joined along the batch axis; None: in one call. For a per-example function (inference)
+  only the layout changes; whether the numbers stay bit for bit depends on the kernels XLA
+  picks for the smaller batch, so a caller tests its model at its chunk (LeNet's patch
+  convolution at batch 1000: the chunk of 100 gives the same bits, 4x faster because a chunk's
+  patches stay in cache; a chunk of 50 changes the last bit of the loss)."""
+  b = x.shape[0]
+  if chunk is None or chunk >= b:
+    return fn(x)
+  n = b // chunk
+  parts = [jax.tree.map(lambda o: o.reshape(n * chunk, *o.shape[2:]),
+                        jax.lax.map(fn, x[:n * chunk].reshape(n, chunk, *x.shape[1:])))]
+  if b > n * chunk:
+    parts.append(fn(x[n * chunk:]))
+  return parts[0] if len(parts) == 1 else jax.tree.map(lambda *o: jnp.concatenate(o), *parts)
+
+
 def make_eval_step(metrics_fn: Callable[[jax.Array, dict], dict], *,
-                   axis_name: str | None = None, preprocess=None):
+                   axis_name: str | None = None, preprocess=None, chunk: int | None = None):
   """`eval(state, batch) -> metrics`: forward in inference mode (running BN statistics).
 
   A metric named "count" (examples in the batch) makes `fit` weight the batches by it, so
-  a smaller last batch does not skew the epoch's mean."""
+  a smaller last batch does not skew the epoch's mean. `chunk`: the forward runs that many
+  examples at a time (`chunked`), the metrics over the whole batch as before."""
 
   def evaluate(state: TrainState, batch: dict):
-    out = state.apply_fn(variables_of(state), _inputs(batch, preprocess), train=False)
+    out = chunked(lambda x: state.apply_fn(variables_of(state), x, train=False),
+                  _inputs(batch, preprocess), chunk)
     return reduce_metrics(metrics_fn(precision.to_float32(out), batch))
 
   return on_axis(evaluate, axis_name)
