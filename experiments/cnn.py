@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Annotated
 
 import flax.linen as nn
@@ -68,14 +69,32 @@ def _formula(n, k, p, s):
   return conv_output_size(n, k, p, s)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _transposed(key, stride: int, oh: int):
+  """A 3x3 kernel, an oh x oh input and three transposed convolutions of it (VALID, 5x5 out):
+  lax's, flax's with transpose_kernel and flax's default (the kernel not flipped)."""
+  kernel = jax.random.normal(key, (3, 3))
+  y = jax.random.normal(jax.random.fold_in(key, stride), (oh, oh))
+  k, yb = {"params": {"kernel": kernel[:, :, None, None]}}, y[None, :, :, None]
+  by_lax = jax.lax.conv_transpose(yb, k["params"]["kernel"], (stride, stride), "VALID",
+                                  transpose_kernel=True)[0, ..., 0]
+  convt = functools.partial(nn.ConvTranspose, 1, (3, 3), strides=(stride, stride),
+                            padding="VALID", use_bias=False)
+  by_flax = convt(transpose_kernel=True).apply(k, yb)[0, ..., 0]
+  return kernel, y, by_lax, by_flax, convt().apply(k, yb)[0, ..., 0]
+
+
 def conv_demos(seed: int = 0) -> dict:
+  # Shapes and kernel sizes come from abstract evaluation (`jax.eval_shape`: nothing is
+  # compiled or run) and the transposed convolutions from one compiled program per stride;
+  # op by op they took ~7 s of compilation on a 2-core CPU, the same numbers.
   key = jax.random.PRNGKey(seed)
-  x = jax.random.uniform(key, (1, 8, 8, 1))
+  x = jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32)
   shapes = {}
   say("2.6.1 output shapes on an 8x8 input:")
   for name, kw in SHAPE_CASES:
     conv = nn.Conv(**kw)
-    y = conv.apply(conv.init(key, x), x)
+    y, _ = jax.eval_shape(lambda x, conv=conv: conv.init_with_output(key, x), x)
     pad = kw.get("padding")
     if isinstance(pad, tuple):
       stride = kw.get("strides", (1, 1))
@@ -90,28 +109,20 @@ def conv_demos(seed: int = 0) -> dict:
   channels = {}
   for groups in (1, 2, 4):
     conv = nn.Conv(features=8, kernel_size=(3, 3), feature_group_count=groups)
-    params = conv.init(key, jnp.ones((1, 8, 8, 4)))["params"]
+    params = jax.eval_shape(conv.init, key, jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32))[
+        "params"]
     channels[f"groups={groups}"] = {"kernel": list(params["kernel"].shape),
-                                    "weights": int(params["kernel"].size)}
+                                    "weights": int(np.prod(params["kernel"].shape))}
     say(f"  4 -> 8 channels, 3x3, groups={groups}: kernel {params['kernel'].shape} "
-          f"({params['kernel'].size} weights: each output sees 4/{groups} input channels)")
+          f"({np.prod(params['kernel'].shape)} weights: each output sees 4/{groups} input "
+          "channels)")
   # Transposed convolution as C^T, for stride 1 and stride 2.
   errors = {}
   for stride in (1, 2):
-    kernel = np.asarray(jax.random.normal(key, (3, 3)))
-    c = conv_matrix(kernel, (5, 5), stride=stride)
     oh = conv_output_size(5, 3, 0, stride)
-    y = np.asarray(jax.random.normal(jax.random.fold_in(key, stride), (oh, oh)))
+    kernel, y, by_lax, by_flax, unflipped = map(np.asarray, _transposed(key, stride, oh))
+    c = conv_matrix(kernel, (5, 5), stride=stride)
     by_matrix = (c.T @ y.ravel()).reshape(5, 5)
-    by_lax = jax.lax.conv_transpose(y[None, :, :, None], kernel[:, :, None, None],
-                                    (stride, stride), "VALID", transpose_kernel=True)[0, ..., 0]
-    flax_t = nn.ConvTranspose(1, (3, 3), strides=(stride, stride), padding="VALID",
-                              use_bias=False, transpose_kernel=True)
-    by_flax = flax_t.apply({"params": {"kernel": kernel[:, :, None, None]}},
-                           y[None, :, :, None])[0, ..., 0]
-    unflipped = nn.ConvTranspose(1, (3, 3), strides=(stride, stride), padding="VALID",
-                                 use_bias=False).apply(
-        {"params": {"kernel": kernel[:, :, None, None]}}, y[None, :, :, None])[0, ..., 0]
     errors[f"stride {stride}"] = {
         "lax.conv_transpose": float(np.abs(by_lax - by_matrix).max()),
         "nn.ConvTranspose(transpose_kernel=True)": float(np.abs(by_flax - by_matrix).max()),

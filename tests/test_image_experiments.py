@@ -56,7 +56,9 @@ def test_cnn_experiment_on_digits(tmp_path):
   assert summary["2.6.1"]["output_shapes_8x8"]["k(3,5) p(0,1) s(3,4)"] == [2, 2]
   errors = summary["2.6.1"]["transposed_conv_vs_matrix_max_error"]["stride 2"]
   assert errors["lax.conv_transpose"] < 1e-5
+  assert errors["nn.ConvTranspose(transpose_kernel=True)"] < 1e-5
   assert errors["nn.ConvTranspose default (kernel not flipped)"] > 1e-2
+  assert summary["2.6.1"]["groups_4_to_8"]["groups=2"] == {"kernel": [3, 3, 2, 8], "weights": 144}
   entry = summary["2.6.2"]
   assert entry["dataset_name"] == "digits" and entry["epochs"] == 3
   assert entry["test_accuracy"] > 0.5  # 3 epochs on 1437 digits; chance is 0.1
