@@ -295,6 +295,54 @@ def test_patch_conv_equals_xla_conv(xshape, kshape, strides, padding):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("xshape,kshape,padding,dtype", [
+    ((3, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0)), jnp.float32),  # LeNet conv2
+    ((2, 9, 11, 3), (3, 2, 3, 5), ((1, 0), (2, 1)), jnp.float32),    # uneven pads, 3 channels
+    ((2, 8, 8, 4), (3, 3, 4, 8), "SAME", jnp.float32),
+    ((3, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0)), jnp.bfloat16),
+])
+def test_scatter_grad_conv_is_xlas_with_a_col2im_input_gradient(xshape, kshape, padding, dtype):
+  """`scatter_grad_conv`: XLA's convolution and kernel gradient bit for bit, the input
+  gradient equal to autodiff's up to float rounding (vmapped over members too)."""
+  from dlcore.models.layers import scatter_grad_conv
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(xshape), dtype)
+  k = jnp.asarray(rng.standard_normal(kshape), dtype)
+  ref = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, k: scatter_grad_conv(x, k, (1, 1), padding)  # noqa: E731
+  np.testing.assert_array_equal(jax.jit(ours)(x, k), jax.jit(ref)(x, k))
+  w = jnp.asarray(rng.standard_normal(ref(x, k).shape), dtype)
+  grad = lambda f: jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k) * w), argnums=(0, 1)))  # noqa
+  (dx, dk), (dx_ref, dk_ref) = grad(ours)(x, k), grad(ref)(x, k)
+  np.testing.assert_array_equal(dk, dk_ref)
+  assert dx.dtype == dx_ref.dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.float32(dx), np.float32(dx_ref), rtol=tol,
+                             atol=tol * float(jnp.abs(dx_ref).max()))
+  members = jax.vmap(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w)))(
+      jnp.stack([x, x]), jnp.stack([k, 2 * k]))
+  np.testing.assert_allclose(np.float32(members[1]), np.float32(2 * dx_ref), rtol=tol,
+                             atol=2 * tol * float(jnp.abs(dx_ref).max()))
+
+
+def test_auto_conv_routes_few_channel_stride_one_convs_to_scatter_grad(monkeypatch):
+  """LeNet's conv2 (6 -> 16) takes `scatter_grad_conv`; one channel, the CNN's 32 -> 64 and
+  strided convolutions do not."""
+  from dlcore.models import layers
+  calls = []
+  real = layers.scatter_grad_conv
+  monkeypatch.setattr(layers, "scatter_grad_conv",
+                      lambda *a: calls.append(a[1].shape) or real(*a))
+  for name, shape in (("lenet", (2, 32, 32, 1)), ("cnn", (2, 28, 28, 1))):
+    model = models.build(name)
+    model.init(jax.random.PRNGKey(0), jnp.zeros(shape))
+  assert calls == [(5, 5, 6, 16)]
+  layers.auto_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((2, 2, 4, 3)), (2, 2), "VALID",
+                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert calls == [(5, 5, 6, 16)]
+
+
 def test_auto_conv_routes_by_channels(monkeypatch):
   """`Conv2d` uses patches for 1 input channel on CPU and XLA's convolution otherwise; the
   LeNet built on it gives the same outputs as one forced onto XLA's convolution."""
