@@ -125,9 +125,19 @@ def test_jsonl_writer_rows(tmp_path):
 
 
 def test_the_scorer_is_trained_once_cached_and_identified(tmp_path, monkeypatch):
+  from dlcore.models import layers
   monkeypatch.setenv("DLCORE_CACHE", str(tmp_path))
   data = images.load("digits").subset(300, 200)
+  # The scorer keeps the convolutions its published numbers came from: patches for conv1,
+  # never shift_conv (a chapter 6 CNN outside it does use shift_conv: the spy works).
+  shifted, real = [], layers.shift_conv
+  monkeypatch.setattr(layers, "shift_conv", lambda *a: shifted.append(1) or real(*a))
   first = scoring.load_or_train_scorer(data, epochs=1, progress=False)
+  first.features(data.test_x[:10])
+  assert shifted == []
+  cnn = models.build("cnn")
+  cnn.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  assert shifted and layers.SHIFT_CONV_MIN_FEATURES == 16  # restored after the scorer
   assert first.trained_here and first.path.startswith(str(tmp_path / "scorers" / "cnn-digits-"))
   second = scoring.load_or_train_scorer(data, epochs=1, progress=False)
   assert not second.trained_here and second.sha256 == first.sha256

@@ -28,6 +28,7 @@ import numpy as np
 from dlcore import metrics, models, optim
 from dlcore import distributed, timing
 from dlcore.checkpoint import load_model, save_model
+from dlcore.models.layers import pinned_convolutions
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
 from dlcore.harness.cli import ConfigError
@@ -84,8 +85,9 @@ class Scorer:
     self._logits = jax.jit(lambda v, x: self.model.apply(v, self.pipeline(x)))
 
   def _batched(self, fn, x, batch_size=1000):
-    return np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
-                           for i in range(0, len(x), batch_size)])
+    with pinned_convolutions():  # traced (first call) with the scorer's convolutions
+      return np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
+                             for i in range(0, len(x), batch_size)])
 
   def features(self, x_uint8: np.ndarray) -> np.ndarray:
     """Penultimate-layer (fc1) activations, (N, 128)."""
@@ -144,7 +146,14 @@ def _exclusive(lock_path: str, timeout: float, *, what: str):
 def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: int = 3,
                          seed: int = 0, progress: bool = True) -> Scorer:
   """The chapter 6 CNN for `data` from `path` (a save_model folder; default: the cache path
-  for (data, epochs, seed)), or trained and saved there first."""
+  for (data, epochs, seed)), or trained and saved there first. Trained and applied with
+  `pinned_convolutions`: its weights and features do not move with dlcore's speed levers."""
+  with pinned_convolutions():
+    return _load_or_train_scorer(data, path, epochs=epochs, seed=seed, progress=progress)
+
+
+def _load_or_train_scorer(data: ImageData, path: str | None, *, epochs: int, seed: int,
+                          progress: bool) -> Scorer:
   pipeline = scorer_pipeline(data)
   path = os.path.abspath(path or default_scorer_path(data, epochs, seed))
   several = distributed.process_count() > 1

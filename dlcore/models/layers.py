@@ -1,7 +1,9 @@
 """Building blocks shared by several models."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -222,6 +224,22 @@ def scatter_grad_conv(lhs, rhs, window_strides, padding):
 # `auto_conv` uses `scatter_grad_conv` for stride-1 convolutions with 2 to this many input
 # channels on CPU (measured: see `scatter_grad_conv`).
 SCATTER_GRAD_MAX_CHANNELS = 8
+
+
+@contextlib.contextmanager
+def pinned_convolutions():
+  """Functions traced inside take the convolutions dlcore used before `shift_conv` and
+  `scatter_grad_conv` (`patch_conv` for one input channel, XLA's otherwise), whose rounding
+  differs. For instruments whose numbers must not move with a speed lever: the scoring CNN
+  behind every published Frechet distance (`dlcore.harness.scoring`) is trained and applied
+  in here, so its weights and features stay bit for bit those of earlier runs."""
+  global SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS
+  saved = SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS
+  SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS = sys.maxsize, 0
+  try:
+    yield
+  finally:
+    SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS = saved
 
 
 def auto_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
