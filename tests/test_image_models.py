@@ -244,21 +244,15 @@ def test_max_pool2d_vjp_is_autodiffs_bit_for_bit(shape, k, dtype):
   np.testing.assert_array_equal(ours.view(bits), ref.view(bits))
 
 
-@pytest.mark.parametrize("xshape,kshape,strides,padding", [
-    ((3, 14, 14, 1), (3, 3, 1, 32), (1, 1), ((1, 1), (1, 1))),     # the CNN's conv1
-    ((2, 12, 12, 1), (4, 4, 1, 16), (2, 2), "SAME"),               # DCGAN D conv1
-    ((2, 9, 10, 1), (3, 2, 1, 16), (2, 1), ((1, 0), (2, 1))),      # uneven strides and pads
-])
-def test_shift_conv_equals_xla_conv(xshape, kshape, strides, padding):
-  """`shift_conv` is the same function as `lax.conv_general_dilated`: values and both
-  gradients (the input's feeds a GAN generator through its discriminator)."""
-  from dlcore.models.layers import shift_conv
+def _equals_xla_conv(conv, xshape, kshape, strides, padding):
+  """`conv(x, k, strides, padding)` against `lax.conv_general_dilated`: values, both
+  gradients jitted, and the kernel's gradient vmapped over a members axis."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(xshape), jnp.float32)
   k = jnp.asarray(rng.standard_normal(kshape), jnp.float32)
   ref = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
       x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ours = lambda x, k: shift_conv(x, k, strides, padding)  # noqa: E731
+  ours = lambda x, k: conv(x, k, strides, padding)  # noqa: E731
   np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
   w = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
   g_ref = jax.grad(lambda x, k: jnp.sum(ref(x, k) * w), argnums=(0, 1))(x, k)
@@ -268,6 +262,18 @@ def test_shift_conv_equals_xla_conv(xshape, kshape, strides, padding):
   members = jax.vmap(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), argnums=1))(
       jnp.stack([x, 2 * x]), jnp.stack([k, k]))
   np.testing.assert_allclose(members[1], 2 * g_ref[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("xshape,kshape,strides,padding", [
+    ((3, 14, 14, 1), (3, 3, 1, 32), (1, 1), ((1, 1), (1, 1))),     # the CNN's conv1
+    ((2, 12, 12, 1), (4, 4, 1, 16), (2, 2), "SAME"),               # DCGAN D conv1
+    ((2, 9, 10, 1), (3, 2, 1, 16), (2, 1), ((1, 0), (2, 1))),      # uneven strides and pads
+])
+def test_shift_conv_equals_xla_conv(xshape, kshape, strides, padding):
+  """`shift_conv` is the same function as `lax.conv_general_dilated`: values and both
+  gradients (the input's feeds a GAN generator through its discriminator)."""
+  from dlcore.models.layers import shift_conv
+  _equals_xla_conv(shift_conv, xshape, kshape, strides, padding)
 
 
 @pytest.mark.parametrize("xshape,kshape,strides,padding", [
@@ -281,18 +287,7 @@ def test_patch_conv_equals_xla_conv(xshape, kshape, strides, padding):
   """`patch_conv` is the same function as `lax.conv_general_dilated`: values and both
   gradients."""
   from dlcore.models.layers import patch_conv
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal(xshape), jnp.float32)
-  k = jnp.asarray(rng.standard_normal(kshape), jnp.float32)
-  ref = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
-      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ours = lambda x, k: patch_conv(x, k, strides, padding)  # noqa: E731
-  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
-  w = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
-  g_ref = jax.grad(lambda x, k: jnp.sum(ref(x, k) * w), argnums=(0, 1))(x, k)
-  g_ours = jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), argnums=(0, 1))(x, k)
-  for a, b in zip(g_ours, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  _equals_xla_conv(patch_conv, xshape, kshape, strides, padding)
 
 
 @pytest.mark.parametrize("xshape,kshape,padding,dtype", [
