@@ -137,7 +137,9 @@ def test_the_scorer_is_trained_once_cached_and_identified(tmp_path, monkeypatch)
   assert shifted == []
   cnn = models.build("cnn")
   cnn.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-  assert shifted and layers.SHIFT_CONV_MIN_FEATURES == 16  # restored after the scorer
+  assert shifted  # and the settings are restored after the scorer
+  assert (layers.SHIFT_CONV_MIN_FEATURES, layers.SCATTER_GRAD_MAX_CHANNELS,
+          layers.TILE_POOL_VJP) == (16, 8, True)
   assert first.trained_here and first.path.startswith(str(tmp_path / "scorers" / "cnn-digits-"))
   second = scoring.load_or_train_scorer(data, epochs=1, progress=False)
   assert not second.trained_here and second.sha256 == first.sha256

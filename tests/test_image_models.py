@@ -242,6 +242,11 @@ def test_max_pool2d_vjp_is_autodiffs_bit_for_bit(shape, k, dtype):
   assert not np.isin(ref[ref != 0], np.asarray(g, ref.dtype)).all()  # some ties were split
   bits = np.uint16 if ref.itemsize == 2 else np.uint32
   np.testing.assert_array_equal(ours.view(bits), ref.view(bits))
+  if len(shape) == 5:  # members as the step runs them: vmapped, the VJP per member
+    per = lambda f: np.asarray(jax.jit(jax.vmap(jax.grad(  # noqa: E731
+        lambda x, g: jnp.sum((f(x) * g).astype(jnp.float32)))))(x, g))
+    np.testing.assert_array_equal(per(lambda x: layers.max_pool2d(x, k)).view(bits),
+                                  per(chain).view(bits))
 
 
 def _equals_xla_conv(conv, xshape, kshape, strides, padding):
@@ -261,7 +266,26 @@ def _equals_xla_conv(conv, xshape, kshape, strides, padding):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   members = jax.vmap(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), argnums=1))(
       jnp.stack([x, 2 * x]), jnp.stack([k, k]))
+  np.testing.assert_allclose(members[0], g_ref[1], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(members[1], 2 * g_ref[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_shift_conv_rounds_once_in_half_precision(dtype):
+  """In bfloat16 / float16 the taps are summed in float32 and rounded once, as XLA's
+  convolution does: within one unit in the last place of the float32 result, rounded."""
+  from dlcore.models.layers import shift_conv
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 14, 14, 1)), dtype)
+  k = jnp.asarray(rng.standard_normal((3, 3, 1, 32)), dtype)
+  pads = ((1, 1), (1, 1))
+  exact = jax.lax.conv_general_dilated(x.astype(jnp.float32), k.astype(jnp.float32), (1, 1),
+                                       pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = jax.jit(lambda x, k: shift_conv(x, k, (1, 1), pads))(x, k)
+  assert ours.dtype == dtype
+  ulp = float(jnp.finfo(dtype).eps)
+  np.testing.assert_allclose(np.float32(ours), np.float32(exact.astype(dtype)),
+                             rtol=ulp, atol=ulp * float(jnp.abs(exact).max()) / 4)
 
 
 @pytest.mark.parametrize("xshape,kshape,strides,padding", [
@@ -317,6 +341,8 @@ def test_scatter_grad_conv_is_xlas_with_a_col2im_input_gradient(xshape, kshape, 
                              atol=tol * float(jnp.abs(dx_ref).max()))
   members = jax.vmap(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w)))(
       jnp.stack([x, x]), jnp.stack([k, 2 * k]))
+  np.testing.assert_allclose(np.float32(members[0]), np.float32(dx_ref), rtol=tol,
+                             atol=tol * float(jnp.abs(dx_ref).max()))
   np.testing.assert_allclose(np.float32(members[1]), np.float32(2 * dx_ref), rtol=tol,
                              atol=2 * tol * float(jnp.abs(dx_ref).max()))
 
@@ -333,8 +359,11 @@ def test_auto_conv_routes_few_channel_stride_one_convs_to_scatter_grad(monkeypat
     model = models.build(name)
     model.init(jax.random.PRNGKey(0), jnp.zeros(shape))
   assert calls == [(5, 5, 6, 16)]
+  nhwc = ("NHWC", "HWIO", "NHWC")
   layers.auto_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((2, 2, 4, 3)), (2, 2), "VALID",
-                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                   dimension_numbers=nhwc)  # strided
+  layers.auto_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((2, 2, 4, 3)), (1, 1), "VALID",
+                   dimension_numbers=nhwc, precision=jax.lax.Precision.HIGHEST)
   assert calls == [(5, 5, 6, 16)]
 
 
@@ -351,6 +380,7 @@ def test_auto_conv_routes_by_channels(monkeypatch):
   out = model.apply(params, x)
   assert calls == [(5, 5, 1, 6)] * 2  # conv1 at init and at apply; conv2 (6 channels) not
   monkeypatch.setattr(layers, "PATCH_CONV_MAX_CHANNELS", 0)  # every conv on XLA's kernel
+  monkeypatch.setattr(layers, "SCATTER_GRAD_MAX_CHANNELS", 0)
   calls.clear()
   np.testing.assert_allclose(model.apply(params, x), out, rtol=1e-5, atol=1e-6)
   assert calls == []
@@ -372,7 +402,14 @@ def test_auto_conv_routes_one_channel_many_features_to_shift_conv(monkeypatch):
   lenet = models.build("lenet")
   lenet.apply(lenet.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 1))), jnp.zeros((2, 32, 32, 1)))
   assert calls == []
+  nhwc = ("NHWC", "HWIO", "NHWC")  # strided, and more than 9 taps: patches, not shifts
+  layers.auto_conv(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 32)), (2, 2), "VALID",
+                   dimension_numbers=nhwc)
+  layers.auto_conv(jnp.zeros((1, 8, 8, 1)), jnp.zeros((5, 5, 1, 32)), (1, 1), "VALID",
+                   dimension_numbers=nhwc)
+  assert calls == []
   monkeypatch.setattr(layers, "PATCH_CONV_MAX_CHANNELS", 0)  # every conv on XLA's kernel
+  monkeypatch.setattr(layers, "SCATTER_GRAD_MAX_CHANNELS", 0)
   np.testing.assert_allclose(model.apply(variables, x), out, rtol=1e-5, atol=1e-6)
   assert calls == []
 
@@ -392,9 +429,15 @@ def test_lenet_test_forward_in_chunks_gives_the_same_bits():
   """model_building's LeNet evaluates 100 examples at a time: its test loss, accuracy and
   logits equal the whole batch's bit for bit (only the layout changes, 4x faster on CPU)."""
   from dlcore.train.classify import evaluate_classifier, predict_logits
-  from experiments.model_building import TRAINING
-  size, resize, *_, chunk = TRAINING["lenet"]
+  from experiments import model_building
+  from dlcore.harness import cli
+  size, resize, *_ = model_building.TRAINING["lenet"]
+  cfg = cli.parse(model_building.Config, [], "")
+  chunk = model_building.eval_chunk(cfg)
   assert chunk == 100
+  for precision in ("bfloat16", "float16"):  # their logits' last bits move: whole batches
+    assert model_building.eval_chunk(cli.parse(model_building.Config,
+                                               ["--precision", precision], "")) is None
   model = models.build("lenet")
   pipeline = ImagePipeline("pm1", size=size, resize=resize)
   rng = np.random.default_rng(0)
@@ -405,3 +448,25 @@ def test_lenet_test_forward_in_chunks_gives_the_same_bits():
   assert evaluate_classifier(state, test, pipeline, chunk=chunk) == whole
   np.testing.assert_array_equal(predict_logits(state, test["x"], pipeline, chunk=chunk),
                                 predict_logits(state, test["x"], pipeline))
+
+
+def test_reference_kernels_give_forward_mode_autodiff():
+  """A custom VJP has no forward mode: `jax.jvp` through LeNet (its pools, its conv2) fails,
+  and inside `reference_kernels` it works and agrees with the custom VJPs (<u, J t> =
+  <J^T u, t>); the module's settings come back afterwards."""
+  from dlcore.models import layers
+  rng = np.random.default_rng(0)
+  x, t = (jnp.asarray(rng.standard_normal((2, 32, 32, 1)), jnp.float32) for _ in range(2))
+  model = models.build("lenet")
+  variables = model.init(jax.random.PRNGKey(0), x)
+  f = lambda x: model.apply(variables, x)  # noqa: E731
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jvp(f, (x,), (t,))
+  with layers.reference_kernels():
+    out, tangent = jax.jvp(f, (x,), (t,))
+  assert (layers.SHIFT_CONV_MIN_FEATURES, layers.SCATTER_GRAD_MAX_CHANNELS,
+          layers.TILE_POOL_VJP) == (16, 8, True)
+  u = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+  out_vjp, vjp = jax.vjp(f, x)
+  np.testing.assert_allclose(out, out_vjp, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jnp.vdot(u, tangent), jnp.vdot(vjp(u)[0], t), rtol=1e-4)

@@ -28,7 +28,7 @@ import numpy as np
 from dlcore import metrics, models, optim
 from dlcore import distributed, timing
 from dlcore.checkpoint import load_model, save_model
-from dlcore.models.layers import pinned_convolutions
+from dlcore.models.layers import reference_kernels
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
 from dlcore.harness.cli import ConfigError
@@ -85,7 +85,7 @@ class Scorer:
     self._logits = jax.jit(lambda v, x: self.model.apply(v, self.pipeline(x)))
 
   def _batched(self, fn, x, batch_size=1000):
-    with pinned_convolutions():  # traced (first call) with the scorer's convolutions
+    with reference_kernels():  # traced (first call) with the scorer's convolutions
       return np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
                              for i in range(0, len(x), batch_size)])
 
@@ -147,8 +147,8 @@ def load_or_train_scorer(data: ImageData, path: str | None = None, *, epochs: in
                          seed: int = 0, progress: bool = True) -> Scorer:
   """The chapter 6 CNN for `data` from `path` (a save_model folder; default: the cache path
   for (data, epochs, seed)), or trained and saved there first. Trained and applied with
-  `pinned_convolutions`: its weights and features do not move with dlcore's speed levers."""
-  with pinned_convolutions():
+  `reference_kernels`: its weights and features do not move with dlcore's speed levers."""
+  with reference_kernels():
     return _load_or_train_scorer(data, path, epochs=epochs, seed=seed, progress=progress)
 
 

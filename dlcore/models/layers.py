@@ -102,11 +102,12 @@ def _padded(lhs, kh, kw, strides, padding):
 def _shift_conv(lhs, rhs, window_strides, padding):
   kh, kw, _, _ = rhs.shape
   xp, out_hw = _padded(lhs, kh, kw, window_strides, padding)
-  y = None
+  y, f32 = None, jnp.float32  # float32 sums, rounded once, as XLA's convolution does
   for t, view in enumerate(_taps(xp, kh, kw, window_strides, out_hw)):
-    term = view * rhs[t // kw, t % kw, 0]  # (B, Ho, Wo, 1) * (O,): NHWC out, no transpose
+    # (B, Ho, Wo, 1) * (O,): NHWC out, no transpose
+    term = view.astype(f32) * rhs[t // kw, t % kw, 0].astype(f32)
     y = term if y is None else y + term
-  return y
+  return y.astype(jnp.result_type(lhs, rhs))
 
 
 def _shift_conv_fwd(lhs, rhs, window_strides, padding):
@@ -115,6 +116,8 @@ def _shift_conv_fwd(lhs, rhs, window_strides, padding):
 
 def _shift_conv_bwd(window_strides, padding, residuals, g):
   lhs, rhs = residuals
+  dtypes = lhs.dtype, rhs.dtype
+  lhs, rhs, g = (a.astype(jnp.float32) for a in (lhs, rhs, g))  # float32 sums, as XLA's
   kh, kw, c, o = rhs.shape
 
   def as_product(lhs):  # the same function as one matmul over NHWC patches
@@ -129,7 +132,8 @@ def _shift_conv_bwd(window_strides, padding, residuals, g):
   xp, out_hw = _padded(lhs, kh, kw, window_strides, padding)
   patches = jnp.stack([t[..., 0] for t in _taps(xp, kh, kw, window_strides, out_hw)])
   d_rhs = (patches.reshape(kh * kw, -1) @ g.reshape(-1, o)).reshape(rhs.shape)
-  return jax.vjp(as_product, lhs)[1](g)[0], d_rhs
+  d_lhs = jax.vjp(as_product, lhs)[1](g)[0]
+  return d_lhs.astype(dtypes[0]), d_rhs.astype(dtypes[1])
 
 
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
@@ -226,20 +230,28 @@ def scatter_grad_conv(lhs, rhs, window_strides, padding):
 SCATTER_GRAD_MAX_CHANNELS = 8
 
 
+# `max_pool2d` takes its custom VJP for non-overlapping windows on CPU (see there).
+TILE_POOL_VJP = True
+
+
 @contextlib.contextmanager
-def pinned_convolutions():
-  """Functions traced inside take the convolutions dlcore used before `shift_conv` and
-  `scatter_grad_conv` (`patch_conv` for one input channel, XLA's otherwise), whose rounding
-  differs. For instruments whose numbers must not move with a speed lever: the scoring CNN
-  behind every published Frechet distance (`dlcore.harness.scoring`) is trained and applied
-  in here, so its weights and features stay bit for bit those of earlier runs."""
-  global SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS
-  saved = SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS
-  SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS = sys.maxsize, 0
+def reference_kernels():
+  """Functions traced inside take the layers dlcore used before its custom-VJP kernels:
+  `patch_conv` for one input channel and XLA's convolution otherwise (no `shift_conv`, no
+  `scatter_grad_conv`, whose rounding differs), and `max_pool2d` as plain autodiff of its
+  chain of maxima (the same bits). All of it is plain JAX, so forward-mode autodiff
+  (`jax.jvp`, `jacfwd`, `hessian`), which a custom VJP refuses, works through LeNet and the
+  CNN in here. Also for instruments whose numbers must not move with a speed lever: the
+  scoring CNN behind every published Frechet distance (`dlcore.harness.scoring`) is trained
+  and applied in here, so its weights and features stay bit for bit those of earlier runs.
+  Module-wide (not per thread): trace in one thread at a time while it is held."""
+  global SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS, TILE_POOL_VJP
+  saved = SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS, TILE_POOL_VJP
+  SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS, TILE_POOL_VJP = sys.maxsize, 0, False
   try:
     yield
   finally:
-    SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS = saved
+    SHIFT_CONV_MIN_FEATURES, SCATTER_GRAD_MAX_CHANNELS, TILE_POOL_VJP = saved
 
 
 def auto_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -354,9 +366,10 @@ def max_pool2d(x, kernel_size, stride=None):
   one; after a ReLU the usual ties are zeros, whose gradient the ReLU discards anyway.
   Non-overlapping windows (stride = kernel: LeNet, the CNN) take that same gradient, bit for
   bit, from a custom VJP that lays it out without strided pads (`_tile_max_pool_bwd`; the
-  CNN's jitted step 41.8 -> 40.2 ms alone, 32.7 ms with `shift_conv`; LeNet 7.8 -> 7.4).
-  `tests/test_image_models.py` checks both against `nn.max_pool` and the custom VJP against
-  autodiff's.
+  CNN's jitted step 41.8 -> 40.2 ms alone, 32.7 ms with `shift_conv`; LeNet 7.8 -> 7.4), on
+  CPU, where it was measured. A custom VJP has no forward mode: `jax.jvp` / `hessian` through
+  such a pool need `reference_kernels()`. `tests/test_image_models.py` checks both against
+  `nn.max_pool` and the custom VJP against autodiff's.
   """
   kh, kw = _pair(kernel_size)
   sh, sw = _pair(stride) if stride else (kh, kw)
@@ -364,7 +377,8 @@ def max_pool2d(x, kernel_size, stride=None):
   ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
   if ho < 1 or wo < 1:
     raise ValueError(f"max_pool2d: window {(kh, kw)} larger than the input {(h, w)}")
-  if (sh, sw) == (kh, kw):
+  if ((sh, sw) == (kh, kw) and kh * kw > 1 and TILE_POOL_VJP
+      and jax.default_backend() == "cpu"):
     return _tile_max_pool(x, kh, kw)
   return _chain_max(_pool_views(x, kh, kw, sh, sw, ho, wo))
 

@@ -138,6 +138,8 @@ def chunked(fn, x: jax.Array, chunk: int | None):
   picks for the smaller batch, so a caller tests its model at its chunk (LeNet's patch
   convolution at batch 1000: the chunk of 100 gives the same bits, 4x faster because a chunk's
   patches stay in cache; a chunk of 50 changes the last bit of the loss)."""
+  if chunk is not None and chunk < 1:
+    raise ValueError(f"chunked: chunk must be a positive number of examples, got {chunk}")
   b = x.shape[0]
   if chunk is None or chunk >= b:
     return fn(x)
