@@ -370,29 +370,32 @@ def save_model(path: str, name: str, variables: dict, *, input_shape: tuple[int,
   registry.build(name, **kwargs)  # fail now, not at load time, if it cannot be rebuilt
   meta = {"format": FORMAT_VERSION, "name": name, "kwargs": kwargs,
           "input_shape": list(input_shape)}
-  # All or nothing: the folder is written beside `path` and renamed into place, so a stop
-  # at any moment leaves the old folder (or none), never half of one.
+  # All or nothing: the folder is written beside `path` and renamed into place, so a
+  # SIGKILL at any moment leaves the old folder (or none), never half of one. A SIGTERM or
+  # Ctrl-C waits for the end of the save (`preemption.held`): Orbax writes in threads, and a
+  # stop raised inside would leave them filling a folder that the cleanup had removed.
   parent, base = os.path.split(path)
   os.makedirs(parent, exist_ok=True)
-  _sweep_leftovers(parent, base)
-  tmp = files.make_dir(parent, prefix=f".{base}.", suffix=".tmp")
-  old = None
-  try:
-    with _local_checkpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, "variables"), _host(variables), force=True)
-    files.write_json(os.path.join(tmp, "model.json"), meta, indent=2)
-    if os.path.exists(path):
-      old = files.make_dir(parent, prefix=f".{base}.", suffix=".old")
-      os.replace(path, os.path.join(old, base))
-    os.replace(tmp, path)
-  except BaseException:
-    if old is not None and not os.path.exists(path):  # stopped between the two renames
-      os.replace(os.path.join(old, base), path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  finally:
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+  with preemption.held():
+    _sweep_leftovers(parent, base)
+    tmp = files.make_dir(parent, prefix=f".{base}.", suffix=".tmp")
+    old = None
+    try:
+      with _local_checkpointer() as ckptr:
+        ckptr.save(os.path.join(tmp, "variables"), _host(variables), force=True)
+      files.write_json(os.path.join(tmp, "model.json"), meta, indent=2)
+      if os.path.exists(path):
+        old = files.make_dir(parent, prefix=f".{base}.", suffix=".old")
+        os.replace(path, os.path.join(old, base))
+      os.replace(tmp, path)
+    except BaseException:
+      if old is not None and not os.path.exists(path):  # failed between the two renames
+        os.replace(os.path.join(old, base), path)
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    finally:
+      if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
   return path
 
 

@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Any, Iterator
 
+from dlcore import preemption
+
 
 def _umask() -> int:
   mask = os.umask(0)
@@ -43,21 +45,28 @@ def replacing(path: str, *, suffix: str = "") -> Iterator[str]:
   temporary name's ending (e.g. ".png", for libraries that choose a format by it)."""
   folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{suffix}")
+  # The temporary file's creation, the rename and the removal each finish whole under a
+  # stop (`preemption.held`, which raises the stop at the block's end, inside the `try`);
+  # only the caller's writing in between is interrupted at once.
+  tmp = None
   try:
-    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)
-  finally:
-    os.close(fd)
-  try:
+    with preemption.held():
+      fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{suffix}")
+      try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)
+      finally:
+        os.close(fd)
     yield tmp
-    with open(tmp, "rb+") as f:
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with preemption.held():
+      with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+      _fsync_dir(folder)
   except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
+    if tmp is not None:
+      with preemption.held(), contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
     raise
-  _fsync_dir(folder)
 
 
 def make_dir(parent: str, *, prefix: str, suffix: str) -> str:

@@ -9,7 +9,8 @@ checkpoint at that step with the epoch's records so far, and raises `Preempted`.
 In training (inside `fit`) the handlers only note the signal; `fit` reads it after every
 step. Outside training (loading data, compiling, a final evaluation, scoring, writing the
 summary) a signal stops the program at once with `Preempted`: what was saved stays, and
-the message says what that is. A second Ctrl-C stops at once too. `Preempted` derives from
+the message says what that is; a short all-or-nothing write in progress (`held`: a model
+folder, a file renamed into place) finishes first, so no temporary is left behind. A second Ctrl-C stops at once too. `Preempted` derives from
 `BaseException`, as `KeyboardInterrupt` does, so no `except Exception` on the way (a data
 source trying the next candidate, a loader turning errors into its own) can swallow it.
 Python ignores an exception raised inside a gc callback, `__del__` or a weakref callback,
@@ -60,6 +61,8 @@ _job: "_Job | None" = None
 _pipe: int | None = None       # write end: the handlers' requests to raise again
 _early_called = False          # a program (`python -m experiments.*`), see `early`
 _generation = 0                # advanced by `reset`: a raise-again asked before it is dropped
+_held = 0                      # depth of `held()` blocks: a stop there waits for their end
+_held_stop = False             # a stop arrived inside a `held()` block
 
 
 class Preempted(BaseException):
@@ -101,7 +104,7 @@ def note_saved(directory: str, step: int) -> None:
 
 # ---- handlers -------------------------------------------------------------------------------
 def _handler(signum, frame) -> None:
-  global _requested, _again
+  global _requested, _again, _held_stop
   name = signal.Signals(signum).name
   again, _again = _again, False
   if _delivered:  # the program is leaving with its stop already
@@ -110,6 +113,9 @@ def _handler(signum, frame) -> None:
     raise KeyboardInterrupt
   _requested = _requested or name
   if not _training:
+    if _held:  # an all-or-nothing write in progress: it ends, then the stop is raised
+      _held_stop = True
+      return
     if _in_finalizer(frame):  # Python would ignore the exception here: raise it soon after
       _later(signum, deferred=True)
       return
@@ -286,9 +292,43 @@ def requested() -> str | None:
 def reset() -> None:
   """Forgets a request (a new run in the same process starts clean), and any raise-again
   it asked for."""
-  global _requested, _generation
-  _requested = None
+  global _requested, _generation, _held_stop
+  _requested, _held_stop = None, False
   _generation += 1
+
+
+@contextlib.contextmanager
+def held():
+  """A short all-or-nothing write (a model folder, a file renamed into place, a temporary
+  file's creation or removal): a stop that arrives inside only is noted and is raised when
+  the block ends, so the write (or its cleanup) runs whole and leaves no temporary behind
+  (a stop raised inside an asynchronous save would leave the writer's threads filling a
+  folder that the cleanup just removed). A second Ctrl-C still stops at once. A block that
+  ends with its own error raises that error (a `Preempted` instead, chained, when a stop
+  arrived inside and the error is not already a stop)."""
+  global _held, _held_stop
+  _held += 1
+  try:
+    yield
+  except BaseException as e:
+    _held -= 1
+    if _held == 0 and _held_stop:
+      _held_stop = False
+      if not isinstance(e, (Preempted, KeyboardInterrupt, SystemExit)) and _requested:
+        raise _stop_now() from e
+    raise
+  _held -= 1
+  if _held == 0 and _held_stop:
+    _held_stop = False
+    if _requested is not None and not _training and not _delivered:
+      raise _stop_now()
+
+
+def _stop_now() -> "Preempted":
+  """The stop a handler would have raised (a program's is raised again until delivered)."""
+  if _program:
+    _later(getattr(signal, _requested))
+  return Preempted(_requested)
 
 
 # ---- training -------------------------------------------------------------------------------

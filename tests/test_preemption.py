@@ -341,23 +341,82 @@ def test_a_raise_again_asked_by_an_ended_run_never_reaches_the_next_one():
     preemption.uninstall(previous)
 
 
-def test_a_stop_while_a_model_folder_is_written_leaves_the_old_one(handlers, monkeypatch,
-                                                                    tmp_path):
+def _signal_during(fn):
+  """`fn`, with SIGTERM sent to this process once it returned, and time for the handler to
+  run before the caller goes on (where the old code raised the stop)."""
+  def wrapped(*args, **kwargs):
+    out = fn(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
+    return out
+  return wrapped
+
+
+def test_a_stop_while_a_model_folder_is_written_waits_for_the_whole_folder(handlers,
+                                                                          monkeypatch, tmp_path):
+  """A SIGTERM while Orbax writes a model folder (its threads still filling it; CI saw a
+  stop there leave a temporary folder in the scorer cache) and while its model.json is
+  written: the save ends whole, then the stop is raised; nothing temporary is left."""
   from dlcore import checkpoint, files
   from tests.helpers import small_state
   path = str(tmp_path / "m")
-  old = small_state(seed=1).params
-  checkpoint.save_model(path, "mlp", {"params": old}, input_shape=(2,))
-  write_json = files.write_json
-  monkeypatch.setattr(files, "write_json", lambda *a, **k: _signal_self())
+  checkpoint.save_model(path, "mlp", {"params": small_state(seed=1).params}, input_shape=(2,))
+  for seed, where in [(2, "orbax"), (3, "model.json")]:
+    new = small_state(seed=seed).params
+    with monkeypatch.context() as m:
+      if where == "orbax":
+        make = checkpoint._local_checkpointer
+
+        def signalling():
+          ckptr = make()
+          ckptr.save = _signal_during(ckptr.save)
+          return ckptr
+        m.setattr(checkpoint, "_local_checkpointer", signalling)
+      else:
+        m.setattr(files, "write_json", _signal_during(files.write_json))
+      with pytest.raises(handlers.Preempted):
+        checkpoint.save_model(path, "mlp", {"params": new}, input_shape=(2,))
+    assert sorted(os.listdir(tmp_path)) == ["m"], where  # no temporary folder left
+    _, variables = checkpoint.load_model(path)
+    assert all(np.array_equal(a, b) for a, b in zip(jax_leaves(variables["params"]),
+                                                    jax_leaves(new))), where
+
+
+def test_a_stop_as_a_temporary_file_is_made_or_renamed_leaves_none(handlers, monkeypatch,
+                                                                   tmp_path):
+  """`files.replacing`: a SIGTERM just after the temporary file was created leaves the old
+  file and no temporary one; just after the rename, the new file."""
+  import tempfile
+  from dlcore import files
+  path = tmp_path / "a.json"
+  files.write_json(path, {"v": 1})
+  with monkeypatch.context() as m:
+    m.setattr(tempfile, "mkstemp", _signal_during(tempfile.mkstemp))
+    with pytest.raises(handlers.Preempted):
+      files.write_json(path, {"v": 2})
+  assert os.listdir(tmp_path) == ["a.json"] and json.load(open(path)) == {"v": 1}
+  with monkeypatch.context() as m:
+    m.setattr(os, "replace", _signal_during(os.replace))
+    with pytest.raises(handlers.Preempted):
+      files.write_json(path, {"v": 3})
+  assert os.listdir(tmp_path) == ["a.json"] and json.load(open(path)) == {"v": 3}
+
+
+def test_held_raises_only_a_stop_that_arrived_inside(handlers):
+  """A stop inside `held()` waits for the block's end; a request left from an earlier stop
+  that a notebook caught is not raised again by a later block."""
+  inside = []
   with pytest.raises(handlers.Preempted):
-    checkpoint.save_model(path, "mlp", {"params": small_state(seed=2).params},
-                          input_shape=(2,))
-  monkeypatch.setattr(files, "write_json", write_json)
-  assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary folder left
-  _, variables = checkpoint.load_model(path)
-  assert all(np.array_equal(a, b) for a, b in zip(jax_leaves(variables["params"]),
-                                                  jax_leaves(old)))
+    with handlers.held():
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.5)
+      inside.append(True)  # reached: the stop waited
+  assert inside == [True]
+  assert handlers.requested() == "SIGTERM"  # a caught stop, its request kept
+  with handlers.held():
+    pass  # no new stop: nothing raised
+  with pytest.raises(handlers.Preempted):  # outside a block a stop is at once, as before
+    _signal_self()
 
 
 def jax_leaves(tree):

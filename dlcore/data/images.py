@@ -51,6 +51,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from dlcore import preemption
 from dlcore.data import DataError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -331,10 +332,13 @@ def fetch(url: str, path: str, *, sha256: str | None = None, size: int | None = 
   timeout = download_timeout() if timeout is None else timeout
   folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".part")
   digest, received, expected = hashlib.sha256(), 0, size
+  tmp = out = None
   try:
-    with os.fdopen(fd, "wb") as out:
+    with preemption.held():  # no stop between the file's creation and knowing its name
+      fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".part")
+      out = os.fdopen(fd, "wb")
+    with out:
       try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
           length = response.headers.get("Content-Length")
@@ -365,8 +369,12 @@ def fetch(url: str, path: str, *, sha256: str | None = None, size: int | None = 
                           f"changed file on the server?)")
     os.replace(tmp, path)
   except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
+    with preemption.held():
+      if out is not None:
+        out.close()
+      if tmp is not None:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(tmp)
     raise
   return path
 
@@ -417,8 +425,10 @@ def _extract(archive: str, dest: str, ds: DatasetInfo) -> None:
   """Extracts `archive` into `dest` all or nothing: into a private folder first, checked
   (CIFAR-10: 10,000 records in every batch file), then each top-level folder is renamed into
   place. A folder already in place is kept (it was checked when it arrived)."""
-  tmp = tempfile.mkdtemp(dir=dest, prefix=".extract-")
+  tmp = None
   try:
+    with preemption.held():  # no stop between the folder's creation and knowing its name
+      tmp = tempfile.mkdtemp(dir=dest, prefix=".extract-")
     try:
       with tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
@@ -443,7 +453,9 @@ def _extract(archive: str, dest: str, ds: DatasetInfo) -> None:
           raise
         # Another run extracted the same archive first: its copy was checked too.
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+      with preemption.held():
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _digits() -> dict:
