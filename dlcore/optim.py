@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
 NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
@@ -66,3 +68,47 @@ def make_optimizer(name: str, lr: float | Callable[[int], float], *, momentum: f
   if weight_decay:
     tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
   return tx
+
+
+def injected(factory: Callable[..., optax.GradientTransformation], **values: float
+             ) -> optax.GradientTransformation:
+  """`factory(**values)` with `values` (numbers: a learning rate, the base rate of a
+  schedule `factory` builds, momentum, weight decay, ...) kept in the optimizer state as
+  arrays (`optax.inject_hyperparams`), so members of one program can each carry their own
+  (`set_hyperparams`, `dlcore.train.members.create_members(hyperparams=...)`). Computes what
+  `factory(**values)` computes, to float rounding; the state's tree differs."""
+  return optax.inject_hyperparams(factory)(**values)
+
+
+def _is_injected(node) -> bool:
+  return hasattr(node, "hyperparams") and hasattr(node, "inner_state")
+
+
+def set_hyperparams(opt_state, values: dict[str, float]):
+  """`opt_state` (of an `injected` optimizer, wherever it sits in the tree) with the
+  hyperparameters in `values` replaced, each in the dtype it had."""
+  found = set()
+
+  def put(node):
+    if not _is_injected(node):
+      return node
+    found.update(node.hyperparams)
+    return node._replace(hyperparams={
+        k: (jnp.asarray(values[k], dtype=jnp.result_type(v)) if k in values else v)
+        for k, v in node.hyperparams.items()})
+
+  opt_state = jax.tree.map(put, opt_state, is_leaf=_is_injected)
+  if missing := sorted(set(values) - found):
+    raise ValueError(f"the optimizer state has no injected hyperparameter {', '.join(missing)}"
+                     f" (it has: {', '.join(sorted(found)) or 'none'}); build it with "
+                     "optim.injected")
+  return opt_state
+
+
+def hyperparams_of(opt_state) -> dict:
+  """The injected hyperparameters of `opt_state` (`injected`), as arrays."""
+  out = {}
+  for node in jax.tree.leaves(opt_state, is_leaf=_is_injected):
+    if _is_injected(node):
+      out |= node.hyperparams
+  return out

@@ -23,7 +23,7 @@ optimizer comparison.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,7 @@ COMPARED = {  # name -> make_optimizer arguments (SPEC 2.3.3, plus AdaGrad)
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr", "momentum")  # --sweep: numbers in the 2.3.1 step
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   epochs: cli.Positive[int] = 20
@@ -88,8 +89,12 @@ def run_classifier(cfg: Config, run, runner, data) -> dict:
                 out_dim=data.num_classes, batchnorm=cfg.batchnorm)
   model = models.build("mnist_mlp", **kwargs)  # for the layer table: float32 is fine
   steps_per_epoch = -(-len(data.train_x) // cfg.batch_size)  # with the partial batch
-  schedule = optim.step_decay(cfg.lr, cfg.decay_every * steps_per_epoch, cfg.decay_factor)
-  tx = optim.make_optimizer("momentum", schedule, momentum=cfg.momentum)
+  every = cfg.decay_every * steps_per_epoch
+
+  def make_tx(lr, momentum):  # --sweep: lr (the schedule's base) and momentum as arrays
+    return optim.make_optimizer("momentum", optim.step_decay(lr, every, cfg.decay_factor),
+                                momentum=momentum)
+  tx = make_tx(cfg.lr, cfg.momentum)
   pipeline = ImagePipeline("pm1")
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                  pipeline(jnp.zeros((2, *data.image_shape),
@@ -102,7 +107,7 @@ def run_classifier(cfg: Config, run, runner, data) -> dict:
   summary, _ = classifier_experiment(
       cfg, run, runner, spec_id="2.3.1", model_name="mnist_mlp", model_kwargs=kwargs, data=data,
       pipeline=pipeline, tx=tx, title="chapter 3 MLP",
-      extra={"momentum": cfg.momentum, "seed_reference": SEED_REFERENCE})
+      extra={"momentum": cfg.momentum, "seed_reference": SEED_REFERENCE}, tx_factory=make_tx)
   summary["2.3.2"] = {"layers": [name for name, _ in model.layers],
                       "parameters": count_params(variables["params"])}
   return summary

@@ -71,6 +71,11 @@ class Common:
   """Train N runs side by side as one program, seeds seed..seed+N-1 (vmapped; split over the
   devices under --mode sharded): summary numbers become means over the seeds with <key>_std
   and per_seed; curves get a min-max band. None: 1 (fizzbuzz and the LSTM tagger: 10)."""
+  sweep: tuple[str, ...] = ()
+  """NAME=V1,V2,... [NAME=...]: train every point of that grid, crossed with --seeds, as
+  members of one program (NAME: an option of this experiment that enters the step as a
+  number; the description above lists them). Adds "sweep" to the summary, sweep.csv, plots
+  and the best point."""
   precision: Precision = "float32"
   """Computation dtype of the models (parameters, optimizer state and checkpoints stay
   float32; losses and batch statistics are float32); float16 adds dynamic loss scaling."""
@@ -187,10 +192,17 @@ def _prog(config_cls) -> str | None:
 def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   """Parses argv (default: sys.argv[1:]) into `config_cls`; `--help` lists every option with
   its description, type and default. Invalid values stop with one line and exit code 2."""
+  from dlcore.harness import sweeps
+  names = sweeps.sweepable(config_cls)
+  if description is not None and "common" in {f.name for f in dataclasses.fields(config_cls)}:
+    description += ("\n\n--sweep names (numbers in the step, one program): "
+                    f"{', '.join(names)}" if names else
+                    "\n\n--sweep: not available in this experiment yet")
   cfg = tyro.cli(config_cls, args=argv, description=description, prog=_prog(config_cls))
   _start_timing()
   try:
     check(cfg)
+    sweeps.Sweep.of(cfg)  # an unknown name or a bad value: now, before any work
     common = getattr(cfg, "common", None)
     if (common is not None and common.mode in ("pmap", "sharded") and common.devices
         and getattr(cfg, "batch_size", None) and cfg.batch_size % common.devices):

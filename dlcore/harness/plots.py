@@ -242,3 +242,34 @@ def scatter_fit(x, y, fits: dict[str, tuple], path: str, *, title: str = "") -> 
   ax.set_title(title)
   _legend_grid(ax)
   return _save(fig, path)
+
+
+@timing.section(FIGURES)
+def sweep(rows: Sequence[dict], names: Sequence[str], key: str, path: str, *, seeds: int = 1,
+          title: str = "") -> str:
+  """A sweep's final `key` against each swept name (one panel per name; the other names'
+  values as separate lines), the seeds' sample standard deviation as error bars; a log axis
+  where the values span more than a decade."""
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    others = [n for n in names if n != name]
+    groups: dict[tuple, list] = {}
+    for row in rows:
+      groups.setdefault(tuple(row["point"][n] for n in others), []).append(row)
+    for values, group in groups.items():
+      group = sorted(group, key=lambda r: r["point"][name])
+      x = [r["point"][name] for r in group]
+      y = [r[key] for r in group]
+      err = [r.get(f"{key}_std", 0.0) for r in group] if seeds > 1 else None
+      label = " ".join(f"{n}={v:g}" for n, v in zip(others, values)) or None
+      ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    xs = [r["point"][name] for r in rows]
+    if min(xs) > 0 and max(xs) / min(xs) > 10:
+      ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_ylabel(key + (f" (mean of {seeds} seeds, bars: std)" if seeds > 1 else ""))
+    if others:
+      ax.legend()
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  return _save(fig, path)

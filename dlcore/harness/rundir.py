@@ -24,6 +24,11 @@ RESUMABLE = {"common.resume", "common.auto_resume", "common.progress", "common.t
              "epochs", "score_every"}
 
 
+# Settings added since runs were first saved, at the value that computes what runs without
+# them computed: a saved run that lacks one resumes as if it had this value.
+ADDED = {"common.sweep": []}
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
   out = {}
   for k, v in d.items():
@@ -202,7 +207,7 @@ class RunDir:
     if not os.path.exists(path):
       return
     try:
-      old = _flat(_read_json(path))
+      old = ADDED | _flat(_read_json(path))
     except RunDirError:
       self._release()
       raise

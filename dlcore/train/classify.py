@@ -59,23 +59,27 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
                      eval_chunk: int | None = None,
                      checkpoint_dir: str | None = None,
                      on_epoch_end: Callable | None = None, loss_scale=None,
-                     seeds: Sequence[int] | None = None) -> ClassifierRun:
+                     seeds: Sequence[int] | None = None,
+                     hyperparams: Sequence[dict] | None = None) -> ClassifierRun:
   """Trains `model` on `data.train()` for `epochs` (shuffled each epoch, deterministic in
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
   into `checkpoint_dir` (none: no checkpoints) and resumes from there. `loss_scale`: see
   `create_train_state` (float16). `seeds` (more than one): those runs side by side as
   members (`dlcore.train.members`), each as the single run with its seed (then `seed` is
   unused; the returned numbers are means and `members` holds each seed's run). `eval_chunk`:
-  the test forward runs that many examples at a time (`dlcore.train.steps.chunked`)."""
+  the test forward runs that many examples at a time (`dlcore.train.steps.chunked`).
+  `hyperparams` (a sweep; `tx` from `optim.injected`): one dict per seed of `seeds`, member
+  i trains with `hyperparams[i]` (see `members.create_members`); always run as members."""
   seeds = [seed] if seeds is None else list(seeds)
-  many = len(seeds) > 1
+  many = len(seeds) > 1 or hyperparams is not None
   for split, y in (("train", data.train_y), ("test", data.test_y)):
     dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   example = pipeline(jnp.asarray(data.train_x[:2]))
   train_step = make_train_step(xent_loss, preprocess=pipeline)
   if many:
     runner = mb.MemberRunner(runner, len(seeds))
-    state = mb.create_members(model, tx, example, seeds, loss_scale=loss_scale)
+    state = mb.create_members(model, tx, example, seeds, loss_scale=loss_scale,
+                              hyperparams=hyperparams)
     train_step = mb.over_members(train_step)
   else:
     state = create_train_state(model, tx, example, seeds[0], loss_scale=loss_scale)
@@ -90,7 +94,7 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   if many:  # the data goes to the device once; each member's indices are gathered there
     on_device = jax.device_put(train)
     batches = lambda e: mb.member_batches(on_device, batch_size, seeds, e)  # noqa: E731
-    desc = f"{desc} x{len(seeds)} seeds"
+    desc = f"{desc} x{len(seeds)} {'seeds' if hyperparams is None else 'members'}"
   else:
     batches = lambda e: dldata.batches(train, batch_size, shuffle=True,  # noqa: E731
                                        seed=seeds[0], epoch=e)

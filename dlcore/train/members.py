@@ -63,10 +63,18 @@ def member_seeds(seed: int, n: int) -> list[int]:
 
 
 def create_members(model, tx, example_x, seeds: Sequence[int], init_args: tuple = (),
-                   loss_scale=None) -> TrainState:
-  """One `create_train_state` per seed, stacked along a leading members axis."""
-  return stack_states([create_train_state(model, tx, example_x, s, init_args, loss_scale)
-                       for s in seeds])
+                   loss_scale=None, hyperparams: Sequence[dict] | None = None) -> TrainState:
+  """One `create_train_state` per seed, stacked along a leading members axis.
+  `hyperparams` (one dict per member, `tx` from `optim.injected`): member i's optimizer runs
+  with `hyperparams[i]` (a sweep's point), the other hyperparameters as `tx` has them."""
+  if hyperparams is not None and len(hyperparams) != len(seeds):
+    raise ValueError(f"{len(hyperparams)} hyperparameter sets for {len(seeds)} members")
+  states = [create_train_state(model, tx, example_x, s, init_args, loss_scale) for s in seeds]
+  if hyperparams is not None:
+    from dlcore import optim
+    states = [s.replace(opt_state=optim.set_hyperparams(s.opt_state, h))
+              for s, h in zip(states, hyperparams)]
+  return stack_states(states)
 
 
 def num_members(state) -> int:
