@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,7 @@ from dlcore.models.custom import conv_matrix, conv_output_size
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr",)  # --sweep: numbers in the step
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   epochs: cli.Positive[int] = 10
@@ -148,7 +149,8 @@ def main(argv=None) -> dict:
     entry, _ = classifier_experiment(
         cfg, run, runner, spec_id="2.6.2", model_name="cnn", model_kwargs=kwargs, data=data,
         pipeline=pipeline, tx=optim.make_optimizer("adam", cfg.lr), title="chapter 6 CNN",
-        extra={"architecture": "conv-pool-conv-pool-fc-fc (dlcore's design; seed code missing)"})
+        extra={"architecture": "conv-pool-conv-pool-fc-fc (dlcore's design; seed code missing)"},
+        tx_factory=lambda lr: optim.make_optimizer("adam", lr))
     summary |= entry
   run.update_summary(summary)
   run.close()

@@ -17,7 +17,7 @@ over the same batches computes (`--fuse 0`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import jax
 import numpy as np
@@ -29,12 +29,14 @@ from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, spread
+from dlcore.harness.sweeps import Sweep
 from dlcore.harness.writers import say
 from dlcore.train import fit, fused_epoch, make_train_step, repeat_step
 
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr",)  # --sweep: numbers in the step, one program
   common: cli.Shared = cli.shared()
   epochs: cli.Positive[int] = 10000
   """Training epochs (the seed's 10000)."""
@@ -64,8 +66,11 @@ def loss_fn(logits, batch):
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   run, runner = start_run(cfg, "fizzbuzz")
-  seeds = Seeds.of(cfg.common, default=10)
+  sweep = Sweep.of(cfg)
+  seeds = Seeds.of(cfg.common, default=10, sweep=sweep)
   runner = seeds.runner(runner)
+  if sweep is not None:
+    say(seeds.describe())
   x, y = synthetic.fizzbuzz(101, 2 ** cfg.num_digits, cfg.num_digits)
   train = {"x": x, "y": y}
   if cfg.drop_remainder:
@@ -73,7 +78,7 @@ def main(argv=None) -> dict:
     train = {k: v[:keep] for k, v in train.items()}
   model = models.build("mlp", widths=(cfg.hidden, 4), activation="relu",
                        dtype=cli.model_dtype(cfg.common))
-  tx = optim.make_optimizer("sgd", cfg.lr)
+  tx = seeds.optimizer(lambda lr: optim.make_optimizer("sgd", lr), lr=cfg.lr)
   state = seeds.state(model, tx, x[:2], loss_scale=cli.loss_scale(cfg.common))
 
   # In order, as the seed: the same batches go to every member; each has its own init.
@@ -96,7 +101,8 @@ def main(argv=None) -> dict:
     state, history = fit(state, runner.compile(call), batches, runner=runner,
                          num_epochs=num_calls, steps_per_call=steps_per_call, run=run,
                          checkpointer=ckpt, resume=cfg.common.resume, progress=cfg.common.progress,
-                         desc=f"fizzbuzz x{seeds.n} seeds", log_every=10**9 if cfg.fuse else 500)
+                         desc=f"fizzbuzz x{seeds.n} {'members' if sweep else 'seeds'}",
+                         log_every=10**9 if cfg.fuse else 500)
 
   test_x, test_y = synthetic.fizzbuzz(1, 101, cfg.num_digits)
   apply = jax.jit(model.apply)
@@ -104,6 +110,8 @@ def main(argv=None) -> dict:
   preds = np.stack([np.asarray(apply({"params": m.params}, test_x).argmax(-1))
                     for m, _ in members])                # (seeds, 100)
   per_seed = (preds == test_y).sum(1).astype(int)
+  if sweep is not None:
+    return _sweep_summary(cfg, run, seeds, per_seed, members)
   vote = np.array([np.bincount(col, minlength=4).argmax() for col in preds.T])
   best = int(np.argmax(per_seed == int(np.median(per_seed))))  # a member at the median
   words = [synthetic.fizz_buzz_decode(i, int(p)) for i, p in zip(range(1, 101), preds[best])]
@@ -129,6 +137,22 @@ def main(argv=None) -> dict:
       "vote_correct_of_100": int((vote == test_y).sum()),
       "predictions_median_seed": words,
       "epochs": cfg.epochs, "dataset": "fizzbuzz 101..1023 (10-bit)"}}
+  run.update_summary(summary)
+  run.close()
+  return summary
+
+
+def _sweep_summary(cfg, run, seeds, correct, members) -> dict:
+  """A sweep's table, figures and summary: each point's correct answers of 100 over its
+  seeds (the single run's majority vote and median are about seeds, not points)."""
+  entry = seeds.summarize([
+      {"correct_of_100": int(c), "final_train_loss": h[-1]["train"]["loss"] if h else None}
+      for c, (_, h) in zip(correct, members)], best="correct_of_100")
+  entry |= entry["best_point"]
+  seeds.sweep.write(run, entry, seeds.per_point, ["correct_of_100", "final_train_loss"],
+                    curves={"train_loss": [seeds.curve(h, "train", "loss") for _, h in members]},
+                    title=f"FizzBuzz, {cfg.epochs} epochs")
+  summary = {"1.7": entry | {"epochs": cfg.epochs, "dataset": "fizzbuzz 101..1023 (10-bit)"}}
   run.update_summary(summary)
   run.close()
   return summary

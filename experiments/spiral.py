@@ -16,7 +16,7 @@ dropout, and an overfitting demonstration.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import jax
 import numpy as np
@@ -30,6 +30,7 @@ from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, is_number, curve, spread
+from dlcore.harness.sweeps import Sweep
 from dlcore.harness.writers import say
 from dlcore.train import fit, make_train_step
 from dlcore.train.state import variables_of
@@ -37,6 +38,7 @@ from dlcore.train.state import variables_of
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr",)  # --sweep: 3.1-3.3's learning rate, one program
   common: cli.Shared = cli.shared()
   csv: str | None = None
   """Made With ML's spiral.csv (X1, X2, color columns); default: generate the spiral."""
@@ -70,17 +72,19 @@ def split(x, y, seed):
 
 
 def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, dropout=0.0,
-              init_scheme="default", weighted=True):
+              init_scheme="default", weighted=True, sweep=None):
+  """(each member's (state, history, predictions), history, predict, seeds); `sweep`
+  (`Sweep.of(cfg)`): its points x the seeds as members, `lr` swept."""
   x_train, y_train = data["train"]
   counts = np.bincount(y_train, minlength=num_classes)
   weights = (1.0 / counts).astype(np.float32) if weighted else None
   model = models.build("spiral_mlp", input_dim=x_train.shape[1], hidden_dim=hidden,
                        num_classes=num_classes, dropout_p=dropout,
                        init_scheme=init_scheme, dtype=cli.model_dtype(cfg.common))
-  seeds = Seeds.of(cfg.common)
+  seeds = Seeds.of(cfg.common, sweep=sweep)
   runner = seeds.runner(runner)
-  state = seeds.state(model, optim.make_optimizer("adam", lr), x_train[:2],
-                      loss_scale=cli.loss_scale(cfg.common))
+  tx = seeds.optimizer(lambda lr: optim.make_optimizer("adam", lr), lr=lr)
+  state = seeds.state(model, tx, x_train[:2], loss_scale=cli.loss_scale(cfg.common))
 
   def loss_fn(logits, batch):
     return losses.cross_entropy(logits, batch["y"], weight=weights), {
@@ -93,7 +97,7 @@ def train_mlp(cfg, run, runner, data, *, name, num_classes, hidden, lr, epochs, 
   predict = jax.jit(lambda s, x: s.apply_fn(variables_of(s), x).argmax(-1))
   runs = [(s, h, {k: np.asarray(predict(s, x)) for k, (x, _) in data.items()})
           for s, h in seeds.each(state, history)]
-  return runs, history, predict
+  return runs, history, predict, seeds
 
 
 def metrics_of(y_true, y_pred, class_names):
@@ -116,13 +120,15 @@ def main(argv=None) -> dict:
   run, runner = start_run(cfg, "spiral", checkpoints=False)
   data = split(x, y, cfg.split_seed)
   say(f"data: {source}; train/val/test {[len(v[1]) for v in data.values()]}")
-  summary = {}
+  summary, sweep = {}, Sweep.of(cfg)
+  if sweep is not None:
+    say(Seeds.of(cfg.common, sweep=sweep).describe() + " for each of 3.1-3.3")
   for spec_id, name, kw in (("3.1", "default init", {}),
                             ("3.2", "xavier relu init", {"init_scheme": "xavier_relu"}),
                             ("3.3", f"dropout {cfg.dropout}", {"dropout": cfg.dropout})):
-    runs, _, predict = train_mlp(cfg, run, runner, data, name=name,
-                                 num_classes=len(class_names), hidden=cfg.hidden, lr=cfg.lr,
-                                 epochs=cfg.epochs, **kw)
+    runs, _, predict, seeds = train_mlp(cfg, run, runner, data, name=name,
+                                        num_classes=len(class_names), hidden=cfg.hidden,
+                                        lr=cfg.lr, epochs=cfg.epochs, sweep=sweep, **kw)
     entries = []
     for _, history, pred in runs:
       test = metrics_of(data["test"][1], pred["test"], class_names)
@@ -130,10 +136,18 @@ def main(argv=None) -> dict:
                       "train_accuracy": float(np.mean(pred["train"] == data["train"][1])),
                       "val_accuracy": float(np.mean(pred["val"] == data["val"][1])),
                       "final_train_loss": history[-1]["train"]["loss"]})
-    entry = Seeds.of(cfg.common).summarize(entries) | {"data": source, "epochs": cfg.epochs}
+    entry = seeds.summarize(entries, best="val_accuracy") | {"data": source,
+                                                             "epochs": cfg.epochs}
     summary[spec_id] = entry
-    say(f"{spec_id} {name}: test accuracy {spread(entry, 'test_accuracy', '.3f')} (train "
-          f"{entry['train_accuracy']:.3f}, val {entry['val_accuracy']:.3f})")
+    if sweep is not None:  # picked by validation accuracy: the test split stays unseen
+      entry |= entry["best_point"]
+      sweep.write(run, entry, seeds.per_point, ["val_accuracy", "test_accuracy",
+                                                "train_accuracy", "final_train_loss"],
+                  curves={"train_loss": [curve(h, "train", "loss") for _, h, _ in runs]},
+                  title=f"{spec_id} {name}", name=f"sweep_{spec_id}")
+    best = f" (best point {Sweep.label(entry['best_point'])})" if sweep is not None else ""
+    say(f"{spec_id} {name}{best}: test accuracy {spread(entry, 'test_accuracy', '.3f')} "
+        f"(train {entry['train_accuracy']:.3f}, val {entry['val_accuracy']:.3f})")
     state = runs[0][0]  # the figures: the first seed's net
     for split_name in ("train", "test"):
       xs, ys = data[split_name]
@@ -155,7 +169,7 @@ def overfit(cfg, run, runner) -> dict:
   x = rng.rand(n * c, d).astype(np.float32)
   y = np.repeat(np.arange(c), n).astype(np.int32)
   data = split(x, y, cfg.split_seed)
-  runs, history, predict = train_mlp(
+  runs, history, predict, _ = train_mlp(
       cfg, run, runner, data, name="overfit", num_classes=c, hidden=2 * n * c + d,
       lr=cfg.overfit_lr, epochs=cfg.overfit_epochs, dropout=cfg.dropout)
   entry = Seeds.of(cfg.common).summarize([

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ from dlcore.data.transforms import ImagePipeline
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, spread
+from dlcore.harness.sweeps import Sweep
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
 from dlcore.train import batch_evaluator, fit, make_train_step, run_evaluators
@@ -45,6 +46,7 @@ FALLBACK = ("fashion_mnist", "digits")
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr",)  # --sweep: numbers in the step, one program
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   score: cli.ScoreOptions = cli.scoring()
@@ -77,14 +79,19 @@ def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   data = cli.load_image_data(cfg.data, fallback=FALLBACK)
   run, runner = start_run(cfg, "vae")
-  seeds = Seeds.of(cfg.common)  # --seeds N: N VAEs side by side; figures from the first
+  sweep = Sweep.of(cfg)
+  # --seeds N: N VAEs side by side (--sweep: every point x seed); figures from the first
+  seeds = Seeds.of(cfg.common, sweep=sweep)
   runner = seeds.runner(runner)
+  if sweep is not None:
+    say(seeds.describe())
   shape = data.image_shape
   model = models.build("vae", image_size=math.prod(shape), h_dim=cfg.hidden,
                        z_dim=cfg.latent_dim, image_shape=shape, dtype=cli.model_dtype(cfg.common))
   pipe = ImagePipeline("unit")
-  state = seeds.state(model, optim.make_optimizer("adam", cfg.lr),
-                      pipe(jnp.asarray(data.train_x[:2])), loss_scale=cli.loss_scale(cfg.common))
+  tx = seeds.optimizer(lambda lr: optim.make_optimizer("adam", lr), lr=cfg.lr)
+  state = seeds.state(model, tx, pipe(jnp.asarray(data.train_x[:2])),
+                      loss_scale=cli.loss_scale(cfg.common))
 
   def loss_fn(out, batch):
     logits, mu, log_var = out
@@ -150,11 +157,13 @@ def main(argv=None) -> dict:
   plots.panels({"loss per sample": {"train": seeds.curve(history, "train", "loss"),
                                     "test": seeds.curve(history, "eval", "loss")}},
                run.file("loss_curves.png"), x=epochs, title=f"VAE on {data.name}")
-  entry = seeds.summarize(entries)
+  entry = seeds.summarize(entries, best="test_loss", higher_is_better=False)
+  if sweep is not None:
+    entry |= entry["best_point"]
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
             "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
             "loss": "per sample: BCE summed over pixels + KL, z sampled"}
-  state = seeds.first(state)
+  state_all, state = state, seeds.first(state)
   if cfg.latent_dim == 2:
     from scipy.stats import norm
 
@@ -169,7 +178,13 @@ def main(argv=None) -> dict:
     say(f"Frechet distance (CNN features), samples vs test: "
         f"{spread(entry, 'frechet_distance', '.3f')}; "
         f"real train vs test: {entry['frechet_distance_train_vs_test']:.3f}")
-  say(f"VAE on {data.label}: test loss {spread(entry, 'test_loss', '.2f')} per sample")
+  if sweep is not None:
+    sweep.write(run, entry, seeds.per_point, list(entries[0]),
+                curves={"test_loss": [seeds.curve(h, "eval", "loss") for _, h in
+                                      seeds.each(state_all, history)]},
+                title=f"VAE on {data.name}, {cfg.epochs} epochs")
+  best = f" (best point {Sweep.label(entry['best_point'])})" if sweep is not None else ""
+  say(f"VAE on {data.label}{best}: test loss {spread(entry, 'test_loss', '.2f')} per sample")
   summary = run.update_summary({"2.8.1": entry})
   run.close()
   return summary

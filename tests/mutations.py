@@ -407,6 +407,29 @@ BREAKS.update({
       tests=[T_IMG + "::test_chunked_keeps_each_example_in_place",
              T_IMG + "::test_lenet_test_forward_in_chunks_gives_the_same_bits"]),
 })
+T_SW = "tests/test_sweeps.py"
+BREAKS.update({
+  "sweep-hyperparams-not-set": dict(file="dlcore/optim.py",
+      old="        k: (jnp.asarray(values[k], dtype=jnp.result_type(v)) if k in values else v)",
+      new="        k: v",
+      tests=[T_SW + "::test_injected_hyperparameters_compute_what_the_plain_optimizer_does",
+             T_SW + "::test_a_member_of_a_sweep_is_the_single_run_with_its_point_and_seed"]),
+  "sweep-members-seed-major": dict(file="dlcore/harness/sweeps.py",
+      old="    pairs = [(s, p) for p in self.points for s in seeds]",
+      new="    pairs = [(s, p) for s in seeds for p in self.points]",
+      tests=[T_SW + "::test_a_member_of_a_sweep_is_the_single_run_with_its_point_and_seed"]),
+  "sweep-members-share-one-point": dict(file="dlcore/train/members.py",
+      old="  if hyperparams is not None:\n    from dlcore import optim",
+      new="  if False:\n    from dlcore import optim",
+      tests=[T_SW + "::test_a_grid_of_two_names_with_one_seed"]),
+  "sweep-values-unchecked": dict(file="dlcore/harness/sweeps.py",
+      old="      cli.check(dataclasses.replace(cfg, **{name: v}))", new="      pass",
+      tests=[T_SW + "::test_a_bad_sweep_stops_before_any_work_in_one_line"]),
+  "sweep-old-runs-refused": dict(file="dlcore/harness/rundir.py",
+      old="      old = ADDED | _flat(_read_json(path))", new="      old = _flat(_read_json(path))",
+      tests=[T_SW + "::test_a_run_saved_before_sweep_existed_resumes"]),
+})
+
 
 def main(argv=None) -> int:
   """Plants each named break (all by default), runs its tests, restores the file; prints

@@ -25,12 +25,12 @@ def test_a_member_of_a_sweep_is_the_single_run_with_its_point_and_seed(tmp_path)
   jit = _mlp(tmp_path, "jit", *sweep)
   sharded = _mlp(tmp_path, "sharded", *sweep, "--mode", "sharded", "--devices", "2")
   one = _mlp(tmp_path, "one", "--lr", "0.05", "--seed", "1")
-  other = _mlp(tmp_path, "other", "--lr", "0.01", "--seed", "0")
+  other = _mlp(tmp_path, "other", "--lr", "0.01", "--seed", "1")  # off the diagonal
   for entry in (jit, sharded):
     points = [row["point"] for row in entry["sweep"]]
     assert points == [{"lr": 0.01}, {"lr": 0.05}]
     _assert_close(entry["sweep"][1]["per_seed"]["test_loss"][1], one["test_loss"], rtol=1e-4)
-    _assert_close(entry["sweep"][0]["per_seed"]["test_loss"][0], other["test_loss"],
+    _assert_close(entry["sweep"][0]["per_seed"]["test_loss"][1], other["test_loss"],
                   rtol=1e-4)
     best = max(entry["sweep"], key=lambda r: r["test_accuracy"])
     assert entry["best_point"] == best["point"] and entry["lr"] == best["point"]["lr"]
@@ -39,7 +39,7 @@ def test_a_member_of_a_sweep_is_the_single_run_with_its_point_and_seed(tmp_path)
     rows = list(csv.DictReader(f))
   assert [(r["lr"], r["seed"]) for r in rows] == [("0.01", "0"), ("0.01", "1"), ("0.05", "0"),
                                                   ("0.05", "1")]
-  assert float(rows[3]["test_loss"]) == jit["sweep"][1]["per_seed"]["test_loss"][1]
+  assert float(rows[1]["test_loss"]) == jit["sweep"][0]["per_seed"]["test_loss"][1]
   for name in ("sweep_test_accuracy.png", "sweep_curves_test_loss.png"):
     assert os.path.getsize(tmp_path / "jit" / name) > 1000
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlcore import models, optim
+from dlcore import models
 from dlcore.checkpoint import save_model
 from dlcore.data.images import ImageData
 from dlcore.data.transforms import ImagePipeline
@@ -56,30 +56,26 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   `eval_chunk`: the test forward that many examples at a time (`train_classifier`).
   `tx_factory(**numbers)`: `tx` from the config's sweepable numbers (its `SWEEPABLE`), for
   `--sweep` (then every point x seed is a member; `tx` itself is not used)."""
-  seeds = Seeds.of(cfg.common)
   sweep = Sweep.of(cfg)
-  member_seeds, hyper = seeds.seeds, None
+  seeds = Seeds.of(cfg.common, sweep=sweep)
   if sweep is not None:
     if tx_factory is None:
       raise ConfigError("--sweep: this experiment has no sweepable optimizer settings")
-    names = sweepable(type(cfg))
-    tx = optim.injected(tx_factory, **{n: getattr(cfg, n) for n in names})
-    member_seeds, hyper = sweep.members(seeds.seeds)
-    say(f"sweep: {len(sweep.points)} points x {seeds.n} seed{'s' * seeds.many} = "
-        f"{len(member_seeds)} members, one compiled program")
+    tx = seeds.optimizer(tx_factory, **{n: getattr(cfg, n) for n in sweepable(type(cfg))})
+    say(seeds.describe())
   model = models.build(model_name, **model_kwargs, dtype=cli.model_dtype(cfg.common))
   result = train_classifier(model, data, tx, pipeline=pipeline, batch_size=cfg.batch_size,
                             epochs=cfg.epochs, runner=runner, writer=run, seed=cfg.common.seed,
                             resume=cfg.common.resume, progress=cfg.common.progress, desc=title,
                             checkpoint_dir=run.file("checkpoints"), on_epoch_end=print_epoch,
-                            loss_scale=cli.loss_scale(cfg.common), seeds=member_seeds,
-                            eval_chunk=eval_chunk, hyperparams=hyper)
+                            loss_scale=cli.loss_scale(cfg.common), seeds=seeds.seeds,
+                            eval_chunk=eval_chunk, hyperparams=seeds.hyper)
   runs = result.members or [result]  # each seed's run; the figures and the model: the first
   plot_history(result.history, run.file(f"{model_name}_curves.png"),
                f"{title} on {data.name} ({cfg.common.mode})")
   pred = predict_logits(runs[0].state, data.test_x, pipeline, chunk=eval_chunk).argmax(-1)
-  which = (f" ({Sweep.label(hyper[0])}, seed {seeds.seeds[0]})" if sweep is not None else
-           f" (seed {seeds.seeds[0]})" if seeds.many else "")
+  which = (f" ({Sweep.label(seeds.hyper[0])}, seed {seeds.seeds[0]})" if sweep is not None
+           else f" (seed {seeds.seeds[0]})" if seeds.many else "")
   plots.confusion(data.test_y, pred, data.class_names, run.file(f"{model_name}_confusion.png"),
                   title=f"{title}{which}: test accuracy {runs[0].test_accuracy:.4f}")
   input_shape = pipeline(jnp.zeros((1, *data.image_shape), jnp.uint8)).shape[1:]
@@ -90,10 +86,7 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
        "train_accuracy": r.train_accuracy,
        "test_accuracy_per_epoch": [h.get("eval", {}).get("accuracy") for h in r.history],
        **cli.skipped_entry(r.state)} for r in runs]
-  if sweep is None:
-    entry = seeds.summarize(entries)
-  else:
-    entry = sweep.summarize(entries, seeds.seeds, best="test_accuracy")
+  entry = seeds.summarize(entries, best="test_accuracy")
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "mode": cfg.common.mode, "devices": runner.devices,
             "model": model_name, **(extra or {})}
@@ -105,7 +98,7 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   else:  # the table, the figures, and last the best point
     say(f"{title} on {data.name}, {cfg.epochs} epochs; model{which} saved to "
         f"{run.file('model')}")
-    sweep.write(run, entry, seeds.seeds, ["test_accuracy", "test_loss", "train_accuracy"],
+    sweep.write(run, entry, seeds.per_point, ["test_accuracy", "test_loss", "train_accuracy"],
                 curves={f"test_{k}": np.array([curve(r.history, "eval", k) for r in runs])
                         for k in ("accuracy", "loss")},
                 title=f"{title} on {data.name}")

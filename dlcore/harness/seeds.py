@@ -22,21 +22,30 @@ import numpy as np
 
 from dlcore import data as dldata
 from dlcore.harness.errors import ConfigError
+from dlcore.harness.sweeps import Sweep
 from dlcore.train import members as mb
 from dlcore.train.state import create_train_state
 
 
 @dataclasses.dataclass
 class Seeds:
-  seeds: list[int]
+  seeds: list[int]  # each member's seed (a sweep repeats `--seed`..`--seeds` per point)
   # id(host arrays) -> (those arrays, their device copy): the data goes to the device once
   _device: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+  sweep: "Sweep | None" = None     # `--sweep`: the grid, crossed with the seeds
+  base: list[int] | None = None    # with a sweep: the seeds of each point
+  hyper: list[dict] | None = None  # with a sweep: each member's hyperparameters
 
   @classmethod
-  def of(cls, common, default: int = 1) -> "Seeds":
-    """The seeds `--seed S --seeds N` ask for (a `cli.Common`); `default` when N is None."""
+  def of(cls, common, default: int = 1, *, sweep: "Sweep | None" = None) -> "Seeds":
+    """The seeds `--seed S --seeds N` ask for (a `cli.Common`); `default` when N is None.
+    `sweep` (`Sweep.of(cfg)`): every point of its grid with every seed is a member."""
     n = getattr(common, "seeds", None)
-    return cls(mb.member_seeds(common.seed, default if n is None else n))
+    base = mb.member_seeds(common.seed, default if n is None else n)
+    if sweep is None:
+      return cls(base)
+    seeds, hyper = sweep.members(base)
+    return cls(seeds, sweep=sweep, base=base, hyper=hyper)
 
   @property
   def n(self) -> int:
@@ -44,7 +53,29 @@ class Seeds:
 
   @property
   def many(self) -> bool:
-    return self.n > 1
+    return self.n > 1 or self.sweep is not None
+
+  @property
+  def per_point(self) -> list[int]:
+    """The seeds of one point (all of them without a sweep)."""
+    return self.seeds if self.sweep is None else self.base
+
+  def optimizer(self, factory, **values):
+    """`factory(**values)`, today's optimizer; with a sweep `optim.injected`, so that each
+    member's point (set by `state`) enters the step as numbers. `values` name every swept
+    name (the experiment's SWEEPABLE)."""
+    if self.sweep is None:
+      return factory(**values)
+    if missing := sorted(set(self.sweep.names) - set(values)):
+      raise ValueError(f"{', '.join(missing)} swept but not an argument of the optimizer")
+    from dlcore import optim
+    return optim.injected(factory, **values)
+
+  def describe(self) -> str:
+    """The log line of a sweep (its size, and that it is one program)."""
+    k = len(self.per_point)
+    return (f"sweep: {len(self.sweep.points)} points x {k} seed{'s' * (k > 1)} = {self.n} "
+            "members, one compiled program")
 
   def runner(self, runner):
     if not self.many:
@@ -57,7 +88,8 @@ class Seeds:
   def state(self, model, tx, example_x, *, init_args: tuple = (), loss_scale=None):
     if not self.many:
       return create_train_state(model, tx, example_x, self.seeds[0], init_args, loss_scale)
-    return mb.create_members(model, tx, example_x, self.seeds, init_args, loss_scale)
+    return mb.create_members(model, tx, example_x, self.seeds, init_args, loss_scale,
+                             hyperparams=self.hyper)
 
   def step(self, step):
     return mb.over_members(step) if self.many else step
@@ -96,8 +128,16 @@ class Seeds:
   def curve(self, history: list[dict], split: str, key: str):
     return curve(history, split, key)
 
-  def summarize(self, entries: Sequence[dict]) -> dict:
-    return summarize(entries, self.seeds)
+  def summarize(self, entries: Sequence[dict], *, best: str | None = None,
+                higher_is_better: bool = True) -> dict:
+    """One entry from every member's (see `summarize`); with a sweep `Sweep.summarize`, its
+    best point by `best`."""
+    if self.sweep is None:
+      return summarize(entries, self.seeds)
+    if best is None:
+      raise ValueError("a sweep's summary needs the key that picks the best point")
+    return self.sweep.summarize(entries, self.base, best=best,
+                                higher_is_better=higher_is_better)
 
 
 def curve(history: list[dict], split: str, key: str):

@@ -117,10 +117,12 @@ class Sweep:
     return out
 
   def write(self, run, entry: dict, seeds: Sequence[int], keys: Sequence[str], *,
-            curves: dict[str, np.ndarray] | None = None, title: str = "") -> None:
-    """sweep.csv (a row per point and seed), a markdown table in the log, a plot of each
-    final metric in `keys` against each swept name, the learning curves of every point in
-    one figure (`curves`: name of the metric -> members x epochs), the best point's line."""
+            curves: dict[str, np.ndarray] | None = None, title: str = "",
+            name: str = "sweep") -> None:
+    """<name>.csv (a row per point and seed), a markdown table in the log, a plot of each
+    final metric in `keys` against each swept name (<name>_<key>.png), the learning curves
+    of every point in one figure (`curves`: metric name -> members x epochs;
+    <name>_curves_<metric>.png), and last the best point's line."""
     from dlcore import files
     from dlcore.harness import plots
     from dlcore.harness.writers import say
@@ -133,7 +135,7 @@ class Sweep:
       for j, seed in enumerate(seeds):
         values = [per[k][j] if k in per else row[k] for k in keys]
         table.writerow([*(row["point"][k] for k in self.names), seed, *values])
-    files.write_text(run.file("sweep.csv"), out.getvalue())
+    files.write_text(run.file(f"{name}.csv"), out.getvalue())
     head = f"| {' | '.join(self.names)} | " + " | ".join(keys) + " |"
     lines = [head, "|" + "---|" * (len(self.names) + len(keys))]
     for row in rows:
@@ -141,16 +143,17 @@ class Sweep:
                for k in keys]
       point = " | ".join(format(row["point"][k], "g") for k in self.names)
       lines.append(f"| {point} | " + " | ".join(cells) + " |")
-    say("\n".join(lines))
+    say((f"{title}\n" if title else "") + "\n".join(lines))
     for key in keys:
-      plots.sweep(rows, self.names, key, run.file(f"sweep_{key}.png"), seeds=len(seeds),
+      plots.sweep(rows, self.names, key, run.file(f"{name}_{key}.png"), seeds=len(seeds),
                   title=title)
     if curves:
       n = len(seeds)
       for key, per_member in curves.items():
+        per_member = np.asarray(per_member, dtype=float)
         series = {self.label(p): per_member[i * n:(i + 1) * n] if n > 1
                   else per_member[i * n] for i, p in enumerate(self.points)}
-        plots.curves(series, run.file(f"sweep_curves_{key}.png"), xlabel="epoch", ylabel=key,
+        plots.curves(series, run.file(f"{name}_curves_{key}.png"), xlabel="epoch", ylabel=key,
                      title=f"{title}: {key} of every point")
     say(f"best point: {self.label(entry['best_point'])} with {entry['best_by']} "
         f"{entry[entry['best_by']]:.4f}" + (f" (mean of {len(seeds)} seeds)"
