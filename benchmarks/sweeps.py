@@ -71,7 +71,8 @@ def measure(case: str, lrs: list[float], tmp: str) -> dict:
   separate = sum(walls)
   return {"points": len(lrs), "sweep_s": round(one_wall, 1), "separate_s": round(separate, 1),
           "ratio": round(one_wall / separate, 3), "key": f"{sid} {key}",
-          "max_rel_diff": max(diffs), "best_point": one[sid]["best_point"]}
+          "max_rel_diff": max(diffs), "rel_diff_per_point": dict(zip(map(str, lrs), diffs)),
+          "best_point": one[sid]["best_point"]}
 
 
 def main(argv=None) -> None:

@@ -97,6 +97,8 @@ def set_hyperparams(opt_state, values: dict[str, float]):
         k: (jnp.asarray(values[k], dtype=jnp.result_type(v)) if k in values else v)
         for k, v in node.hyperparams.items()})
 
+  if not values:
+    return opt_state
   opt_state = jax.tree.map(put, opt_state, is_leaf=_is_injected)
   if missing := sorted(set(values) - found):
     raise ValueError(f"the optimizer state has no injected hyperparameter {', '.join(missing)}"

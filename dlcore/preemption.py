@@ -10,9 +10,10 @@ In training (inside `fit`) the handlers only note the signal; `fit` reads it aft
 step. Outside training (loading data, compiling, a final evaluation, scoring, writing the
 summary) a signal stops the program at once with `Preempted`: what was saved stays, and
 the message says what that is; a short all-or-nothing write in progress (`held`: a model
-folder, a file renamed into place) finishes first, so no temporary is left behind. A second Ctrl-C stops at once too. `Preempted` derives from
-`BaseException`, as `KeyboardInterrupt` does, so no `except Exception` on the way (a data
-source trying the next candidate, a loader turning errors into its own) can swallow it.
+folder, a file renamed into place) finishes first, so no temporary is left behind. A second
+Ctrl-C stops at once too. `Preempted` derives from `BaseException`, as `KeyboardInterrupt`
+does, so no `except Exception` on the way (a data source trying the next candidate, a loader
+turning errors into its own) can swallow it.
 Python ignores an exception raised inside a gc callback, `__del__` or a weakref callback,
 and a handler can run inside one: a program's stop is raised again until it is caught.
 
@@ -232,12 +233,12 @@ def install(*, program: bool = False) -> dict:
   discards a request, and a stop raised outside training is raised again until it is
   delivered. Without it (a notebook), a request left over when a `fit` starts is from an
   earlier, stopped run and is forgotten."""
-  global _program, _delivered, _requested, _told, _saved
+  global _program, _delivered, _requested, _told, _saved, _held
   pending = _requested if signal.getsignal(signal.SIGTERM) is _early_handler else None
   if pending is None:
     _told = False
   reset()
-  _program, _delivered, _saved = program, False, None
+  _program, _delivered, _saved, _held = program, False, None, 0
   if program:
     _start_again_thread()
   previous = {s: signal.signal(s, _handler) for s in SIGNALS}
@@ -297,31 +298,42 @@ def reset() -> None:
   _generation += 1
 
 
-@contextlib.contextmanager
-def held():
+class held:
   """A short all-or-nothing write (a model folder, a file renamed into place, a temporary
   file's creation or removal): a stop that arrives inside only is noted and is raised when
   the block ends, so the write (or its cleanup) runs whole and leaves no temporary behind
   (a stop raised inside an asynchronous save would leave the writer's threads filling a
   folder that the cleanup just removed). A second Ctrl-C still stops at once. A block that
   ends with its own error raises that error (a `Preempted` instead, chained, when a stop
-  arrived inside and the error is not already a stop)."""
-  global _held, _held_stop
-  _held += 1
-  try:
-    yield
-  except BaseException as e:
+  arrived inside and the error is not already a stop); a block inside the handling of a stop
+  (a cleanup) lets that stop go on. Signals reach the main thread only: in other threads
+  (a background checkpoint writer) the block changes nothing."""
+
+  def __enter__(self):
+    global _held
+    self.counted = threading.current_thread() is threading.main_thread()
+    if self.counted:
+      _held += 1
+    return self
+
+  def __exit__(self, kind, error, tb):
+    global _held, _held_stop
+    if not self.counted:
+      return False
     _held -= 1
-    if _held == 0 and _held_stop:
-      _held_stop = False
-      if not isinstance(e, (Preempted, KeyboardInterrupt, SystemExit)) and _requested:
-        raise _stop_now() from e
-    raise
-  _held -= 1
-  if _held == 0 and _held_stop:
+    if _held or not _held_stop:
+      return False
     _held_stop = False
+    stops = (Preempted, KeyboardInterrupt, SystemExit)
+    if error is not None:  # the block's own error, a stop instead when it is not one
+      if not isinstance(error, stops) and _requested:
+        raise _stop_now() from error
+      return False
+    if isinstance(sys.exc_info()[1], stops):  # a cleanup while a stop is on its way
+      return False
     if _requested is not None and not _training and not _delivered:
       raise _stop_now()
+    return False
 
 
 def _stop_now() -> "Preempted":

@@ -30,6 +30,7 @@ _totals: dict[str, float] = defaultdict(float)
 _stack: list[list] = []        # [name, start, nested sections' and compilations' time, whole]
 _spans: list[tuple] = []       # recent compile spans (start, end, counted): nested tracing
 _listening = False
+_compiles = 0                  # XLA compilations seen (`compiles`)
 _lock = threading.Lock()
 _t0 = time.perf_counter()      # when the account began (`reset`)
 START_UP = "start-up"          # the section of the seconds spent before `reset`
@@ -64,9 +65,11 @@ def section(name: str, *, whole: bool = False):
 def _on_span(event: str, start: float, end: float, **_) -> None:
   """A compile phase ended: counts it once (a program traced inside another's tracing is
   inside that span already) and takes it out of the section that was compiling."""
+  global _compiles
   if event not in _COMPILE_EVENTS:
     return
   with _lock:
+    _compiles += event == _COMPILE_EVENTS[-1]
     inner = [s for s in _spans if s[0] >= start and s[1] <= end]
     counted = max(0.0, end - start - sum(s[2] for s in inner))
     _spans[:] = [s for s in _spans if s not in inner][-32:] + [(start, end, end - start)]
@@ -81,6 +84,14 @@ def _listen() -> None:
     import jax
     jax.monitoring.register_event_time_span_listener(_on_span)
     _listening = True
+
+
+def compiles() -> int:
+  """How many programs XLA has compiled in this process so far (a persistent-cache hit is
+  not a compilation); the difference over a stretch of code counts its programs."""
+  _listen()
+  with _lock:
+    return _compiles
 
 
 def report() -> dict:

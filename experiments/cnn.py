@@ -36,6 +36,7 @@ from dlcore.models.custom import conv_matrix, conv_output_size
 @dataclasses.dataclass
 class Config:
   SWEEPABLE: ClassVar = ("lr",)  # --sweep: numbers in the step
+  SWEEP_SHAPES: ClassVar = ("hidden", "batch_size")  # --sweep: one program per value
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   epochs: cli.Positive[int] = 10
@@ -144,13 +145,17 @@ def main(argv=None) -> dict:
     c, h, w = data.image_shape[2], *data.image_shape[:2]
     size = None if (h, w) == (28, 28) else 28  # the CNN is built for 28x28 inputs
     pipeline = ImagePipeline("pm1", size=size, resize="bilinear")
-    kwargs = dict(in_channels=c, num_classes=data.num_classes, channels=tuple(cfg.channels),
-                  hidden=cfg.hidden, dropout=cfg.dropout)
+    adam = lambda lr: optim.make_optimizer("adam", lr)  # noqa: E731 (--sweep lr: an array)
+
+    def setup(cfg):  # again for each value of a swept shape option (--sweep hidden=...)
+      return dict(in_channels=c, num_classes=data.num_classes, channels=tuple(cfg.channels),
+                  hidden=cfg.hidden, dropout=cfg.dropout), adam
+    kwargs, _ = setup(cfg)
     entry, _ = classifier_experiment(
         cfg, run, runner, spec_id="2.6.2", model_name="cnn", model_kwargs=kwargs, data=data,
         pipeline=pipeline, tx=optim.make_optimizer("adam", cfg.lr), title="chapter 6 CNN",
         extra={"architecture": "conv-pool-conv-pool-fc-fc (dlcore's design; seed code missing)"},
-        tx_factory=lambda lr: optim.make_optimizer("adam", lr))
+        tx_factory=adam, setup=setup)
     summary |= entry
   run.update_summary(summary)
   run.close()

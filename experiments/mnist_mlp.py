@@ -53,6 +53,7 @@ COMPARED = {  # name -> make_optimizer arguments (SPEC 2.3.3, plus AdaGrad)
 @dataclasses.dataclass
 class Config:
   SWEEPABLE: ClassVar = ("lr", "momentum")  # --sweep: numbers in the 2.3.1 step
+  SWEEP_SHAPES: ClassVar = ("batch_size",)  # --sweep: one program per value
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   epochs: cli.Positive[int] = 20
@@ -83,17 +84,23 @@ class Config:
   """2.3.3: learning rate of every optimizer."""
 
 
-def run_classifier(cfg: Config, run, runner, data) -> dict:
-  in_dim = int(np.prod(data.image_shape))
-  kwargs = dict(in_dim=in_dim, n_hidden_1=cfg.hidden[0], n_hidden_2=cfg.hidden[1],
-                out_dim=data.num_classes, batchnorm=cfg.batchnorm)
-  model = models.build("mnist_mlp", **kwargs)  # for the layer table: float32 is fine
+def setup(cfg: Config, data) -> tuple[dict, callable]:
+  """(the model's kwargs, the optimizer from its numbers) for `cfg`: called again for each
+  value of a swept shape option (--sweep batch_size=...)."""
+  kwargs = dict(in_dim=int(np.prod(data.image_shape)), n_hidden_1=cfg.hidden[0],
+                n_hidden_2=cfg.hidden[1], out_dim=data.num_classes, batchnorm=cfg.batchnorm)
   steps_per_epoch = -(-len(data.train_x) // cfg.batch_size)  # with the partial batch
   every = cfg.decay_every * steps_per_epoch
 
   def make_tx(lr, momentum):  # --sweep: lr (the schedule's base) and momentum as arrays
     return optim.make_optimizer("momentum", optim.step_decay(lr, every, cfg.decay_factor),
                                 momentum=momentum)
+  return kwargs, make_tx
+
+
+def run_classifier(cfg: Config, run, runner, data) -> dict:
+  kwargs, make_tx = setup(cfg, data)
+  model = models.build("mnist_mlp", **kwargs)  # for the layer table: float32 is fine
   tx = make_tx(cfg.lr, cfg.momentum)
   pipeline = ImagePipeline("pm1")
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
@@ -107,7 +114,8 @@ def run_classifier(cfg: Config, run, runner, data) -> dict:
   summary, _ = classifier_experiment(
       cfg, run, runner, spec_id="2.3.1", model_name="mnist_mlp", model_kwargs=kwargs, data=data,
       pipeline=pipeline, tx=tx, title="chapter 3 MLP",
-      extra={"momentum": cfg.momentum, "seed_reference": SEED_REFERENCE}, tx_factory=make_tx)
+      extra={"momentum": cfg.momentum, "seed_reference": SEED_REFERENCE}, tx_factory=make_tx,
+      setup=lambda c: setup(c, data))
   summary["2.3.2"] = {"layers": [name for name, _ in model.layers],
                       "parameters": count_params(variables["params"])}
   return summary

@@ -30,7 +30,7 @@ from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, is_number, curve, spread
-from dlcore.harness.sweeps import Sweep
+from dlcore.harness.sweeps import Sweep, shapes
 from dlcore.harness.writers import say
 from dlcore.train import fit, make_train_step
 from dlcore.train.state import variables_of
@@ -39,6 +39,7 @@ from dlcore.train.state import variables_of
 @dataclasses.dataclass
 class Config:
   SWEEPABLE: ClassVar = ("lr",)  # --sweep: 3.1-3.3's learning rate, one program
+  SWEEP_SHAPES: ClassVar = ("hidden",)  # --sweep: one program per value
   common: cli.Shared = cli.shared()
   csv: str | None = None
   """Made With ML's spiral.csv (X1, X2, color columns); default: generate the spiral."""
@@ -121,14 +122,22 @@ def main(argv=None) -> dict:
   data = split(x, y, cfg.split_seed)
   say(f"data: {source}; train/val/test {[len(v[1]) for v in data.values()]}")
   summary, sweep = {}, Sweep.of(cfg)
+  programs = [({}, None)] if sweep is None else sweep.programs(shapes(Config))
   if sweep is not None:
-    say(Seeds.of(cfg.common, sweep=sweep).describe() + " for each of 3.1-3.3")
+    sweep = sweep.ordered(shapes(Config))  # its points in the programs' order
+    say(Seeds.of(cfg.common, sweep=sweep).describe(len(programs)) + " for each of 3.1-3.3")
   for spec_id, name, kw in (("3.1", "default init", {}),
                             ("3.2", "xavier relu init", {"init_scheme": "xavier_relu"}),
                             ("3.3", f"dropout {cfg.dropout}", {"dropout": cfg.dropout})):
-    runs, _, predict, seeds = train_mlp(cfg, run, runner, data, name=name,
-                                        num_classes=len(class_names), hidden=cfg.hidden,
-                                        lr=cfg.lr, epochs=cfg.epochs, sweep=sweep, **kw)
+    runs, first = [], None
+    for static, inner in programs:  # one program per value of a shape option (hidden)
+      c = dataclasses.replace(cfg, **static)
+      part, _, predict, seeds = train_mlp(c, run, runner, data, name=name,
+                                          num_classes=len(class_names), hidden=c.hidden,
+                                          lr=c.lr, epochs=c.epochs, sweep=inner, **kw)
+      runs += part
+      first = first or (predict, seeds, static)
+    predict, seeds, static = first  # the figures: the first member's net
     entries = []
     for _, history, pred in runs:
       test = metrics_of(data["test"][1], pred["test"], class_names)
@@ -136,11 +145,13 @@ def main(argv=None) -> dict:
                       "train_accuracy": float(np.mean(pred["train"] == data["train"][1])),
                       "val_accuracy": float(np.mean(pred["val"] == data["val"][1])),
                       "final_train_loss": history[-1]["train"]["loss"]})
-    entry = seeds.summarize(entries, best="val_accuracy") | {"data": source,
-                                                             "epochs": cfg.epochs}
+    entry = (seeds.summarize(entries) if sweep is None else
+             sweep.summarize(entries, seeds.per_point, best="val_accuracy"))
+    entry |= {"data": source, "epochs": cfg.epochs}
     summary[spec_id] = entry
     if sweep is not None:  # picked by validation accuracy: the test split stays unseen
-      entry |= entry["best_point"]
+      entry |= entry["best_point"] | {"figures_member": {  # the figures' member
+          **static, **seeds.hyper[0], "seed": seeds.seeds[0]}}
       sweep.write(run, entry, seeds.per_point, ["val_accuracy", "test_accuracy",
                                                 "train_accuracy", "final_train_loss"],
                   curves={"train_loss": [curve(h, "train", "loss") for _, h, _ in runs]},

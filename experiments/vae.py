@@ -159,7 +159,8 @@ def main(argv=None) -> dict:
                run.file("loss_curves.png"), x=epochs, title=f"VAE on {data.name}")
   entry = seeds.summarize(entries, best="test_loss", higher_is_better=False)
   if sweep is not None:
-    entry |= entry["best_point"]
+    entry |= entry["best_point"] | {"figures_member": {  # the figures' member
+        **seeds.hyper[0], "seed": seeds.seeds[0]}}
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
             "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
             "loss": "per sample: BCE summed over pixels + KL, z sampled"}

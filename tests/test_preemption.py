@@ -419,6 +419,47 @@ def test_held_raises_only_a_stop_that_arrived_inside(handlers):
     _signal_self()
 
 
+def test_a_cleanup_under_held_lets_the_stop_on_its_way_go_on(handlers):
+  """A stop that arrives while a cleanup (in a held block) handles an earlier stop does not
+  replace it: the first one, with what it says was saved, goes on."""
+  original = handlers.Preempted("SIGTERM", 7, "/somewhere")
+  with pytest.raises(handlers.Preempted) as caught:
+    try:
+      raise original
+    except handlers.Preempted:
+      with handlers.held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+      raise
+  assert caught.value is original
+
+
+def test_held_in_another_thread_does_not_hold_the_main_threads_stop(handlers):
+  """Signals reach the main thread only: a held block in a worker (the background
+  checkpoint writer) neither delays the main thread's stop nor raises one itself."""
+  import threading
+  inside, leave, errors = threading.Event(), threading.Event(), []
+
+  def worker():
+    try:
+      with handlers.held():
+        inside.set()
+        leave.wait(10)
+    except BaseException as e:  # noqa: BLE001 - the test reports it
+      errors.append(e)
+
+  thread = threading.Thread(target=worker)
+  thread.start()
+  assert inside.wait(10)
+  try:
+    with pytest.raises(handlers.Preempted):
+      _signal_self()
+  finally:
+    leave.set()
+    thread.join(10)
+  assert errors == []
+
+
 def jax_leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]

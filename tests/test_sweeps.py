@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dlcore import optim
+from dlcore.harness.sweeps import Sweep
 from tests.test_members import _assert_close, _mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,10 +45,14 @@ def test_a_member_of_a_sweep_is_the_single_run_with_its_point_and_seed(tmp_path)
     assert os.path.getsize(tmp_path / "jit" / name) > 1000
 
 
-def test_a_grid_of_two_names_with_one_seed(tmp_path):
+def test_a_grid_of_two_names_with_one_seed(tmp_path, capsys):
   """lr x momentum, one seed: four members; (lr 0.05, momentum 0.5) is `--lr 0.05
   --momentum 0.5`; the best line is the last of the classifier's output."""
   entry = _mlp(tmp_path, "grid", "--sweep", "lr=0.01,0.05", "momentum=0.5,0.9")
+  last = [line for line in capsys.readouterr().out.splitlines() if line.strip()][-1]
+  best = entry["best_point"]
+  assert last == (f"best point: lr={best['lr']:g} momentum={best['momentum']:g} with "
+                  f"test_accuracy {entry['test_accuracy']:.4f}"), last
   assert [r["point"] for r in entry["sweep"]] == [
       {"lr": 0.01, "momentum": 0.5}, {"lr": 0.01, "momentum": 0.9},
       {"lr": 0.05, "momentum": 0.5}, {"lr": 0.05, "momentum": 0.9}]
@@ -80,10 +85,18 @@ def test_an_experiment_without_sweepable_options_refuses_sweep(tmp_path):
 
 
 def test_a_resume_with_another_grid_is_refused(tmp_path):
+  """The grid is a setting: the same grid resumes (to the same numbers), another one is
+  refused, and --allow-change cannot change a sweep's numbers (they are in the checkpoint)."""
   from dlcore.harness.errors import RunDirError
-  _mlp(tmp_path, "run", "--sweep", "lr=0.01,0.05", "--epochs", "1")
-  with pytest.raises((RunDirError, SystemExit)):
+  first = _mlp(tmp_path, "run", "--sweep", "lr=0.01,0.05", "--epochs", "1")
+  with pytest.raises(RunDirError, match=r"--sweep \['lr=0.01,0.05'\] -> \['lr=0.01,0.1'\]"):
     _mlp(tmp_path, "run", "--sweep", "lr=0.01,0.1", "--epochs", "1", "--resume")
+  again = _mlp(tmp_path, "run", "--sweep", "lr=0.01,0.05", "--epochs", "1", "--resume")
+  assert again["sweep"] == first["sweep"]
+  with pytest.raises(SystemExit) as e:
+    _mlp(tmp_path, "run", "--sweep", "lr=0.01,0.1", "--epochs", "1", "--resume",
+         "--allow-change", "sweep")
+  assert e.value.code == 2
 
 
 def test_a_run_saved_before_sweep_existed_resumes(tmp_path):
@@ -120,3 +133,61 @@ def test_injected_hyperparameters_compute_what_the_plain_optimizer_does():
   np.testing.assert_array_equal(run(tx, state)["w"], run(plain, plain.init(params))["w"])
   with pytest.raises(ValueError, match="no injected hyperparameter beta"):
     optim.set_hyperparams(tx.init(params), {"beta": 1.0})
+
+
+def test_without_sweep_the_optimizer_is_todays():
+  """No --sweep: the experiments' optimizer is the factory's own (no injected state), so the
+  state tree, checkpoints and numbers are what they were; with one, it is injected."""
+  from dlcore.harness import cli
+  from dlcore.harness.seeds import Seeds
+
+  def make(lr):
+    return optim.make_optimizer("adam", lr)
+
+  params = {"w": jnp.ones(3)}
+  plain = Seeds.of(cli.Common()).optimizer(make, lr=0.1)
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(make(0.1).init(params))
+  assert optim.hyperparams_of(plain.init(params)) == {}
+  swept = Seeds.of(cli.Common(seeds=2), sweep=Sweep({"lr": [0.1, 0.2]}))
+  assert swept.seeds == [0, 1, 0, 1] and swept.hyper == [{"lr": 0.1}] * 2 + [{"lr": 0.2}] * 2
+  assert set(optim.hyperparams_of(swept.optimizer(make, lr=0.1).init(params))) == {"lr"}
+
+
+def test_the_best_point_skips_a_diverged_one():
+  sweep = Sweep({"lr": [1.0, 0.1, 0.01]})
+  entries = [{"test_loss": float("nan")}, {"test_loss": 0.5}, {"test_loss": 0.7}]
+  low = sweep.summarize(entries, [0], best="test_loss", higher_is_better=False)
+  assert low["best_point"] == {"lr": 0.1}
+  high = sweep.summarize(entries, [0], best="test_loss")
+  assert high["best_point"] == {"lr": 0.01}
+
+
+
+def test_a_shape_option_crossed_with_a_number_runs_one_program_per_value(tmp_path, capsys):
+  """--sweep lr=... batch_size=...: one program per batch size (its own checkpoints and
+  rows), the learning rates vmapped inside; points batch-size-major whatever the order given;
+  member (batch 32, lr 0.05) is `--batch-size 32 --lr 0.05`; the log counts the programs."""
+  entry = _mlp(tmp_path, "grid", "--sweep", "lr=0.01,0.05", "batch_size=32,64")
+  out = capsys.readouterr().out
+  assert [r["point"] for r in entry["sweep"]] == [
+      {"batch_size": 32, "lr": 0.01}, {"batch_size": 32, "lr": 0.05},
+      {"batch_size": 64, "lr": 0.01}, {"batch_size": 64, "lr": 0.05}]
+  assert entry["programs"] == 2 and "2 programs for 4 points, XLA compiled" in out
+  assert "sweep program 2/2 (batch_size=64): 2 points x 1 seed = 2 members" in out
+  assert sorted(os.listdir(tmp_path / "grid" / "checkpoints")) == ["batch_size=32",
+                                                                   "batch_size=64"]
+  one = _mlp(tmp_path, "one", "--batch-size", "32", "--lr", "0.05")
+  _assert_close(entry["sweep"][1]["test_loss"], one["test_loss"], rtol=1e-4)
+  with open(tmp_path / "grid" / "sweep.csv") as f:
+    assert [r["batch_size"] for r in csv.DictReader(f)] == ["32", "32", "64", "64"]
+
+
+def test_a_width_sweep_of_the_spiral(tmp_path):
+  """spiral --sweep hidden=8,16: two programs; the hidden=16 member is `--hidden 16`."""
+  from experiments import spiral
+  args = ["--epochs", "20", "--overfit-epochs", "5", "--no-progress"]
+  swept = spiral.main(["--workdir", str(tmp_path / "s"), "--sweep", "hidden=8,16", *args])
+  one = spiral.main(["--workdir", str(tmp_path / "one"), "--hidden", "16", *args])
+  assert [r["point"] for r in swept["3.1"]["sweep"]] == [{"hidden": 8}, {"hidden": 16}]
+  _assert_close(swept["3.1"]["sweep"][1]["final_train_loss"], one["3.1"]["final_train_loss"],
+                rtol=1e-4)

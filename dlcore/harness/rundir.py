@@ -207,11 +207,14 @@ class RunDir:
     if not os.path.exists(path):
       return
     try:
-      old = ADDED | _flat(_read_json(path))
+      old = _flat(_read_json(path))
     except RunDirError:
       self._release()
       raise
     new = _flat(jsonable(config))
+    for key, value in ADDED.items():  # a run saved before the setting existed
+      if key in new:
+        old.setdefault(key, value)
     allowed = set(allow_change)
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and k not in RESUMABLE

@@ -64,18 +64,21 @@ class Seeds:
     """`factory(**values)`, today's optimizer; with a sweep `optim.injected`, so that each
     member's point (set by `state`) enters the step as numbers. `values` name every swept
     name (the experiment's SWEEPABLE)."""
-    if self.sweep is None:
+    if self.sweep is None or not self.sweep.names:  # (a shape point's program, no numbers)
       return factory(**values)
     if missing := sorted(set(self.sweep.names) - set(values)):
       raise ValueError(f"{', '.join(missing)} swept but not an argument of the optimizer")
     from dlcore import optim
     return optim.injected(factory, **values)
 
-  def describe(self) -> str:
-    """The log line of a sweep (its size, and that it is one program)."""
-    k = len(self.per_point)
-    return (f"sweep: {len(self.sweep.points)} points x {k} seed{'s' * (k > 1)} = {self.n} "
-            "members, one compiled program")
+  def describe(self, programs: int = 1) -> str:
+    """The log line of a sweep: its size, in how many programs."""
+    k, p = len(self.per_point), len(self.sweep.points)
+    if programs > 1:
+      return (f"sweep: {programs} programs (one per shape value), each {p} point"
+              f"{'s' * (p > 1)} x {k} seed{'s' * (k > 1)} = {self.n} members")
+    return (f"sweep: {p} point{'s' * (p > 1)} x {k} seed{'s' * (k > 1)} = {self.n} members, "
+            "one program")
 
   def runner(self, runner):
     if not self.many:

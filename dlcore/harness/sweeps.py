@@ -29,7 +29,17 @@ from dlcore.harness.errors import ConfigError
 
 
 def sweepable(config_cls) -> tuple[str, ...]:
+  """The names `--sweep` takes: numbers in the step (SWEEPABLE), then the options that change
+  shapes or the program (SWEEP_SHAPES: one program per value)."""
+  return (*numeric(config_cls), *shapes(config_cls))
+
+
+def numeric(config_cls) -> tuple[str, ...]:
   return tuple(getattr(config_cls, "SWEEPABLE", ()))
+
+
+def shapes(config_cls) -> tuple[str, ...]:
+  return tuple(getattr(config_cls, "SWEEP_SHAPES", ()))
 
 
 def _cast(cfg, name: str, text: str):
@@ -52,6 +62,11 @@ def parse(cfg, specs: Sequence[str]) -> dict[str, list]:
   from dlcore.harness import cli
   names = sweepable(type(cfg))
   grid: dict[str, list] = {}
+  common = getattr(cfg, "common", None)
+  changed = set(getattr(common, "allow_change", ()) if specs else ()) & {*names, "sweep"}
+  if changed:  # the numbers live in the checkpoint's optimizer state: a change would be lost
+    raise ConfigError(f"--allow-change {' '.join(sorted(changed))}: a sweep's numbers are in "
+                      "its checkpoints and cannot change on --resume; start a new --workdir")
   for spec in specs:
     name, eq, values = spec.partition("=")
     name = name.strip().replace("-", "_")
@@ -84,6 +99,19 @@ class Sweep:
   def names(self) -> tuple[str, ...]:
     return tuple(self.grid)
 
+  def programs(self, static: Sequence[str]) -> list[tuple[dict, "Sweep"]]:
+    """One (shape point, the numeric rest of the grid) per program: the values of the names
+    in `static` change the program; the others are members inside each."""
+    fixed = [n for n in self.names if n in static]
+    rest = Sweep({n: v for n, v in self.grid.items() if n not in static})
+    return [(dict(zip(fixed, vals)), rest)
+            for vals in itertools.product(*(self.grid[n] for n in fixed))]
+
+  def ordered(self, static: Sequence[str]) -> "Sweep":
+    """The same grid with the names in `static` first: its points are in the order of
+    `programs` (each program's members one after another)."""
+    return Sweep({n: self.grid[n] for n in sorted(self.names, key=lambda n: n not in static)})
+
   @property
   def points(self) -> list[dict]:
     """Every point of the grid, the first name varying slowest."""
@@ -110,8 +138,10 @@ class Sweep:
     for i, point in enumerate(self.points):
       part = list(entries[i * n:(i + 1) * n])
       rows.append({"point": point, **summarize(part, seeds if n > 1 else None)})
-    pick = max if higher_is_better else min
-    top = pick(rows, key=lambda r: r[best])
+    def rank(row):  # a NaN (a diverged point) ranks last either way
+      v = row[best]
+      return (not math.isnan(v), v if higher_is_better else -v)
+    top = max(rows, key=rank)
     out = {k: v for k, v in top.items() if k != "point"}
     out |= {"best_point": top["point"], "best_by": best, "sweep": rows}
     return out
@@ -133,7 +163,9 @@ class Sweep:
     for row in rows:
       per = row.get("per_seed", {})
       for j, seed in enumerate(seeds):
-        values = [per[k][j] if k in per else row[k] for k in keys]
+        # per seed where the seeds differ; a value all seeds share, or a point's only seed
+        values = [per[k][j] if k in per else row[k] if len(seeds) == 1 or not isinstance(
+            row[k], (list, dict)) else "" for k in keys]
         table.writerow([*(row["point"][k] for k in self.names), seed, *values])
     files.write_text(run.file(f"{name}.csv"), out.getvalue())
     head = f"| {' | '.join(self.names)} | " + " | ".join(keys) + " |"
@@ -149,10 +181,10 @@ class Sweep:
                   title=title)
     if curves:
       n = len(seeds)
-      for key, per_member in curves.items():
-        per_member = np.asarray(per_member, dtype=float)
-        series = {self.label(p): per_member[i * n:(i + 1) * n] if n > 1
-                  else per_member[i * n] for i, p in enumerate(self.points)}
+      for key, per_member in curves.items():  # a list: points may differ in epochs
+        series = {self.label(p): np.asarray(per_member[i * n:(i + 1) * n], dtype=float)
+                  if n > 1 else np.asarray(per_member[i], dtype=float)
+                  for i, p in enumerate(self.points)}
         plots.curves(series, run.file(f"{name}_curves_{key}.png"), xlabel="epoch", ylabel=key,
                      title=f"{title}: {key} of every point")
     say(f"best point: {self.label(entry['best_point'])} with {entry['best_by']} "
