@@ -70,15 +70,15 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
     sweep = sweep.ordered(shapes(type(cfg)))  # its points in the programs' order
   runs, members, first = [], [], None
   compiled = timing.compiles()
-  for static, inner in programs:
+  for k, (static, inner) in enumerate(programs):
     c = dataclasses.replace(cfg, **static)
     kwargs, factory = setup(c) if static else (model_kwargs, tx_factory)
     seeds = Seeds.of(c.common, sweep=inner)
     if sweep is not None:
       tx = seeds.optimizer(factory, **{n: getattr(c, n) for n in numeric(type(c))})
       say(seeds.describe() if len(programs) == 1 else
-          f"sweep program {len(members) + 1}/{len(programs)} ({Sweep.label(static)}): "
-          + seeds.describe().removeprefix("sweep: "))
+          f"sweep program {k + 1}/{len(programs)} ({Sweep.label(static)}): "
+          + seeds.describe().removeprefix("sweep: ").removesuffix(", one program"))
     tag = Sweep.label(static).replace(" ", ",")  # a program's own checkpoints and rows
     model = models.build(model_name, **kwargs, dtype=cli.model_dtype(c.common))
     result = train_classifier(
