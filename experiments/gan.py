@@ -25,7 +25,7 @@ the cgan, the classifier's accuracy on samples against the labels asked for.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ from dlcore.data.transforms import ImagePipeline
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, curve, spread
+from dlcore.harness.sweeps import Sweep
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
 from dlcore.train import fit, stack_states
@@ -51,6 +52,7 @@ VARIANTS = {  # variant -> (generator, discriminator, latent, epochs, SPEC id)
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr", "beta1")  # --sweep: numbers in the step (both players)
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   score: cli.ScoreOptions = cli.scoring()
@@ -93,16 +95,26 @@ def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   data = cli.load_image_data(cfg.data)
   run, runner = start_run(cfg, f"gan_{cfg.variant}")
-  seeds = Seeds.of(cfg.common)  # --seeds N: N GANs side by side; figures from the first
+  sweep = Sweep.of(cfg)
+  if sweep is not None and not cfg.score.score_samples:
+    raise cli.ConfigError("--sweep picks its best point by the samples' Frechet distance: "
+                          "keep --score-samples above 0")
+  # --seeds N: N GANs side by side (--sweep: every point x seed); figures from the first
+  seeds = Seeds.of(cfg.common, sweep=sweep)
   runner = seeds.runner(runner)
+  if sweep is not None:
+    say(seeds.describe())
   *_, default_epochs, spec_id = VARIANTS[cfg.variant]
   epochs = cfg.epochs or default_epochs
   conditional = cfg.variant == "cgan"
   generator, discriminator, latent = build_players(cfg, data)
-  tx = optim.make_optimizer("adam", cfg.lr, b1=cfg.beta1)
+  tx = seeds.optimizer(lambda lr, beta1: optim.make_optimizer("adam", lr, b1=beta1),
+                       lr=cfg.lr, beta1=cfg.beta1)  # both players
   states = [create_gan_state(generator, discriminator, tx, tx, latent_size=latent,
                              image_shape=data.image_shape, seed=s, conditional=conditional)
             for s in seeds.seeds]
+  if seeds.hyper:  # each member's point, in both players' optimizer states
+    states = [optim.set_hyperparams(st, h) for st, h in zip(states, seeds.hyper)]
   state = stack_states(states) if seeds.many else states[0]
   step = runner.compile(seeds.step(make_gan_step(
       latent_size=latent, preprocess=ImagePipeline("pm1"), conditional=conditional)))
@@ -159,9 +171,12 @@ def main(argv=None) -> dict:
                       "D(G(z))": curve(history, "train", "d_fake")}},
                  run.file("curves.png"), x=x, title=f"{cfg.variant} on {data.name}")
   runs = [h for _, h in seeds.each(state, history)]
-  entry = seeds.summarize([{"final": h[-1]["train"] if h else None,
-                            **(h[-1]["eval"] if cfg.score.score_samples and h else {})}
-                           for h in runs])
+  entries = [{"final": h[-1]["train"] if h else None,
+              **(h[-1]["eval"] if cfg.score.score_samples and h else {})} for h in runs]
+  entry = seeds.summarize(entries, best="frechet_distance", higher_is_better=False)
+  if sweep is not None:
+    entry |= entry["best_point"] | {"figures_member": {**seeds.hyper[0],
+                                                       "seed": seeds.seeds[0]}}
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
             "mode": cfg.common.mode, "devices": runner.devices}
   if cfg.score.score_samples and history:
@@ -177,6 +192,10 @@ def main(argv=None) -> dict:
       say(f"classifier agrees with the requested label on "
           f"{spread(entry, 'label_accuracy', '.3f')} of "
           f"the samples (its accuracy on real test images: {scorer.test_accuracy:.3f})")
+  if sweep is not None:
+    sweep.write(run, entry, seeds.per_point, [k for k in entries[0] if k != "final"],
+                curves={"g_loss": [curve(h, "train", "g_loss") for h in runs]},
+                title=f"{cfg.variant} on {data.name}, {epochs} epochs")
   summary = run.update_summary({spec_id: entry})
   run.close()
   return summary

@@ -16,7 +16,7 @@ Adam 1e-3, batch 128, 20 epochs) or `--train alexnet` (images resized to 224x224
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import flax.linen as nn
 import jax
@@ -55,6 +55,8 @@ def eval_chunk(cfg) -> int | None:
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr",)  # --sweep: numbers in the step
+  SWEEP_SHAPES: ClassVar = ("batch_size",)  # --sweep: one program per value
   common: cli.Shared = cli.shared()
   data: cli.ImageOptions = cli.image_data()
   train: Literal["lenet", "alexnet", "none"] = "lenet"
@@ -200,19 +202,27 @@ def main(argv=None) -> dict:
     size, resize, opt, lr, epochs, cosine, _ = TRAINING[cfg.train]
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or epochs)
     cosine = cosine if cfg.cosine is None else cfg.cosine
-    steps = cfg.epochs * -(-len(data.train_x) // cfg.batch_size)
     lr = cfg.lr if cfg.lr is not None else lr
-    schedule = optax.cosine_decay_schedule(lr, steps) if cosine else lr
+    cfg = dataclasses.replace(cfg, lr=lr)  # --sweep lr: the base value is a number
     pipeline = ImagePipeline("pm1", size=cfg.image_size or size, resize=cfg.resize or resize)
     kwargs = dict(in_channels=data.image_shape[2], num_classes=data.num_classes)
+
+    def setup(c):  # again for each value of a swept shape option (--sweep batch_size=...)
+      steps = c.epochs * -(-len(data.train_x) // c.batch_size)
+
+      def make_tx(lr):  # --sweep lr: the (cosine schedule's base) rate as an array
+        return optim.make_optimizer(c.optimizer or opt,
+                                    optax.cosine_decay_schedule(lr, steps) if cosine else lr)
+      return kwargs, make_tx
+    _, make_tx = setup(cfg)
     entry, _ = classifier_experiment(
         cfg, run, runner, spec_id="4.5" if cfg.train == "lenet" else "4.6",
         model_name=cfg.train, model_kwargs=kwargs, data=data, pipeline=pipeline,
-        tx=optim.make_optimizer(cfg.optimizer or opt, schedule),
-        title="LeNet" if cfg.train == "lenet" else "AlexNet",
+        tx=make_tx(lr), title="LeNet" if cfg.train == "lenet" else "AlexNet",
         extra={"input": f"{pipeline.size}x{pipeline.size} ({pipeline.resize})",
                "optimizer": cfg.optimizer or opt, "lr": lr,
-               "lr_schedule": "cosine" if cosine else "constant"}, eval_chunk=eval_chunk(cfg))
+               "lr_schedule": "cosine" if cosine else "constant"}, eval_chunk=eval_chunk(cfg),
+        tx_factory=make_tx, setup=setup)
     for k, v in entry.items():
       summary[k] = summary.get(k, {}) | v
   run.update_summary(summary)

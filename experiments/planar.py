@@ -10,7 +10,7 @@ checking that the reloaded nets give identical outputs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import jax
 import numpy as np
@@ -20,6 +20,7 @@ from dlcore.data import synthetic
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds, spread
+from dlcore.harness.sweeps import Sweep
 from dlcore.harness.writers import say
 from dlcore.train import fit, make_eval_step, make_train_step, repeat_step
 
@@ -37,11 +38,14 @@ TITLES = {"0.1": "logistic regression", "0.2": "2 layer network (raw parameters)
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr_scale",)  # --sweep: numbers in the step, one program per net
   common: cli.Shared = cli.shared()
   nets: tuple[Literal["0.1", "0.2", "0.3", "0.4", "0.5"], ...] = tuple(NETS)
   """Which of the seed's nets to train (SPEC ids)."""
   steps_scale: Annotated[float, cli.Between(1e-6)] = 1.0
   """Multiply every net's step count (e.g. 0.1 for a quick run)."""
+  lr_scale: Annotated[float, cli.Between(0.0)] = 1.0
+  """Multiply every net's learning rate (the seed's own at 1; `--sweep lr_scale=...`)."""
   fuse: cli.Positive[int] = 100
   """Optimizer steps per compiled call (lax.scan); 1 is a Python loop of jitted steps."""
   data_seed: int = 1
@@ -64,8 +68,10 @@ def train_one(net_id: str, cfg: Config, run, runner, data: dict, seeds: Seeds):
   if steps % chunk:
     raise ValueError(f"{net_id}: {steps} steps do not divide into --fuse {chunk} chunks")
   model = models.build(name, **kwargs, dtype=cli.model_dtype(cfg.common))
-  state = seeds.state(model, optim.make_optimizer("sgd", lr), data["x"],
-                      loss_scale=cli.loss_scale(cfg.common))
+  # lr * 1.0 is lr: the seed's rate, bit for bit, at the default scale
+  tx = seeds.optimizer(lambda lr_scale: optim.make_optimizer("sgd", lr * lr_scale),
+                       lr_scale=cfg.lr_scale)
+  state = seeds.state(model, tx, data["x"], loss_scale=cli.loss_scale(cfg.common))
   step = make_train_step(loss_fn)
   if chunk > 1:
     step = repeat_step(step, chunk)
@@ -125,8 +131,11 @@ def main(argv=None) -> dict:
   if unknown:
     raise cli.ConfigError(f"unknown net id(s) {sorted(unknown)}; choose from {list(NETS)}")
   run, runner = start_run(cfg, "planar")
-  seeds = Seeds.of(cfg.common)
+  sweep = Sweep.of(cfg)
+  seeds = Seeds.of(cfg.common, sweep=sweep)
   runner = seeds.runner(runner)
+  if sweep is not None:
+    say(seeds.describe() + " per net")
   x, y = synthetic.planar_flower(seed=cfg.data_seed)
   data = {"x": x, "y": y}
   summary, curves, xs = {}, {}, {}
@@ -134,7 +143,15 @@ def main(argv=None) -> dict:
     model, variables, finals, history = train_one(net_id, cfg, run, runner, data, seeds)
     show_layers(net_id, model, variables)
     reload = reload_checks(net_id, run, variables, x)
-    entry = seeds.summarize([{"loss": f["loss"], "accuracy": f["accuracy"]} for f in finals])
+    entry = seeds.summarize([{"loss": f["loss"], "accuracy": f["accuracy"]} for f in finals],
+                            best="loss", higher_is_better=False)
+    if sweep is not None:
+      entry |= entry["best_point"] | {"figures_member": {**seeds.hyper[0],
+                                                         "seed": seeds.seeds[0]}}
+      sweep.write(run, entry, seeds.per_point, ["loss", "accuracy"],
+                  curves={"loss": [seeds.curve(h, "eval", "loss")
+                                   for h in seeds.histories(history)]},
+                  title=f"{net_id} {TITLES[net_id]}", name=f"sweep_{net_id}")
     summary[net_id] = entry | {"steps": history[-1]["step"] if history else 0,
                                "reload_identical": reload,
                                "dataset": "planar_flower(m=400, seed=1)"}

@@ -191,3 +191,23 @@ def test_a_width_sweep_of_the_spiral(tmp_path):
   assert [r["point"] for r in swept["3.1"]["sweep"]] == [{"hidden": 8}, {"hidden": 16}]
   _assert_close(swept["3.1"]["sweep"][1]["final_train_loss"], one["3.1"]["final_train_loss"],
                 rtol=1e-4)
+
+
+def test_planar_sweeps_its_learning_rate_scale(tmp_path):
+  """planar has no --lr (each net has the seed's own): --sweep lr_scale=...; the scale 1
+  member is the seed's run, and the default run is unchanged."""
+  from experiments import planar
+  args = ["--nets", "0.2", "--steps-scale", "0.1", "--no-progress"]
+  swept = planar.main(["--workdir", str(tmp_path / "s"), "--sweep", "lr_scale=0.5,1", *args])
+  one = planar.main(["--workdir", str(tmp_path / "one"), *args])
+  _assert_close(swept["0.2"]["sweep"][1]["loss"], one["0.2"]["loss"], rtol=1e-4)
+  assert swept["0.2"]["best_point"] in ({"lr_scale": 0.5}, {"lr_scale": 1.0})
+  assert os.path.exists(tmp_path / "s" / "sweep_0.2.csv")
+
+
+def test_a_gan_sweep_needs_its_scores_to_pick_a_point(tmp_path):
+  from dlcore.harness.errors import ConfigError
+  from experiments import gan
+  with pytest.raises(ConfigError, match="keep --score-samples above 0"):
+    gan.main(["--workdir", str(tmp_path / "g"), "--dataset", "digits", "--score-samples", "0",
+              "--sweep", "lr=0.0002,0.001", "--no-progress"])

@@ -124,6 +124,10 @@ class Seeds:
     for i in range(self.n):
       yield mb.member(state, i), (None if history is None else mb.member_view(history, i))
 
+  def histories(self, history: list[dict]) -> list[list[dict]]:
+    """Each member's history, as its single run has it."""
+    return [history] if not self.many else [mb.member_view(history, i) for i in range(self.n)]
+
   def first(self, state):
     """Seed 0's state (for figures drawn from one model)."""
     return mb.member(state, 0) if self.many else state

@@ -46,6 +46,8 @@ def _cast(cfg, name: str, text: str):
   """`text` as the type of `cfg.name` (int or float)."""
   kind = typing.get_type_hints(type(cfg))[name]
   kind = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+  if typing.get_args(kind):  # `float | None`: the number
+    kind = next(k for k in typing.get_args(kind) if k is not type(None))
   try:
     value = kind(text)
   except ValueError:
