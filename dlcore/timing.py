@@ -78,17 +78,26 @@ def _on_span(event: str, start: float, end: float, **_) -> None:
       _stack[-1][2] += counted
 
 
+def _on_event(event: str, **_) -> None:
+  global _compiles
+  if event == "/jax/compilation_cache/cache_hits":  # read back, not compiled
+    with _lock:
+      _compiles -= 1
+
+
 def _listen() -> None:
   global _listening
   if not _listening:
     import jax
     jax.monitoring.register_event_time_span_listener(_on_span)
+    jax.monitoring.register_event_listener(_on_event)
     _listening = True
 
 
 def compiles() -> int:
-  """How many programs XLA has compiled in this process so far (a persistent-cache hit is
-  not a compilation); the difference over a stretch of code counts its programs."""
+  """How many programs XLA has compiled in this process so far (a program read back from
+  the persistent cache is not counted); the difference over a stretch of code counts its
+  programs."""
   _listen()
   with _lock:
     return _compiles

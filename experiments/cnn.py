@@ -56,6 +56,10 @@ class Config:
   train: bool = True
   """Train the 2.6.2 CNN."""
 
+  def check(self):
+    if self.common.sweep and not self.train:
+      raise cli.ConfigError("--sweep trains the 2.6.2 CNN: drop --no-train")
+
 
 SHAPE_CASES = [  # (description, nn.Conv keyword arguments) on an 8x8 single-channel input
     ("k3 p1 (same size)", dict(features=1, kernel_size=(3, 3), padding=((1, 1), (1, 1)))),

@@ -72,6 +72,9 @@ class Config:
   """Also score every N epochs; None: after the last epoch only."""
 
   def check(self):
+    if self.common.sweep and not self.score.score_samples:
+      raise cli.ConfigError("--sweep picks its best point by the samples' Frechet distance: "
+                            "keep --score-samples above 0")
     if self.common.precision == "float16":
       raise cli.ConfigError("--precision float16: the GAN steps have no loss scaling; use "
                             "--precision bfloat16 (or float32)")
@@ -96,9 +99,6 @@ def main(argv=None) -> dict:
   data = cli.load_image_data(cfg.data)
   run, runner = start_run(cfg, f"gan_{cfg.variant}")
   sweep = Sweep.of(cfg)
-  if sweep is not None and not cfg.score.score_samples:
-    raise cli.ConfigError("--sweep picks its best point by the samples' Frechet distance: "
-                          "keep --score-samples above 0")
   # --seeds N: N GANs side by side (--sweep: every point x seed); figures from the first
   seeds = Seeds.of(cfg.common, sweep=sweep)
   runner = seeds.runner(runner)
@@ -165,10 +165,11 @@ def main(argv=None) -> dict:
         on_epoch_end=on_epoch_end)
   if history:
     x = [h["epoch"] + 1 for h in history]
-    plots.panels({"loss": {k: curve(history, "train", k) for k in ("d_loss", "g_loss")},
+    shown = seeds.shown(history)  # under a sweep: the first member's (the sweep has its own)
+    plots.panels({"loss": {k: curve(shown, "train", k) for k in ("d_loss", "g_loss")},
                   "discriminator output": {
-                      "D(x)": curve(history, "train", "d_real"),
-                      "D(G(z))": curve(history, "train", "d_fake")}},
+                      "D(x)": curve(shown, "train", "d_real"),
+                      "D(G(z))": curve(shown, "train", "d_fake")}},
                  run.file("curves.png"), x=x, title=f"{cfg.variant} on {data.name}")
   runs = [h for _, h in seeds.each(state, history)]
   entries = [{"final": h[-1]["train"] if h else None,

@@ -83,6 +83,10 @@ class Config:
   compare_lr: Annotated[float, cli.Between(0.0)] = 0.01
   """2.3.3: learning rate of every optimizer."""
 
+  def check(self):
+    if self.common.sweep and not self.classifier:
+      raise cli.ConfigError("--sweep trains the 2.3.1 classifier: drop --no-classifier")
+
 
 def setup(cfg: Config, data) -> tuple[dict, callable]:
   """(the model's kwargs, the optimizer from its numbers) for `cfg`: called again for each

@@ -76,6 +76,10 @@ class Config:
   resize: Literal["pad", "bilinear"] | None = None
   """How 28x28 images reach --image-size; None: the model's (LeNet pad, AlexNet bilinear)."""
 
+  def check(self):
+    if self.common.sweep and self.train == "none":
+      raise cli.ConfigError("--sweep trains --train lenet or alexnet, not none")
+
 
 def _variables(model, x, key):
   return model.init({"params": key, "dropout": key}, x)

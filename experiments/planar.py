@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
     summary[net_id] = entry | {"steps": history[-1]["step"] if history else 0,
                                "reload_identical": reload,
                                "dataset": "planar_flower(m=400, seed=1)"}
-    curves[net_id] = seeds.curve(history, "eval", "loss")
+    curves[net_id] = seeds.curve(seeds.shown(history), "eval", "loss")
     xs[net_id] = [h["step"] for h in history]
     say(f"  {net_id} {TITLES[net_id]}: loss {spread(entry, 'loss')} accuracy "
           f"{spread(entry, 'accuracy', '.3f')} reload identical {reload}")

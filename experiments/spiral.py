@@ -125,7 +125,8 @@ def main(argv=None) -> dict:
   programs = [({}, None)] if sweep is None else sweep.programs(shapes(Config))
   if sweep is not None:
     sweep = sweep.ordered(shapes(Config))  # its points in the programs' order
-    say(Seeds.of(cfg.common, sweep=sweep).describe(len(programs)) + " for each of 3.1-3.3")
+    say(Seeds.of(cfg.common, sweep=programs[0][1]).describe(len(programs))
+        + " for each of 3.1-3.3")
   for spec_id, name, kw in (("3.1", "default init", {}),
                             ("3.2", "xavier relu init", {"init_scheme": "xavier_relu"}),
                             ("3.3", f"dropout {cfg.dropout}", {"dropout": cfg.dropout})):

@@ -154,8 +154,9 @@ def main(argv=None) -> dict:
                        if cfg.score.score_samples else {}),
                     **cli.skipped_entry(member)})
   epochs = [h["epoch"] + 1 for h in history]
-  plots.panels({"loss per sample": {"train": seeds.curve(history, "train", "loss"),
-                                    "test": seeds.curve(history, "eval", "loss")}},
+  shown = seeds.shown(history)  # under a sweep: the first member's (the sweep has its own)
+  plots.panels({"loss per sample": {"train": seeds.curve(shown, "train", "loss"),
+                                    "test": seeds.curve(shown, "eval", "loss")}},
                run.file("loss_curves.png"), x=epochs, title=f"VAE on {data.name}")
   entry = seeds.summarize(entries, best="test_loss", higher_is_better=False)
   if sweep is not None:

@@ -77,11 +77,12 @@ def test_a_bad_sweep_stops_before_any_work_in_one_line(tmp_path, spec, words):
   assert not os.path.exists(tmp_path / "run")
 
 
-def test_an_experiment_without_sweepable_options_refuses_sweep(tmp_path):
-  from experiments import planar
+def test_an_experiment_without_sweepable_options_refuses_sweep(tmp_path, capsys):
+  from experiments import lstm
   with pytest.raises(SystemExit) as e:
-    planar.main(["--workdir", str(tmp_path / "run"), "--sweep", "lr=0.1,0.2"])
+    lstm.main(["--workdir", str(tmp_path / "run"), "--sweep", "lr=0.1,0.2"])
   assert e.value.code == 2 and not os.path.exists(tmp_path / "run")
+  assert "sweepable: none" in capsys.readouterr().err
 
 
 def test_a_resume_with_another_grid_is_refused(tmp_path):
@@ -194,20 +195,47 @@ def test_a_width_sweep_of_the_spiral(tmp_path):
 
 
 def test_planar_sweeps_its_learning_rate_scale(tmp_path):
-  """planar has no --lr (each net has the seed's own): --sweep lr_scale=...; the scale 1
-  member is the seed's run, and the default run is unchanged."""
+  """planar has no --lr (each net has the seed's own): --sweep lr_scale=...; each member is
+  the run with its --lr-scale (the 0.5 one trains differently from the seed's rates)."""
   from experiments import planar
   args = ["--nets", "0.2", "--steps-scale", "0.1", "--no-progress"]
   swept = planar.main(["--workdir", str(tmp_path / "s"), "--sweep", "lr_scale=0.5,1", *args])
+  half = planar.main(["--workdir", str(tmp_path / "half"), "--lr-scale", "0.5", *args])
   one = planar.main(["--workdir", str(tmp_path / "one"), *args])
+  _assert_close(swept["0.2"]["sweep"][0]["loss"], half["0.2"]["loss"], rtol=1e-4)
   _assert_close(swept["0.2"]["sweep"][1]["loss"], one["0.2"]["loss"], rtol=1e-4)
-  assert swept["0.2"]["best_point"] in ({"lr_scale": 0.5}, {"lr_scale": 1.0})
+  assert abs(half["0.2"]["loss"] - one["0.2"]["loss"]) > 1e-3  # the scale is applied
   assert os.path.exists(tmp_path / "s" / "sweep_0.2.csv")
 
 
-def test_a_gan_sweep_needs_its_scores_to_pick_a_point(tmp_path):
-  from dlcore.harness.errors import ConfigError
+def test_a_spiral_lr_sweep_member_is_its_single_run(tmp_path):
+  """Through `Seeds.state(..., hyperparams=)`: 3.1's member lr 0.003 is `--lr 0.003`."""
+  from experiments import spiral
+  args = ["--epochs", "20", "--overfit-epochs", "5", "--no-progress"]
+  swept = spiral.main(["--workdir", str(tmp_path / "s"), "--sweep", "lr=0.003,0.01", *args])
+  one = spiral.main(["--workdir", str(tmp_path / "one"), "--lr", "0.003", *args])
+  other = spiral.main(["--workdir", str(tmp_path / "other"), *args])
+  _assert_close(swept["3.1"]["sweep"][0]["final_train_loss"], one["3.1"]["final_train_loss"],
+                rtol=1e-4)
+  _assert_close(swept["3.1"]["sweep"][1]["final_train_loss"],
+                other["3.1"]["final_train_loss"], rtol=1e-4)
+  assert abs(one["3.1"]["final_train_loss"] - other["3.1"]["final_train_loss"]) > 1e-3
+
+
+def test_a_gan_sweep_sets_both_players_and_needs_its_scores(tmp_path, capsys):
+  """Each member's lr reaches both players (the lr 0.001 member is `--lr 0.001`); without
+  scores there is no best point: refused before any work."""
   from experiments import gan
-  with pytest.raises(ConfigError, match="keep --score-samples above 0"):
-    gan.main(["--workdir", str(tmp_path / "g"), "--dataset", "digits", "--score-samples", "0",
-              "--sweep", "lr=0.0002,0.001", "--no-progress"])
+  with pytest.raises(SystemExit) as e:
+    gan.main(["--workdir", str(tmp_path / "g0"), "--dataset", "digits", "--score-samples",
+              "0", "--sweep", "lr=0.0002,0.001", "--no-progress"])
+  assert e.value.code == 2 and "keep --score-samples above 0" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "g0")
+  args = ["--dataset", "digits", "--epochs", "1", "--train-limit", "256", "--score-samples",
+          "300", "--classifier-epochs", "1", "--no-progress"]
+  swept = gan.main(["--workdir", str(tmp_path / "g"), "--sweep", "lr=0.0002,0.001", *args])
+  one = gan.main(["--workdir", str(tmp_path / "one"), "--lr", "0.001", *args])
+  a, b = swept["2.8.2"]["sweep"][1], one["2.8.2"]
+  for key in ("d_loss", "g_loss"):
+    _assert_close(a["final"][key], b["final"][key], rtol=1e-4)
+  _assert_close(a["frechet_distance"], b["frechet_distance"], rtol=1e-4)

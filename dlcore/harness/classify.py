@@ -92,8 +92,9 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
     runs += result.members or [result]  # each member's run
     members += [{**static, **h} for h in seeds.hyper] if seeds.hyper else [{}]
   result, seeds, model_kwargs, static = first  # the figures and the model: the first member
-  plot_history(result.history, run.file(f"{model_name}_curves.png"),
-               f"{title} on {data.name} ({cfg.common.mode})")
+  plot_history(seeds.shown(result.history), run.file(f"{model_name}_curves.png"),
+               f"{title}{' (' + Sweep.label(members[0]) + ')' if sweep else ''} on {data.name} "
+               f"({cfg.common.mode})")
   pred = predict_logits(runs[0].state, data.test_x, pipeline, chunk=eval_chunk).argmax(-1)
   which = (f" ({Sweep.label(members[0])}, seed {seeds.seeds[0]})" if sweep is not None
            else f" (seed {seeds.seeds[0]})" if seeds.many else "")
@@ -123,8 +124,8 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
                                   "programs": len(programs)}
   say(f"{title} on {data.name}; model{which} saved to {run.file('model')}; "
       f"{len(programs)} program{'s' * (len(programs) > 1)} for {len(sweep.points)} points, "
-      f"XLA compiled {timing.compiles() - compiled} programs while training (persistent-cache "
-      "hits not counted)")
+      f"XLA compiled {timing.compiles() - compiled} programs while training and evaluating "
+      "(those read from the persistent cache not counted)")
   sweep.write(run, entry, seeds.per_point, ["test_accuracy", "test_loss", "train_accuracy"],
               curves={f"test_{k}": [curve(r.history, "eval", k) for r in runs]
                       for k in ("accuracy", "loss")},

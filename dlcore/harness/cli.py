@@ -73,9 +73,9 @@ class Common:
   and per_seed; curves get a min-max band. None: 1 (fizzbuzz and the LSTM tagger: 10)."""
   sweep: tuple[str, ...] = ()
   """NAME=V1,V2,... [NAME=...]: train every point of that grid, crossed with --seeds, as
-  members of one program (NAME: an option of this experiment that enters the step as a
-  number; the description above lists them). Adds "sweep" to the summary, sweep.csv, plots
-  and the best point."""
+  members of one program; options that change shapes run one program per value (the
+  description above lists the names of each kind). Adds "sweep" to the summary, sweep.csv,
+  plots and the best point."""
   precision: Precision = "float32"
   """Computation dtype of the models (parameters, optimizer state and checkpoints stay
   float32; losses and batch statistics are float32); float16 adds dynamic loss scaling."""
@@ -193,11 +193,12 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
   """Parses argv (default: sys.argv[1:]) into `config_cls`; `--help` lists every option with
   its description, type and default. Invalid values stop with one line and exit code 2."""
   from dlcore.harness import sweeps
-  names = sweeps.sweepable(config_cls)
+  numbers, shapes = sweeps.numeric(config_cls), sweeps.shapes(config_cls)
   if description is not None and "common" in {f.name for f in dataclasses.fields(config_cls)}:
-    description += ("\n\n--sweep names (numbers in the step, one program): "
-                    f"{', '.join(names)}" if names else
-                    "\n\n--sweep: not available in this experiment yet")
+    description += ("\n\n--sweep: not available in this experiment yet" if not numbers else
+                    f"\n\n--sweep names: {', '.join(numbers)} (numbers in the step: every "
+                    "point a member of one program)" + (
+                        f"; {', '.join(shapes)} (one program per value)" if shapes else ""))
   cfg = tyro.cli(config_cls, args=argv, description=description, prog=_prog(config_cls))
   _start_timing()
   try:

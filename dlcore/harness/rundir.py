@@ -26,7 +26,7 @@ RESUMABLE = {"common.resume", "common.auto_resume", "common.progress", "common.t
 
 # Settings added since runs were first saved, at the value that computes what runs without
 # them computed: a saved run that lacks one resumes as if it had this value.
-ADDED = {"common.sweep": []}
+ADDED = {"common.sweep": [], "lr_scale": 1.0}  # lr_scale: planar's
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -128,6 +128,11 @@ class Seeds:
     """Each member's history, as its single run has it."""
     return [history] if not self.many else [mb.member_view(history, i) for i in range(self.n)]
 
+  def shown(self, history: list[dict]) -> list[dict]:
+    """The history a run's own figures draw: every seed (a band), or under a sweep the first
+    member's alone (a band over points would mix settings; the sweep has its own figures)."""
+    return history if self.sweep is None else mb.member_view(history, 0)
+
   def first(self, state):
     """Seed 0's state (for figures drawn from one model)."""
     return mb.member(state, 0) if self.many else state

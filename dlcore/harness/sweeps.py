@@ -8,9 +8,11 @@ serves every point.
     entry = sweep.summarize(member_entries, seed_list, best="test_accuracy")
     sweep.write(run, entry, key="test_accuracy", curves={...})
 
-An experiment names what it can sweep in its Config's `SWEEPABLE` (a ClassVar tuple of its
-option names that enter the step as numbers); `cli.parse` refuses any other name before
-any work, with one line that lists them. Member (point P, seed S) computes what the single
+An experiment names what it can sweep in its Config: `SWEEPABLE` (a ClassVar tuple of its
+option names that enter the step as numbers: members of one program) and `SWEEP_SHAPES`
+(options that change shapes or the program: one program per value, the numbers vmapped
+inside each); `cli.parse` refuses any other name before any work, with one line that lists
+them. Member (point P, seed S) computes what the single
 run with P's options and `--seed S` computes, to float rounding (tests/test_sweeps.py).
 """
 from __future__ import annotations
@@ -65,6 +67,9 @@ def parse(cfg, specs: Sequence[str]) -> dict[str, list]:
   names = sweepable(type(cfg))
   grid: dict[str, list] = {}
   common = getattr(cfg, "common", None)
+  if specs and getattr(common, "mode", None) == "pmap":
+    raise ConfigError("--sweep cannot run under --mode pmap (its points are members); use "
+                      "--mode sharded, which splits them over the devices")
   changed = set(getattr(common, "allow_change", ()) if specs else ()) & {*names, "sweep"}
   if changed:  # the numbers live in the checkpoint's optimizer state: a change would be lost
     raise ConfigError(f"--allow-change {' '.join(sorted(changed))}: a sweep's numbers are in "
