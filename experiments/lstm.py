@@ -29,7 +29,7 @@ linear model (scikit-learn's LinearRegression).
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +42,14 @@ from dlcore.data import series, text
 from dlcore.harness import cli, plots
 from dlcore.harness.rundir import start_run
 from dlcore.harness.seeds import Seeds
+from dlcore.harness.sweeps import Sweep
 from dlcore.harness.writers import say
 from dlcore.train import fit, make_train_step, per_member
 
 
 @dataclasses.dataclass
 class Config:
+  SWEEPABLE: ClassVar = ("lr",)  # --sweep: numbers in the step, one program
   common: cli.Shared = cli.shared()
   task: Literal["tagger", "timeseries"] = "tagger"
   """7.1 part-of-speech tagger or 7.2 time-series regressor."""
@@ -96,9 +98,12 @@ def run_tagger(cfg: Config, run, runner) -> dict:
   model = models.build("lstm_tagger", vocab_size=len(vocab), tagset_size=len(tag_to_ix),
                        embedding_dim=cfg.embedding, hidden_dim=cfg.hidden or 6,
                        dtype=cli.model_dtype(cfg.common))
-  seeds = Seeds.of(cfg.common, default=10)  # members of the engine, one program
+  sweep = Sweep.of(cfg)  # --sweep lr: every point x seed a member of the same program
+  seeds = Seeds.of(cfg.common, default=10, sweep=sweep)  # members of the engine, one program
   runner = seeds.runner(runner)
-  tx = optim.make_optimizer("sgd", lr)
+  if sweep is not None:
+    say(seeds.describe())
+  tx = seeds.optimizer(lambda lr: optim.make_optimizer("sgd", lr), lr=lr)
   state = seeds.state(model, tx, sents[0][0][None], loss_scale=cli.loss_scale(cfg.common))
   step = seeds.step(make_train_step(nll_loss))
 
@@ -135,16 +140,28 @@ def run_tagger(cfg: Config, run, runner) -> dict:
     unknown = vocab.unknown(k.split())
     say(f"  {k!r} -> {tags} {[ix_to_tag[t] for t in tags]}  (seed printed "
           f"{text.SEED_PREDICTIONS.get(k)}; unknown words: {unknown or 'none'})")
-  say(f"  {sum(matches)} of {seeds.n} seeds reproduce the seed's printed tags")
-  plots.curves({"NLL": seeds.curve(history, "train", "loss")},
+  say(f"  {sum(matches)} of {seeds.n} {'members' if sweep else 'seeds'} reproduce the seed's "
+      "printed tags")
+  plots.curves({"NLL": seeds.curve(seeds.shown(history), "train", "loss")},
                run.file("loss_curve.png"), xlabel="epoch", title="LSTM tagger", logy=True)
-  entry = seeds.summarize([
-      {"final_train_loss": h[-1]["train"]["loss"] if h else None,
-       "final_train_accuracy": h[-1]["train"]["accuracy"] if h else None} for _, h in members])
+  entries = [{"final_train_loss": h[-1]["train"]["loss"] if h else None,
+              "final_train_accuracy": h[-1]["train"]["accuracy"] if h else None}
+             for _, h in members]
+  if sweep is not None:  # per point: how many of its seeds reproduce the printed tags
+    for e, m in zip(entries, matches):
+      e["matches_seed"] = float(m)
+  entry = seeds.summarize(entries, best="final_train_loss", higher_is_better=False)
+  if sweep is not None:
+    entry |= entry["best_point"] | {"figures_member": {**seeds.hyper[0],
+                                                       "seed": seeds.seeds[0]}}
+    sweep.write(run, entry, seeds.per_point, list(entries[0]),
+                curves={"train_loss": [seeds.curve(h, "train", "loss") for _, h in members]},
+                title=f"LSTM tagger, {epochs} epochs")
   return {"2.7.1": entry | {
       "predictions": first, "matches_seed": bool(matches[0]),
       "seeds_matching": f"{sum(matches)}/{seeds.n}",
-      "matches_per_seed": dict(zip(map(str, seeds.seeds), matches)),
+      **({} if sweep is not None else
+         {"matches_per_seed": dict(zip(map(str, seeds.seeds), matches))}),
       "vocabulary": vocab.itos, "corpus": cfg.corpus or f"{cfg.sentences} sentences",
       "training_sentences": [" ".join(w) for w, _ in data]}}
 
@@ -173,9 +190,13 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   epochs, lr = cfg.epochs or 60, 1e-3 if cfg.lr is None else cfg.lr
   model = models.build("lstm_regressor", hidden_dim=cfg.hidden or 32,
                        dtype=cli.model_dtype(cfg.common))
-  seeds = Seeds.of(cfg.common)
+  sweep = Sweep.of(cfg)  # --sweep lr: every point x seed a member of the same program
+  seeds = Seeds.of(cfg.common, sweep=sweep)
   runner = seeds.runner(runner)
-  state = seeds.state(model, optim.make_optimizer("adam", lr), train["x"][:2])
+  if sweep is not None:
+    say(seeds.describe())
+  state = seeds.state(model, seeds.optimizer(lambda lr: optim.make_optimizer("adam", lr), lr=lr),
+                      train["x"][:2])
   mse = lambda out, b: (losses.mse(out, b["y"]), {})  # noqa: E731
   step = seeds.step(make_train_step(mse))  # in order: every seed sees the same batches
   steps_per_epoch = -(-len(train["x"]) // cfg.batch_size)  # with the partial batch
@@ -196,8 +217,15 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
       test["x"][..., 0])
   results = {name: float(np.mean((p - truth) ** 2))
              for name, p in (("lstm", pred), ("persistence", persistence), ("linear", linear))}
-  mses = seeds.summarize([{"test_mse": float(np.mean((p - truth) ** 2))} for p in preds])
-  results["lstm"] = mses["test_mse"]  # the mean over seeds
+  mses = seeds.summarize([{"test_mse": float(np.mean((p - truth) ** 2))} for p in preds],
+                         best="test_mse", higher_is_better=False)
+  results["lstm"] = mses["test_mse"]  # the mean over seeds (a sweep: its best point's)
+  if sweep is not None:
+    mses |= mses["best_point"] | {"figures_member": {**seeds.hyper[0], "seed": seeds.seeds[0]}}
+    sweep.write(run, mses, seeds.per_point, ["test_mse"],
+                curves={"train_loss": [seeds.curve(h, "train", "loss")
+                                       for h in seeds.histories(history)]},
+                title=f"LSTM regressor, {epochs} epochs")
   winner = min(results, key=results.get)
   for name, v in results.items():
     say(f"  test MSE (normalised) {name}: {v:.5f}   RMSE in price units {np.sqrt(v) * std:.3f}")
@@ -206,7 +234,7 @@ def run_timeseries(cfg: Config, run, runner) -> dict:
   plots.prediction(test_dates, {"actual": truth * std + mean, "LSTM": pred * std + mean,
                                 "persistence": persistence * std + mean},
                    run.file("prediction_test.png"), title=f"Test span: {source}")
-  plots.curves({"train MSE": seeds.curve(history, "train", "loss")},
+  plots.curves({"train MSE": seeds.curve(seeds.shown(history), "train", "loss")},
                run.file("loss_curve.png"), xlabel="epoch", title="LSTM regressor", logy=True)
   return {"2.7.2": {**mses, "persistence_mse": results["persistence"],
                     "linear_mse": results["linear"], "best": winner,

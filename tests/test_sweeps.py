@@ -78,9 +78,9 @@ def test_a_bad_sweep_stops_before_any_work_in_one_line(tmp_path, spec, words):
 
 
 def test_an_experiment_without_sweepable_options_refuses_sweep(tmp_path, capsys):
-  from experiments import lstm
+  from experiments import two_layer
   with pytest.raises(SystemExit) as e:
-    lstm.main(["--workdir", str(tmp_path / "run"), "--sweep", "lr=0.1,0.2"])
+    two_layer.main(["--workdir", str(tmp_path / "run"), "--sweep", "lr=0.1,0.2"])
   assert e.value.code == 2 and not os.path.exists(tmp_path / "run")
   assert "sweepable: none" in capsys.readouterr().err
 
@@ -239,3 +239,14 @@ def test_a_gan_sweep_sets_both_players_and_needs_its_scores(tmp_path, capsys):
   for key in ("d_loss", "g_loss"):
     _assert_close(a["final"][key], b["final"][key], rtol=1e-4)
   _assert_close(a["frechet_distance"], b["frechet_distance"], rtol=1e-4)
+
+
+def test_an_lstm_regressor_sweep_member_is_its_single_run(tmp_path):
+  from experiments import lstm
+  args = ["--task", "timeseries", "--epochs", "3", "--no-progress"]
+  swept = lstm.main(["--workdir", str(tmp_path / "s"), "--sweep", "lr=0.001,0.003", *args])
+  one = lstm.main(["--workdir", str(tmp_path / "one"), "--lr", "0.003", *args])
+  other = lstm.main(["--workdir", str(tmp_path / "other"), *args])
+  _assert_close(swept["2.7.2"]["sweep"][1]["test_mse"], one["2.7.2"]["test_mse"], rtol=1e-4)
+  _assert_close(swept["2.7.2"]["sweep"][0]["test_mse"], other["2.7.2"]["test_mse"], rtol=1e-4)
+  assert abs(one["2.7.2"]["test_mse"] - other["2.7.2"]["test_mse"]) > 1e-4
