@@ -170,3 +170,42 @@ def test_two_processes_split_the_members_and_match_one_process(tmp_path):
   for i in range(4):
     _assert_close(a["per_seed"]["test_loss"][i], b["per_seed"]["test_loss"][i])
   assert a["devices"] == 2
+
+
+def test_convolution_members_run_member_after_member_and_equal_single_runs():
+  """On the CPU under jit, members of a convolution model run as copies of the single step
+  in one program (a vmapped convolution with a kernel per member is a slow grouped one):
+  each member's steps then equal its single run's to 1e-6 (vmapped: ~5e-6 apart after a
+  few steps); a dense model stays vmapped."""
+  from dlcore.data.transforms import ImagePipeline
+  from dlcore.train import Runner, make_train_step
+  from dlcore.train import members as mb
+  from dlcore.train.classify import xent_loss
+  from dlcore.train.state import create_train_state
+  pipe = ImagePipeline("pm1")
+  rng = np.random.RandomState(0)
+  data = {"x": rng.randint(0, 255, (256, 28, 28, 1)).astype(np.uint8),
+          "y": rng.randint(0, 10, 256).astype(np.int32)}
+  model = models.build("cnn", in_channels=1, num_classes=10)
+  tx = optim.make_optimizer("adam", 1e-3)
+  seeds = [0, 1, 2]
+  step = make_train_step(xent_loss, preprocess=pipe)
+  runner = mb.MemberRunner(Runner("jit"), len(seeds))
+  state = mb.create_members(model, tx, pipe(jnp.asarray(data["x"][:2])), seeds)
+  stepped = mb.over_members(step)
+  assert mb._has_convolution(stepped.single, state, mb.Indexed(
+      data, np.zeros((3, 32), np.int32)))
+  compiled = runner.compile(stepped)
+  singles = [create_train_state(model, tx, pipe(jnp.asarray(data["x"][:2])), s) for s in seeds]
+  one = Runner("jit").compile(step)
+  for epoch in range(2):
+    for batch in mb.member_batches(jax.device_put(data), 32, seeds, epoch):
+      state, out = compiled(state, batch)
+      for i in range(len(seeds)):
+        singles[i], o = one(singles[i], jax.tree.map(lambda a: a[batch.idx[i]], data))
+        _assert_close(out["loss"][i], o["loss"], rtol=1e-6)
+  dense = mb.over_members(make_train_step(_loss))
+  small = mb.create_members(models.build("mnist_mlp", in_dim=64, n_hidden_1=8, n_hidden_2=8,
+                                         out_dim=10), tx, jnp.zeros((2, 64)), seeds)
+  assert not mb._has_convolution(dense.single, small, {"x": jnp.zeros((4, 64)),
+                                                       "y": jnp.zeros(4, jnp.int32)})

@@ -102,7 +102,58 @@ def over_members(step):
       return jax.vmap(step)(state, batch.batch)
     return jax.vmap(step, in_axes=(0, None))(state, batch)
 
+  stepped.single = step  # for `MemberRunner.compile` (member after member, `unrolled`)
   return stepped
+
+
+def _member_batch(batch, i: int):
+  """Member `i`'s batch (`i` an int: a static slice)."""
+  if isinstance(batch, Indexed):
+    return jax.tree.map(lambda a: jnp.take(a, batch.idx[i], axis=0), batch.data)
+  if isinstance(batch, PerMember):
+    return jax.tree.map(lambda a: a[i], batch.batch)
+  return batch
+
+
+def unrolled(step, n: int):
+  """`over_members(step)` as `n` copies of the single-member step in one program, member
+  after member, instead of one vmapped step: for convolutions on the CPU, where a vmapped
+  convolution with a kernel per member becomes a grouped convolution that XLA's CPU backend
+  runs about twice as slowly as the members one by one (CNN, 8 members: 450 vs 229 ms per
+  step); it compiles n copies (7.7 s instead of 2.1 s there). Each member computes its single
+  step's own operations."""
+
+  @functools.wraps(step)
+  def stepped(state, batch):
+    outs = [step(jax.tree.map(lambda a: a[i], state), _member_batch(batch, i))
+            for i in range(n)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+  return stepped
+
+
+UNROLL_MAX = 16  # members unrolled at most: compilation grows with each copy
+
+
+def _has_convolution(step, state, batch) -> bool:
+  """Whether one member's step convolves (traced abstractly, nothing runs)."""
+  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+  b = jax.eval_shape(lambda bb: _member_batch(bb, 0), jax.tree.map(spec, batch))
+  return "conv_general_dilated" in str(jax.make_jaxpr(step)(one, b))
+
+
+def _members_loop_for_convolutions(stepped, n: int):
+  """`stepped` (from `over_members`), unrolled when its member step convolves (decided when
+  the program is traced)."""
+
+  @functools.wraps(stepped)
+  def chosen(state, batch):
+    if _has_convolution(stepped.single, state, batch):
+      return unrolled(stepped.single, n)(state, batch)
+    return stepped(state, batch)
+
+  return chosen
 
 
 def member_batches(data, batch_size: int, seeds: Sequence[int], epoch: int, *,
@@ -143,6 +194,9 @@ class MemberRunner:
 
   def compile(self, fn, *, donate_state: bool | None = None):
     if self.mode != "sharded":
+      if (self.mode == "jit" and hasattr(fn, "single") and self.members <= UNROLL_MAX
+          and jax.default_backend() == "cpu"):  # convolutions: member after member
+        fn = _members_loop_for_convolutions(fn, self.members)
       return self.runner.compile(fn, donate_state=donate_state)
     donate = (0,) if (self.runner.donate if donate_state is None else donate_state) else ()
     # Every output (state and metrics) has the members axis first.
