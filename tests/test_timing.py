@@ -32,10 +32,14 @@ def test_compilation_is_taken_out_of_the_section_that_compiled():
   timing.reset()  # (making x compiled two small programs)
 
   def f(x):  # a jit inside a jit: its tracing is inside the outer one, counted once
-    return jax.jit(lambda y: jnp.tanh(y) @ y)(x).sum()
+    inner = jax.jit(lambda y: jnp.tanh(y) @ y)
+    for i in range(40):  # enough work that compiling, not JAX's bookkeeping, dominates
+      x = inner(x) + jnp.sin(x * i)
+    return x.sum()
 
-  # A real compilation: a warm persistent cache would make it a ~50 ms read, in which JAX's
-  # bookkeeping outside the compile events is a large, varying share (seen failing warm).
+  # A real compilation of some size: a warm persistent cache would make it a read, and a tiny
+  # program (~40 ms) leaves JAX's bookkeeping outside the compile events a large, varying
+  # share (both seen failing in full runs).
   before = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
   try:
