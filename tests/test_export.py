@@ -185,3 +185,40 @@ def test_bfloat16_weights_import_alike_from_pt_and_safetensors(tmp_path):
                          .astype(np.float32), v)
   for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(rounded)):
     assert x.dtype == y.dtype == np.float32 and np.array_equal(x, y) and np.array_equal(x, z)
+
+
+_SERVE = """
+import sys, numpy as np, jax
+from jax import export
+exported = export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+inputs = np.load(sys.argv[2])
+out = exported.call(*[inputs[k] for k in sorted(inputs.files)])
+np.savez(sys.argv[3], *[np.asarray(o) for o in jax.tree.leaves(out)])
+assert "dlcore" not in sys.modules and "flax" not in sys.modules
+"""
+
+
+@pytest.mark.parametrize("name,kwargs", [("lenet", {}), ("cgan_generator", {}), ("vae", {})])
+def test_a_serving_export_runs_in_a_fresh_process_on_another_batch_size(tmp_path, name, kwargs,
+                                                                          capsys):
+  """`export ... model.jaxexport`: serialized StableHLO with the weights, loaded with
+  `jax.export.deserialize` by a program that imports neither dlcore nor Flax, called on a
+  batch size the export never saw: the outputs of `apply(train=False)` to 1e-6."""
+  import subprocess
+  import sys
+  folder, v = _folder(tmp_path, name, **kwargs)
+  out = str(tmp_path / f"{name}.jaxexport")
+  assert cli.main(["export", folder, out]) == 0
+  assert "jax.export.deserialize" in capsys.readouterr().out
+  rng = np.random.default_rng(3)
+  inputs = [rng.normal(size=(5, *models.example_shape(name))).astype(np.float32)]
+  if name.startswith("cgan"):
+    inputs.append(rng.integers(0, 10, 5).astype(np.int32))
+  np.savez(tmp_path / "in.npz", **{f"a{i}": x for i, x in enumerate(inputs)})
+  subprocess.run([sys.executable, "-c", _SERVE, out, str(tmp_path / "in.npz"),
+                  str(tmp_path / "out.npz")], check=True, timeout=120)
+  got = np.load(tmp_path / "out.npz")
+  want = jax.tree.leaves(models.build(name, **kwargs).apply(v, *inputs, train=False))
+  assert len(got.files) == len(want)
+  for i, w in enumerate(want):
+    np.testing.assert_allclose(got[f"arr_{i}"], np.asarray(w), rtol=1e-6, atol=1e-6)

@@ -1,12 +1,15 @@
 """Weights in and out of dlcore model folders, in PyTorch's key names.
 
     python -m dlcore.interop export runs/cnn/model cnn.safetensors     # or cnn.pt
+    python -m dlcore.interop export runs/cnn/model cnn.jaxexport       # for serving
     python -m dlcore.interop import cnn.safetensors cnn runs/cnn_from_torch [--kwargs JSON]
 
 `export` reads a model folder (`save_model`; every classifier experiment writes
 `<run>/model`) and writes its weights as a PyTorch `state_dict`: `.safetensors` through the
 safetensors package's NumPy API (no torch needed), or `.pt`, tensors only, which
-`torch.load(path, weights_only=True)` reads (needs torch to write). `import` turns a
+`torch.load(path, weights_only=True)` reads (needs torch to write), or `.jaxexport`: the
+forward pass with its weights as serialized StableHLO (`dlcore.interop.serving`), which
+`jax.export.deserialize` loads in any JAX program and calls on any batch size. `import` turns a
 safetensors file or a `.pt`/`.pth` state_dict (read with `weights_only=True`: no code is
 unpickled) into a model folder that `load_model` reads. A file that does not fit the model
 or cannot be read ends in one line naming the key, the shapes or the problem.
@@ -26,7 +29,7 @@ import numpy as np
 
 EXIT_USAGE, EXIT_WEIGHTS = 2, 4
 SUFFIXES_IN = (".safetensors", ".pt", ".pth")
-SUFFIXES_OUT = (".safetensors", ".pt")
+SUFFIXES_OUT = (".safetensors", ".pt", ".jaxexport")
 
 
 class WeightsFileError(ValueError):
@@ -129,7 +132,8 @@ def _first_line(e: Exception) -> str:
 
 
 def export(model_dir: str, out: str, *, vae_names: str = "seed") -> dict:
-  """Model folder -> PyTorch state_dict file; returns {"name", "keys", "path"}."""
+  """Model folder -> PyTorch state_dict file (or, for `.jaxexport`, the forward pass for
+  serving: `dlcore.interop.serving`); returns {"name", "keys" or "bytes", "path"}."""
   from dlcore.checkpoint import ModelFolderError, load_model
   from dlcore.interop.torch import ConversionError, to_state_dict
 
@@ -141,6 +145,12 @@ def export(model_dir: str, out: str, *, vae_names: str = "seed") -> dict:
     _, variables = load_model(model_dir)
   except ModelFolderError as e:
     raise WeightsFileError(str(e)) from None
+  if out.lower().endswith(".jaxexport"):
+    from dlcore.interop import serving
+    try:
+      return serving.export_forward(model_dir, out)
+    except OSError as e:
+      raise WeightsFileError(f"cannot write {out}: {e.strerror or e}") from None
   with open(os.path.join(model_dir, "model.json")) as f:
     meta = json.load(f)
   try:
@@ -194,9 +204,11 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
   sub = p.add_subparsers(dest="command", required=True)
-  e = sub.add_parser("export", help="model folder -> .safetensors / .pt (PyTorch key names)")
+  e = sub.add_parser("export", help="model folder -> .safetensors / .pt (PyTorch key names), "
+                     "or .jaxexport (the forward pass for serving)")
   e.add_argument("model_dir", help="a folder written by save_model (e.g. runs/cnn/model)")
-  e.add_argument("out", help="output file, .safetensors or .pt")
+  e.add_argument("out", help="output file: .safetensors or .pt (weights), .jaxexport "
+                             "(serialized StableHLO: jax.export.deserialize loads it)")
   e.add_argument("--vae-names", choices=("seed", "examples"), default="seed",
                  help="the VAE's key names: the seed's fc1..fc5 or pytorch/examples' "
                       "fc1/fc21/fc22/fc3/fc4")
@@ -215,7 +227,12 @@ def main(argv=None) -> int:
   try:
     if args.command == "export":
       r = export(args.model_dir, args.out, vae_names=args.vae_names)
-      print(f"wrote {r['keys']} tensors of {r['name']} to {r['path']}")
+      if "bytes" in r:
+        print(f"wrote {r['name']}'s forward pass ({r['bytes']} bytes, inputs "
+              f"{', '.join(r['inputs'])}) to {r['path']}; load it with "
+              "jax.export.deserialize")
+      else:
+        print(f"wrote {r['keys']} tensors of {r['name']} to {r['path']}")
     else:
       try:
         kwargs = json.loads(args.kwargs)
