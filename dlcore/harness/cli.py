@@ -91,7 +91,16 @@ class Common:
   progress: bool = True
   """Show progress bars."""
   tensorboard: bool = False
-  """Also write TensorBoard logs to <workdir>/tb (needs the tb extra: tensorboardX)."""
+  """Also write TensorBoard logs to <workdir>/tb (needs the tb extra: tensorboardX); the
+  same as --track tensorboard."""
+  track: tuple[Literal["mlflow", "wandb", "tensorboard"], ...] = ()
+  """Mirror the run to these trackers (MLflow: MLFLOW_TRACKING_URI or --tracking-uri; W&B:
+  WANDB_PROJECT, default dlcore, WANDB_MODE=offline honoured; TensorBoard: <workdir>/tb).
+  Sent from a background thread: a tracker that fails costs one warning line, never the run;
+  `python -m dlcore.harness.track sync RUN_DIR --track NAME` sends the folder afterwards."""
+  tracking_uri: str | None = None
+  """MLflow's tracking server for --track mlflow; None: MLFLOW_TRACKING_URI, else MLflow's
+  default."""
   coordinator: str | None = None
   """Several processes: host:port of process 0's coordinator (python -m dlcore.launch sets
   it, and SLURM/Open MPI are detected); None: one process."""
@@ -211,6 +220,10 @@ def parse(config_cls: type[T], argv=None, description: str | None = None) -> T:
                         f"{common.devices}; choose a multiple of {common.devices}")
     if common is not None and common.tensorboard and not tensorboard_available():
       raise ConfigError(TB_MISSING.removeprefix("error: "))
+    if common is not None and common.track:
+      from dlcore.harness import track
+      if (why := track.missing(common.track)) is not None:
+        raise ConfigError(why)
     if common is not None:  # incomplete process flags: now, not after loading the data
       from dlcore import distributed
       try:
@@ -276,14 +289,17 @@ def entry(main) -> None:
   except preemption.Preempted as e:
     preemption.delivered()
     preemption.leave()  # other processes of the job stop without waiting for this one
+    _end_trackers("KILLED")
     if not e.told:
       print(f"error: {e}", file=sys.stderr)
     _leave(e.exit_code, stopped=True)
   except KeyboardInterrupt:
     preemption.delivered()
+    _end_trackers("KILLED")
     print("interrupted; continue with --resume", file=sys.stderr)
     _leave(EXIT_INTERRUPTED, stopped=True)
   except Exception as e:  # noqa: BLE001 - re-raised below unless it is one of ours
+    _end_trackers("FAILED")
     code = _exit_code(e)
     if isinstance(e, distributed.DistributedError):
       code = distributed.EXIT_PEER
@@ -306,6 +322,13 @@ def entry(main) -> None:
   finally:
     if previous is not None:
       preemption.uninstall(previous)
+
+
+def _end_trackers(status: str) -> None:
+  """A run that stops without closing: its trackers' runs end as `status` (a few seconds at
+  most; a resumed run sets them running again)."""
+  if "dlcore.harness.track" in sys.modules:
+    sys.modules["dlcore.harness.track"].close_all(status)
 
 
 def _leave(code: int, *, stopped: bool = False) -> None:

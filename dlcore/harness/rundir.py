@@ -13,12 +13,12 @@ import uuid
 from dlcore import files, timing
 from dlcore.harness.errors import ConfigError, RunDirError
 from dlcore.harness.errors import flag as _flag
-from dlcore.harness.writers import (ConsoleWriter, JsonlWriter, MultiWriter, TensorBoardWriter,
-                                    jsonable, say)
+from dlcore.harness.writers import ConsoleWriter, JsonlWriter, MultiWriter, jsonable, say
 
 # Settings a resumed run may change: how it runs, not what it computes (a mode never changes
 # a result), and how long it trains (extending --epochs is what resume is for).
-RESUMABLE = {"common.resume", "common.auto_resume", "common.progress", "common.tensorboard", "common.mode",
+RESUMABLE = {"common.resume", "common.auto_resume", "common.progress", "common.tensorboard",
+             "common.track", "common.tracking_uri", "common.mode",
              "common.devices", "common.overwrite", "common.allow_change", "common.workdir",
              "common.coordinator", "common.num_processes", "common.process_id",
              "epochs", "score_every"}
@@ -105,18 +105,24 @@ class RunDir:
                 run's summary and plots cover the whole run
   summary.json  SPEC id -> final metrics (each with the run's precision), merged across calls
                 to `update_summary`
-  tb/           TensorBoard events (with `tensorboard=True`; needs tensorboardX)
+  tb/           TensorBoard events (`track=("tensorboard",)`; needs tensorboardX)
   *.png         figures; checkpoints/ and model/ for saved states
 
   A lock (`.lock`, an flock the OS drops when its holder dies) keeps a second run out while
   this one is alive. A folder that holds a run is only reused with `resume` (same settings,
   see `RESUMABLE`) or `overwrite` (its contents are deleted first); `auto_resume` resumes
   when the folder holds a run and starts one when it does not (`resumed` says which).
+
+  `track`: trackers that mirror the run (`dlcore.harness.track`: mlflow, wandb, tensorboard),
+  fed from background threads; `experiment` (its module) and `environment` (versions,
+  devices) go into run.json, where `sync` finds them.
   """
 
   def __init__(self, path: str, *, tensorboard: bool = False, console: tuple[str, ...] = (),
                config=None, resume: bool = False, overwrite: bool = False,
-               allow_change: tuple[str, ...] = (), auto_resume: bool = False):
+               allow_change: tuple[str, ...] = (), auto_resume: bool = False,
+               track: tuple[str, ...] = (), tracking_uri: str | None = None,
+               experiment: str | None = None, environment: dict | None = None):
     self.path = os.path.abspath(path)
     # Every summary entry records the run's precision (`--precision`), when it has one.
     self.precision = getattr(getattr(config, "common", None), "precision", None)
@@ -150,14 +156,18 @@ class RunDir:
       self._check_same_settings(config, allow_change)
     if resume:
       self._repair_rows()
-    self._write_identity(resumed=resume)
+    self._write_identity(resumed=resume, experiment=experiment, environment=environment)
     if config is not None:
       self.write_config(config)
     writers = [JsonlWriter(os.path.join(self.path, "metrics.jsonl"))]
     if console:
       writers.append(ConsoleWriter(console))
-    if tensorboard:
-      writers.append(TensorBoardWriter(os.path.join(self.path, "tb")))
+    track = tuple(track) + (("tensorboard",) if tensorboard else ())
+    if track:
+      from dlcore.harness import track as tracking
+      info = tracking.RunInfo(self.path, self.run_id, os.path.basename(self.path),
+                              experiment or "experiments", tracking_uri)
+      writers += tracking.mirrors(track, info, _read_jsonl(self.file("metrics.jsonl")))
     self.writer = MultiWriter(writers)
 
   # ---- identity and lock -----------------------------------------------------------------
@@ -185,7 +195,8 @@ class RunDir:
       self._lock.close()
       self._lock = None
 
-  def _write_identity(self, *, resumed: bool) -> None:
+  def _write_identity(self, *, resumed: bool, experiment: str | None = None,
+                      environment: dict | None = None) -> None:
     path = os.path.join(self.path, "run.json")
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     ident = {}
@@ -197,6 +208,10 @@ class RunDir:
         raise
     ident.setdefault("run_id", uuid.uuid4().hex[:12])
     ident.setdefault("started", now)
+    if experiment:
+      ident.setdefault("experiment", experiment)
+    if environment:  # where the run started (a resume on other machines keeps the first)
+      ident.setdefault("environment", environment)
     if resumed:
       ident["resumed"] = ident.get("resumed", []) + [now]
     files.write_json(path, ident, indent=2)
@@ -383,9 +398,12 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = (), checkpoints: boo
   path = common.workdir.format(name=name)
 
   def open_run() -> RunDir:
+    from dlcore.harness import track
     return RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
                   resume=common.resume, overwrite=common.overwrite,
-                  allow_change=common.allow_change, auto_resume=common.auto_resume)
+                  allow_change=common.allow_change, auto_resume=common.auto_resume,
+                  track=common.track, tracking_uri=common.tracking_uri,
+                  experiment=track.experiment_of(cfg, name), environment=track.environment())
 
   if not several:
     run = open_run()

@@ -109,5 +109,11 @@ class MultiWriter:
       w.write(split, step, metrics, **extra)
 
   def close(self) -> None:
+    # Trackers' mirrors (`end`/`join`) finish side by side, within one shared wait.
     for w in self.writers:
-      w.close()
+      (w.end if hasattr(w, "end") else w.close)()
+    from dlcore.harness.track import CLOSE_WAIT_S
+    deadline = time.monotonic() + CLOSE_WAIT_S
+    for w in self.writers:
+      if hasattr(w, "join"):
+        w.join(deadline - time.monotonic())

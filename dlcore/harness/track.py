@@ -1,0 +1,725 @@
+"""Trackers (MLflow, Weights & Biases, TensorBoard) as mirrors of a run folder.
+
+The run folder is the source of truth (metrics.jsonl, summary.json, figures); a tracker gets
+a copy of it, sent from a background thread, so a tracker that is down, slow or refuses never
+stops or slows training: it costs one warning line, and the run finishes with its folder
+complete. Whatever did not reach a tracker is sent afterwards with
+
+    python -m dlcore.harness.track sync RUN_DIR --track mlflow [--tracking-uri URI]
+
+which is the same code, run in the foreground over the folder's files (also the way to send
+a run from a machine without network).
+
+A run sends: every option (flattened names) and dlcore/JAX/Flax versions, the git commit,
+device kind and count as parameters; every metric row as `<split>/<metric>` at its step (and
+`epoch`); with members (`--seeds`), the mean under the metric's name, `<metric>/std` (ddof=1,
+as the summary) and `<metric>/seed_<s>`; at the end the summary's numbers as
+`summary/<id>/<key>` and the figures, CSVs, config.json and summary.json as artifacts. With
+`--sweep`, the command is a parent run and every point a child run (MLflow's nested runs; a
+W&B group; a TensorBoard subfolder) with the point's values as parameters.
+
+Continuity: the tracker's run is found again by the dlcore run id (a tag), kept with the
+tracker's own ids in run.json under "tracking", so `--resume`, `--auto-resume` and `sync`
+continue the same run. No step is sent twice: MLflow is asked which steps it holds; W&B and
+TensorBoard keep the last step sent of every metric in run.json (a kill between a send and
+that record can repeat one batch there). Only process 0 of a job writes the run folder, so
+only it talks to a tracker.
+
+Every call to a tracker has a timeout: MLflow's HTTP requests `CALL_TIMEOUT_S` seconds with
+no retries (unless MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES say otherwise), W&B's start
+`CALL_TIMEOUT_S`; at the end of a run the mirror gets `CLOSE_WAIT_S` seconds to finish.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import glob
+import importlib.util
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+BACKENDS = ("mlflow", "wandb", "tensorboard")
+_MODULE = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
+_EXTRA = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tb"}
+CALL_TIMEOUT_S = 10   # one request to a tracker
+CLOSE_WAIT_S = 30     # the end of a run waits this long for its mirrors, then leaves
+_BATCH = 1000         # metrics per request (MLflow's log_batch takes at most 1000)
+_ARTIFACTS = ("*.png", "*.csv", "*.txt", "summary.json", "config.json")
+_RUN_JSON = threading.Lock()  # mirrors of several trackers update run.json from their threads
+
+
+def installed(module: str) -> bool:
+  if module in sys.modules:
+    return sys.modules[module] is not None
+  return importlib.util.find_spec(module) is not None
+
+
+def missing(names: Sequence[str]) -> str | None:
+  """One line for the first tracker in `names` whose package is not installed, else None."""
+  for name in names:
+    if not installed(_MODULE[name]):
+      what = {"mlflow": "MLflow", "wandb": "wandb", "tensorboard": "tensorboardX"}[name]
+      return (f"--track {name} needs {what}, which is not installed; install it with: "
+              f"pip install \"dlcore[{_EXTRA[name]}]\"")
+  return None
+
+
+# ---- what a run sends ------------------------------------------------------------------------
+@dataclasses.dataclass
+class Point:
+  key: str
+  step: int
+  value: float
+  time_ms: int
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out |= _flat(v, f"{prefix}{k}.")
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def params_of(config: Mapping, run_json: Mapping) -> dict[str, str]:
+  """Every option under its command-line name (the last part of its path, the whole path
+  where two groups share a name), and the run's environment from run.json."""
+  flat = _flat(config)
+  leaves = [k.rsplit(".", 1)[-1] for k in flat]
+  out = {}
+  for k, v in flat.items():
+    leaf = k.rsplit(".", 1)[-1]
+    name = leaf if leaves.count(leaf) == 1 else k
+    out[name] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+  for k, v in run_json.get("environment", {}).items():
+    out[k] = str(v)
+  out["run_id"] = str(run_json.get("run_id"))
+  return out
+
+
+def environment() -> dict:
+  """Versions, git commit and devices of the running process, for run.json."""
+  import flax
+  import jax
+
+  import dlcore
+  try:
+    from importlib.metadata import version
+    ours = version("dlcore")
+  except Exception:  # noqa: BLE001 - run from a checkout that was never installed
+    ours = "unknown"
+  env = {"dlcore.version": ours, "jax.version": jax.__version__,
+         "flax.version": flax.__version__}
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         timeout=5, cwd=os.path.dirname(os.path.abspath(dlcore.__file__)))
+    if out.returncode == 0:
+      env["git.commit"] = out.stdout.strip()
+  except (OSError, subprocess.TimeoutExpired):
+    pass
+  devices = jax.devices()
+  env["device.kind"] = devices[0].device_kind
+  env["device.count"] = len(devices)
+  return env
+
+
+_SKIP = {"split", "step", "epoch", "time", "scope", "per_seed"}
+
+
+def _number(v) -> float | None:
+  if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+      return float(v)
+    return None
+  return float(v)
+
+
+def _std(values: Sequence[float]) -> float:
+  n = len(values)
+  if n < 2:
+    return 0.0
+  mean = sum(values) / n
+  return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def _sweep_grid(specs: Sequence[str]) -> dict[str, list[str]]:
+  grid = {}
+  for spec in specs:
+    name, _, values = spec.partition("=")
+    grid[name.strip().replace("-", "_")] = [v.strip() for v in values.split(",")]
+  return grid
+
+
+def _label(value: str) -> str:
+  try:
+    return format(float(value), "g")
+  except ValueError:
+    return value
+
+
+@dataclasses.dataclass
+class Layout:
+  """How rows of metrics.jsonl become tracker metrics: members and sweep points."""
+  seed: int = 0
+  sweep: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def of(cls, config: Mapping) -> "Layout":
+    common = config.get("common", {}) if isinstance(config, Mapping) else {}
+    return cls(int(common.get("seed", 0) or 0), _sweep_grid(common.get("sweep", []) or []))
+
+  def split_scope(self, scope: str | None) -> tuple[str, dict[str, str]]:
+    """(prefix for the metric keys, the sweep's shape values the scope names)."""
+    if not scope:
+      return "", {}
+    static, rest = {}, []
+    for token in scope.split():
+      name, eq, value = token.partition("=")
+      if eq and name in self.sweep:
+        static[name] = _label(value)
+      elif token != "sweep" or not self.sweep:
+        rest.append(token)
+    return ("/".join(rest) + "/" if rest else ""), static
+
+  def points(self, row: Mapping) -> list[tuple[str | None, Point]]:
+    """(child run label or None for the run itself, metric point) of one row."""
+    step = int(row.get("step", 0))
+    t = int(float(row.get("time", time.time())) * 1000)
+    prefix, static = self.split_scope(row.get("scope"))
+    split = row.get("split", "train")
+    per = row.get("per_seed") or {}
+    scalars = {k: x for k, v in row.items() if k not in _SKIP
+               and (x := _number(v)) is not None}
+    out: list[tuple[str | None, Point]] = []
+    if not self.sweep:
+      if "epoch" in row:
+        out.append((None, Point(f"{prefix}epoch", step, float(row["epoch"]), t)))
+      for k, v in scalars.items():
+        out.append((None, Point(f"{prefix}{split}/{k}", step, v, t)))
+        values = [_number(x) for x in per.get(k, [])]
+        if len(values) > 1 and None not in values:
+          out.append((None, Point(f"{prefix}{split}/{k}/std", step, _std(values), t)))
+          out += [(None, Point(f"{prefix}{split}/{k}/seed_{self.seed + i}", step, x, t))
+                  for i, x in enumerate(values)]
+      return out
+    inner = {n: v for n, v in self.sweep.items() if n not in static}
+    grid = [dict(zip(inner, vals)) for vals in itertools.product(*inner.values())]
+    for k in scalars:
+      values = [_number(x) for x in per.get(k, [scalars[k]])]
+      if None in values or not values or len(values) % len(grid):
+        continue
+      n = len(values) // len(grid)
+      for p, point in enumerate(grid):
+        label = " ".join(f"{name}={_label(v)}" for name, v in
+                         {**static, **point}.items())
+        part = values[p * n:(p + 1) * n]
+        key = f"{prefix}{split}/{k}"
+        out.append((label, Point(key, step, sum(part) / n, t)))
+        if n > 1:
+          out.append((label, Point(f"{key}/std", step, _std(part), t)))
+          out += [(label, Point(f"{key}/seed_{self.seed + i}", step, x, t))
+                  for i, x in enumerate(part)]
+        if "epoch" in row:
+          out.append((label, Point(f"{prefix}epoch", step, float(row["epoch"]), t)))
+    return out
+
+  def point_params(self, label: str) -> dict[str, str]:
+    return dict(token.split("=", 1) for token in label.split())
+
+
+def summary_points(summary: Mapping, step: int) -> list[Point]:
+  """summary.json's numbers (one level of keys below each entry) as final metrics."""
+  t = int(time.time() * 1000)
+  out = []
+  for entry, values in summary.items():
+    if entry == "timings" or not isinstance(values, Mapping):
+      continue
+    for k, v in values.items():
+      x = _number(v)
+      if x is not None and math.isfinite(x):
+        out.append(Point(f"summary/{entry}/{k}", step, x, t))
+  return out
+
+
+def read_rows(path: str) -> list[dict]:
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          break
+  return rows
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      value = json.load(f)
+    return value if isinstance(value, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+# ---- backends --------------------------------------------------------------------------------
+class _Backend:
+  """One tracker: a run (and child runs for sweep points) it writes to."""
+  name = ""
+  queryable = False  # `sent` asks the tracker (else run.json keeps the last steps sent)
+
+  def open(self, info: "RunInfo", saved: dict) -> dict:
+    """Connects and finds or creates the run; returns what run.json keeps for next time."""
+    raise NotImplementedError
+
+  def sent(self) -> dict[tuple[str | None, str], int] | None:
+    """The last step the tracker holds of each (child, key); None: it cannot be asked."""
+    return None
+
+  def child(self, label: str, params: dict[str, str]) -> None:
+    raise NotImplementedError
+
+  def params(self, params: dict[str, str]) -> None:
+    raise NotImplementedError
+
+  def metrics(self, child: str | None, points: list[Point]) -> None:
+    raise NotImplementedError
+
+  def artifacts(self, paths: list[str]) -> None:
+    pass
+
+  def finish(self, status: str) -> None:
+    pass
+
+
+class MlflowBackend(_Backend):
+  name = "mlflow"
+  queryable = True
+
+  def open(self, info, saved):
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CALL_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name in ("mlflow", "urllib3", "alembic"):
+      logging.getLogger(name).setLevel(logging.CRITICAL)
+    from mlflow import MlflowClient
+    self.info = info
+    self.client = MlflowClient(tracking_uri=info.tracking_uri)
+    exp = self.client.get_experiment_by_name(info.experiment)
+    self.experiment_id = (exp.experiment_id if exp is not None
+                          else self.client.create_experiment(info.experiment))
+    runs = self.client.search_runs(
+        [self.experiment_id], filter_string=f"tags.`dlcore.run_id` = '{info.run_id}'",
+        max_results=10000)
+    self.children = {}
+    self.run_id = None
+    for r in runs:
+      point = r.data.tags.get("dlcore.point")
+      if point is None:
+        self.run_id = r.info.run_id
+      else:
+        self.children[point] = r.info.run_id
+    if self.run_id is None:
+      self.run_id = self.client.create_run(
+          self.experiment_id, run_name=info.name,
+          tags={"dlcore.run_id": info.run_id, "dlcore.run_dir": info.path}).info.run_id
+    elif self.client.get_run(self.run_id).info.status != "RUNNING":
+      self.client.update_run(self.run_id, status="RUNNING")
+    return {"run_id": self.run_id, "experiment_id": self.experiment_id,
+            "tracking_uri": self.client.tracking_uri}
+
+  def sent(self):
+    held = {}
+    for child, run_id in [(None, self.run_id), *self.children.items()]:
+      for key in self.client.get_run(run_id).data.metrics:
+        steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+        if steps:
+          held[(child, key)] = max(steps)
+    return held
+
+  def child(self, label, params):
+    if label not in self.children:
+      self.children[label] = self.client.create_run(
+          self.experiment_id, run_name=f"{self.info.name} {label}",
+          tags={"dlcore.run_id": self.info.run_id, "dlcore.point": label,
+                "mlflow.parentRunId": self.run_id}).info.run_id
+    self._params(self.children[label], params)
+
+  def params(self, params):
+    self._params(self.run_id, params)
+
+  def _params(self, run_id, params):
+    from mlflow.entities import Param, RunTag
+    held = self.client.get_run(run_id).data.params
+    new = [Param(k[:250], v[:6000]) for k, v in params.items() if k[:250] not in held]
+    # An option changed on --resume (--allow-change): MLflow's parameters are immutable.
+    changed = [RunTag(f"resumed_with.{k}"[:250], v[:5000]) for k, v in params.items()
+               if k[:250] in held and held[k[:250]] != v[:6000]]
+    for i in range(0, max(len(new), len(changed)), 100):
+      self.client.log_batch(run_id, params=new[i:i + 100], tags=changed[i:i + 100])
+
+  def metrics(self, child, points):
+    from mlflow.entities import Metric
+    run_id = self.run_id if child is None else self.children[child]
+    ms = [Metric(p.key, p.value, p.time_ms, p.step) for p in points]
+    for i in range(0, len(ms), _BATCH):
+      self.client.log_batch(run_id, metrics=ms[i:i + _BATCH])
+
+  def artifacts(self, paths):
+    for path in paths:
+      self.client.log_artifact(self.run_id, path)
+
+  def finish(self, status):
+    for run_id in [*self.children.values(), self.run_id]:
+      self.client.set_terminated(run_id, status)
+
+
+class WandbBackend(_Backend):
+  name = "wandb"
+
+  def open(self, info, saved):
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+    self.wandb, self.info = wandb, info
+    self.project = os.environ.get("WANDB_PROJECT") or "dlcore"
+    self.runs = {None: self._init(info.run_id, info.name, group=None)}
+    self.runs[None].define_metric("*", step_metric="step")
+    return {"run_id": info.run_id, "project": self.project}
+
+  def _init(self, run_id, name, group):
+    return self.wandb.init(
+        project=self.project, id=run_id, name=name, group=group, resume="allow",
+        dir=os.path.join(self.info.path), job_type="train", reinit="create_new",
+        settings=self.wandb.Settings(init_timeout=CALL_TIMEOUT_S, silent=True,
+                                     console="off", save_code=False))
+
+  def child(self, label, params):
+    if label not in self.runs:
+      suffix = "-" + "".join(ch if ch.isalnum() else "_" for ch in label)
+      run = self._init(self.info.run_id + suffix[:60], f"{self.info.name} {label}",
+                       group=self.info.name)
+      run.define_metric("*", step_metric="step")
+      self.runs[label] = run
+    self.runs[label].config.update(params, allow_val_change=True)
+
+  def params(self, params):
+    self.runs[None].config.update(params, allow_val_change=True)
+
+  def metrics(self, child, points):
+    run = self.runs[child]
+    for step, group in itertools.groupby(points, key=lambda p: p.step):
+      run.log({"step": step, **{p.key: p.value for p in group}})
+
+  def artifacts(self, paths):
+    for path in paths:
+      self.runs[None].save(path, base_path=os.path.dirname(path), policy="now")
+
+  def finish(self, status):
+    code = 0 if status == "FINISHED" else 1
+    for run in self.runs.values():
+      run.finish(exit_code=code)
+
+
+class TensorBoardBackend(_Backend):
+  name = "tensorboard"
+
+  def open(self, info, saved):
+    from tensorboardX import SummaryWriter
+    self.info, self.logdir = info, os.path.join(info.path, "tb")
+    self.writers = {None: SummaryWriter(self.logdir)}
+    return {"logdir": self.logdir}
+
+  def child(self, label, params):
+    if label not in self.writers:
+      from tensorboardX import SummaryWriter
+      safe = "".join(ch if ch.isalnum() or ch in "=.-_" else "_" for ch in label)
+      self.writers[label] = SummaryWriter(os.path.join(self.logdir, safe))
+      self._text(self.writers[label], params)
+
+  def params(self, params):
+    self._text(self.writers[None], params)
+
+  @staticmethod
+  def _text(writer, params):
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
+    writer.add_text("params", "| option | value |\n|---|---|\n" + rows, 0)
+
+  def metrics(self, child, points):
+    w = self.writers[child]
+    for p in points:
+      w.add_scalar(p.key, p.value, p.step, walltime=p.time_ms / 1000)
+
+  def finish(self, status):
+    for w in self.writers.values():
+      w.close()
+
+
+_BACKEND = {"mlflow": MlflowBackend, "wandb": WandbBackend, "tensorboard": TensorBoardBackend}
+
+
+# ---- the mirror ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunInfo:
+  path: str
+  run_id: str
+  name: str          # the run's name in the tracker: the run folder's
+  experiment: str    # MLflow's experiment / the module: experiments.vae
+  tracking_uri: str | None = None
+
+
+def _say(line: str) -> None:
+  from dlcore.harness.writers import say
+  say(line)
+
+
+class Mirror:
+  """A writer (`write(split, step, metrics, **extra)`, `close`) that sends a run folder's
+  rows to one tracker from a background thread (`background=False`: in the caller's thread,
+  as `sync` does). `rows`: the rows the folder already holds (a resumed run's), sent first."""
+
+  def __init__(self, backend: str, info: RunInfo, rows: Sequence[dict] = (), *,
+               background: bool = True):
+    self.backend_name, self.info = backend, info
+    self.backend = _BACKEND[backend]()
+    self.layout = Layout.of(_read_json(os.path.join(info.path, "config.json")))
+    self.failed: str | None = None
+    self.sent: dict[tuple[str | None, str], int] = {}
+    self._children: set[str] = set()
+    self._last_step = 0
+    self._queue: queue.Queue = queue.Queue()
+    self._queue.put(("rows", list(rows)))
+    self._thread = None
+    self._ended = False
+    if background:
+      _live.add(self)
+      self._thread = threading.Thread(target=self._work, name=f"dlcore-track-{backend}",
+                                      daemon=True)
+      self._thread.start()
+
+  # the writer interface ----------------------------------------------------------------------
+  def write(self, split: str, step: int, metrics: Mapping[str, Any], **extra: Any) -> None:
+    if self.failed is None:
+      self._queue.put(("row", {"split": split, "step": int(step), **extra, **dict(metrics),
+                               "time": time.time()}))
+
+  def close(self, status: str = "FINISHED", wait: float = CLOSE_WAIT_S) -> bool:
+    """Sends the artifacts and summary, ends the tracker's run; waits at most `wait` seconds.
+    True when everything was sent."""
+    self.end(status)
+    return self.join(wait)
+
+  def end(self, status: str = "FINISHED") -> None:
+    if not self._ended:
+      self._ended = True
+      self._queue.put(("close", status))
+      _live.discard(self)
+
+  def join(self, wait: float = CLOSE_WAIT_S) -> bool:
+    if self._thread is None:
+      self._work()
+    else:
+      self._thread.join(max(wait, 0.0))
+      if self._thread.is_alive():
+        self._warn(f"still sending after {wait:.0f} s; stopped waiting")
+        return False
+    return self.failed is None
+
+  # the worker -------------------------------------------------------------------------------
+  def _work(self) -> None:
+    try:
+      if not hasattr(self, "_opened"):
+        self._open()
+        self._opened = True
+      while True:
+        kind, item = self._queue.get()
+        rows = [item] if kind == "row" else item if kind == "rows" else []
+        while kind != "close":  # what else is waiting goes in the same requests
+          try:
+            kind, more = self._queue.get_nowait()
+          except queue.Empty:
+            break
+          if kind == "row":
+            rows.append(more)
+          elif kind == "rows":
+            rows += more
+          else:
+            item = more
+        if rows:
+          self._send(rows)
+        if kind == "close":
+          self._finish(item)
+          return
+    except Exception as e:  # noqa: BLE001 - a tracker never stops a run
+      first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+      self._warn(f"{type(e).__name__}: {first}" if first else type(e).__name__)
+
+  def _warn(self, why: str) -> None:
+    if self.failed is None:
+      self.failed = why
+      print(f"warning: {self.backend_name}: {why}; the run goes on and its folder is "
+            f"complete; send it later with: python -m dlcore.harness.track sync "
+            f"{self.info.path} --track {self.backend_name}" + (
+                f" --tracking-uri {self.info.tracking_uri}" if self.info.tracking_uri else ""),
+            file=sys.stderr, flush=True)
+
+  def _open(self) -> None:
+    run_json = _read_json(os.path.join(self.info.path, "run.json"))
+    saved = run_json.get("tracking", {}).get(self.backend_name, {})
+    state = self.backend.open(self.info, saved)
+    held = self.backend.sent()
+    if held is None:  # a tracker that cannot be asked: the steps this folder recorded
+      held = {(c or None, k): s for c, keys in saved.get("sent", {}).items()
+              for k, s in keys.items()}
+    self.sent = held
+    self._state = state
+    self._remember()
+    self.backend.params(params_of(_read_json(os.path.join(self.info.path, "config.json")),
+                                  run_json))
+
+  def _remember(self) -> None:
+    """The tracker's ids, and (trackers that cannot be asked) the last step of each key."""
+    state = dict(self._state)
+    if not self.backend.queryable:
+      sent: dict[str, dict[str, int]] = {}
+      for (child, key), step in self.sent.items():
+        sent.setdefault(child or "", {})[key] = step
+      state["sent"] = sent
+    from dlcore import files
+    with _RUN_JSON:
+      path = os.path.join(self.info.path, "run.json")
+      ident = _read_json(path)
+      if not ident:
+        return
+      ident.setdefault("tracking", {})[self.backend_name] = state
+      files.write_json(path, ident, indent=2)
+
+  def _send(self, rows: list[dict]) -> None:
+    from dlcore.harness.writers import jsonable
+    by_child: dict[str | None, list[Point]] = {}
+    for row in rows:
+      row = jsonable(row)
+      self._last_step = max(self._last_step, int(row.get("step", 0)))
+      for child, p in self.layout.points(row):
+        if p.step > self.sent.get((child, p.key), -1):
+          by_child.setdefault(child, []).append(p)
+    for child, points in by_child.items():
+      if child is not None and child not in self._children:
+        params = params_of(_read_json(os.path.join(self.info.path, "config.json")), {})
+        self.backend.child(child, params | self.layout.point_params(child))
+        self._children.add(child)
+      self.backend.metrics(child, points)
+      for p in points:
+        self.sent[(child, p.key)] = max(p.step, self.sent.get((child, p.key), -1))
+    if by_child:
+      self._remember()
+
+  def _finish(self, status: str) -> None:
+    summary = _read_json(os.path.join(self.info.path, "summary.json"))
+    points = [p for p in summary_points(summary, self._last_step)
+              if p.step > self.sent.get((None, p.key), -1)]
+    if points:
+      self.backend.metrics(None, points)
+      for p in points:
+        self.sent[(None, p.key)] = p.step
+      self._remember()
+    paths = sorted({p for pattern in _ARTIFACTS
+                    for p in glob.glob(os.path.join(self.info.path, pattern))})
+    self.backend.artifacts(paths)
+    self.backend.finish(status)
+
+
+_live: set = set()  # mirrors of runs not closed yet (a run that stops on an error)
+
+
+def close_all(status: str, wait: float = 5.0) -> None:
+  """Ends the mirrors of runs that stopped without closing (an error, a SIGTERM): their
+  trackers' runs end with `status` (FAILED, KILLED), waiting at most `wait` seconds in all."""
+  live = list(_live)
+  for m in live:
+    m.end(status)
+  deadline = time.monotonic() + wait
+  for m in live:
+    m.join(deadline - time.monotonic())
+
+
+def experiment_of(cfg, name: str) -> str:
+  """The experiment's module (`experiments.vae`), also when run as `python -m`."""
+  module = type(cfg).__module__
+  if module == "__main__":
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name if spec is not None else None
+  return module or f"experiments.{name}"
+
+
+def mirrors(names: Sequence[str], info: RunInfo, rows: Sequence[dict]) -> list[Mirror]:
+  return [Mirror(n, info, rows) for n in dict.fromkeys(names)]
+
+
+# ---- python -m dlcore.harness.track sync -------------------------------------------------
+def sync(run_dir: str, names: Sequence[str], tracking_uri: str | None = None,
+         experiment: str | None = None) -> dict[str, bool]:
+  """Sends a run folder (finished, stopped or recorded offline) to the trackers `names`:
+  what they miss of its rows, its summary and artifacts. {tracker: everything sent}."""
+  path = os.path.abspath(run_dir)
+  ident = _read_json(os.path.join(path, "run.json"))
+  if not ident.get("run_id"):
+    raise SystemExit(f"error: {path} holds no dlcore run (no run.json); pass a run folder")
+  if (why := missing(names)) is not None:
+    raise SystemExit(f"error: {why}")
+  lock = open(os.path.join(path, ".lock"), "a+")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    raise SystemExit(f"error: {path} is in use by a running run; it sends its own rows, "
+                     "run sync after it ends") from None
+  try:
+    experiment = experiment or ident.get("experiment")
+    if not experiment:
+      raise SystemExit(f"error: {path}/run.json names no experiment (a run from before "
+                       "tracking); pass --experiment experiments.NAME")
+    done = {}
+    for name in dict.fromkeys(names):
+      uri = tracking_uri or ident.get("tracking", {}).get(name, {}).get("tracking_uri")
+      info = RunInfo(path, ident["run_id"], os.path.basename(path), experiment, uri)
+      m = Mirror(name, info, read_rows(os.path.join(path, "metrics.jsonl")),
+                 background=False)
+      done[name] = m.close()
+    return done
+  finally:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m dlcore.harness.track",
+                              description=__doc__.split("\n\n")[0])
+  sub = p.add_subparsers(dest="command", required=True)
+  s = sub.add_parser("sync", help="send a run folder to trackers (what they miss of it)")
+  s.add_argument("run_dir", help="a run folder (its run.json, metrics.jsonl, summary.json)")
+  s.add_argument("--track", nargs="+", choices=BACKENDS, required=True,
+                 help="trackers to send to")
+  s.add_argument("--tracking-uri", default=None,
+                 help="MLflow's server (default: the run's, else MLFLOW_TRACKING_URI)")
+  s.add_argument("--experiment", default=None,
+                 help="MLflow's experiment (default: the run's module, from run.json)")
+  args = p.parse_args(argv)
+  done = sync(args.run_dir, args.track, args.tracking_uri, args.experiment)
+  for name, ok in done.items():
+    print(f"{name}: {'sent' if ok else 'incomplete (see the warning above)'}")
+  return 0 if all(done.values()) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

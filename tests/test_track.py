@@ -1,0 +1,346 @@
+"""Trackers (`dlcore.harness.track`, `--track`): a real MLflow tracking server on 127.0.0.1
+(SQLite store in a temporary folder) read back through `MlflowClient`; W&B in offline mode
+read back from its run file; faults (a server down before or during a run, a SIGTERM and
+`--auto-resume`) and `python -m dlcore.harness.track sync`."""
+import glob
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+
+from experiments import mnist_mlp  # noqa: E402
+from dlcore.harness import track  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLP = ["--dataset", "digits", "--no-compare", "--no-progress"]
+SERVER_WAIT_S = 90
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class Server:
+  """`mlflow server` on 127.0.0.1 with its SQLite store in `folder`; `stop` kills it (as a
+  crash would), `start` brings it back on the same port and store."""
+
+  def __init__(self, folder):
+    self.folder, self.port = str(folder), _free_port()
+    os.makedirs(self.folder, exist_ok=True)
+    self.uri = f"http://127.0.0.1:{self.port}"
+    self.proc = None
+
+  def start(self):
+    self.log = open(os.path.join(self.folder, "server.log"), "a")
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+         str(self.port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db",
+         "--default-artifact-root", f"{self.folder}/artifacts"],
+        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+    import urllib.request
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while time.monotonic() < deadline:
+      assert self.proc.poll() is None, open(os.path.join(self.folder, "server.log")).read()
+      try:
+        with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+          if r.status == 200:
+            return self
+      except OSError:
+        time.sleep(0.3)
+    raise TimeoutError(f"mlflow server not up after {SERVER_WAIT_S} s")
+
+  def stop(self):
+    if self.proc is not None and self.proc.poll() is None:
+      os.killpg(self.proc.pid, signal.SIGKILL)
+      self.proc.wait(30)
+    self.log.close()
+
+  def client(self):
+    return mlflow.MlflowClient(self.uri)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  s = Server(tmp_path_factory.mktemp("mlflow")).start()
+  yield s
+  s.stop()
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _runs(client, run_dir, experiment="experiments.mnist_mlp"):
+  """The MLflow runs of the dlcore run in `run_dir` (parent first)."""
+  with open(os.path.join(run_dir, "run.json")) as f:
+    run_id = json.load(f)["run_id"]
+  exp = client.get_experiment_by_name(experiment)
+  assert exp is not None, f"no MLflow experiment {experiment}"
+  runs = client.search_runs([exp.experiment_id],
+                            filter_string=f"tags.`dlcore.run_id` = '{run_id}'")
+  return sorted(runs, key=lambda r: "dlcore.point" in r.data.tags)
+
+
+def _history(client, run_id, key):
+  return [(m.step, m.value) for m in
+          sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _assert_metrics_equal_the_folder(client, run_id, workdir):
+  """Every scalar of every row of metrics.jsonl is in MLflow at its step, once."""
+  rows = _rows(workdir)
+  keys = {}
+  for r in rows:
+    for k, v in r.items():
+      if k not in ("split", "step", "epoch", "time", "scope") and isinstance(v, (int, float)):
+        keys.setdefault(f"{r['split']}/{k}", []).append((r["step"], float(v)))
+  assert "train/loss" in keys and "eval/accuracy" in keys
+  for key, want in keys.items():
+    assert _history(client, run_id, key) == want, key
+
+
+def test_a_tracked_run_is_one_mlflow_run_equal_to_its_folder(server, tmp_path):
+  """The acceptance command: one run in experiment `experiments.mnist_mlp`, named as the run
+  folder, whose metric histories equal metrics.jsonl (and history.jsonl's epochs), with the
+  options and the environment as parameters, the summary as final metrics, and the figures
+  and summary.json as artifacts."""
+  workdir = str(tmp_path / "tracked")
+  mnist_mlp.main([*MLP, "--epochs", "3", "--workdir", workdir, "--track", "mlflow",
+                  "--tracking-uri", server.uri])
+  client = server.client()
+  (run,) = _runs(client, workdir)
+  assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
+  params = run.data.params
+  assert params["lr"] == "0.01" and params["epochs"] == "3" and params["dataset"] == "digits"
+  assert params["jax.version"] and params["device.kind"] == "cpu"
+  _assert_metrics_equal_the_folder(client, run.info.run_id, workdir)
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    epochs = [json.loads(line) for line in f]
+  assert _history(client, run.info.run_id, "eval/loss") == [
+      (e["step"], e["eval"]["loss"]) for e in epochs]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert run.data.metrics["summary/2.3.1/test_accuracy"] == summary["2.3.1"]["test_accuracy"]
+  artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+  assert {"summary.json", "config.json", "mnist_mlp_curves.png"} <= artifacts
+  with open(os.path.join(workdir, "run.json")) as f:
+    assert json.load(f)["tracking"]["mlflow"]["run_id"] == run.info.run_id
+
+
+def test_without_track_nothing_changes(server, tmp_path):
+  """The same run with and without `--track mlflow`: the same numbers in metrics.jsonl and
+  summary.json, bit for bit; without it nothing is tracked and run.json names no tracker."""
+  plain, tracked = str(tmp_path / "plain"), str(tmp_path / "tracked")
+  a = mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", plain])
+  b = mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", tracked, "--track", "mlflow",
+                      "--tracking-uri", server.uri])
+  assert a["2.3.1"]["test_loss"] == b["2.3.1"]["test_loss"]
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+  assert strip(_rows(plain)) == strip(_rows(tracked))
+  with open(os.path.join(plain, "run.json")) as f:
+    assert "tracking" not in json.load(f)
+  assert not os.path.exists(os.path.join(plain, "tb"))
+  assert not os.path.exists(os.path.join(plain, "wandb"))
+
+
+def test_seeds_and_a_sweep_give_a_parent_and_a_child_run_per_point(server, tmp_path):
+  """`--sweep lr=... --seeds 2`: a parent run for the command, one child run per point with
+  the point's lr as its parameter; in each child the mean under the metric's name, `/std`
+  and each seed's value under `/seed_<s>`, equal to the members' values in metrics.jsonl."""
+  workdir = str(tmp_path / "sweep")
+  mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", workdir, "--sweep", "lr=0.01,0.05",
+                  "--seeds", "2", "--seed", "3", "--track", "mlflow", "--tracking-uri",
+                  server.uri])
+  client = server.client()
+  parent, *children = _runs(client, workdir)
+  assert "dlcore.point" not in parent.data.tags and len(children) == 2
+  assert {c.data.params["lr"] for c in children} == {"0.01", "0.05"}
+  assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+  evals = [r for r in _rows(workdir) if r["split"] == "eval"]
+  for c in children:
+    p = 0 if c.data.params["lr"] == "0.01" else 1  # members are point-major
+    members = [r["per_seed"]["accuracy"][2 * p:2 * p + 2] for r in evals]
+    for i, seed in enumerate((3, 4)):
+      assert _history(client, c.info.run_id, f"eval/accuracy/seed_{seed}") == [
+          (r["step"], m[i]) for r, m in zip(evals, members)]
+    got = dict(_history(client, c.info.run_id, "eval/accuracy"))
+    std = dict(_history(client, c.info.run_id, "eval/accuracy/std"))
+    for r, m in zip(evals, members):
+      assert got[r["step"]] == pytest.approx(sum(m) / 2, abs=1e-12)
+      assert std[r["step"]] == pytest.approx(abs(m[0] - m[1]) / 2 ** 0.5, abs=1e-12)
+  assert "summary/2.3.1/test_accuracy" in parent.data.metrics
+
+
+def _one_warning(err: str) -> str:
+  lines = [line for line in err.splitlines() if line.strip()]
+  warnings = [line for line in lines if "mlflow" in line.lower()]
+  assert len(warnings) == 1, err[-3000:]
+  assert warnings[0].startswith("warning: mlflow:") and "dlcore.harness.track sync" in warnings[0]
+  return warnings[0]
+
+
+def test_a_server_that_is_down_costs_one_line_and_sync_sends_the_run(server, tmp_path, capsys):
+  """No server at the URI: the run ends normally with its folder complete and one warning
+  line; `python -m dlcore.harness.track sync` then sends the whole run to a live server."""
+  workdir = str(tmp_path / "offline")
+  down = f"http://127.0.0.1:{_free_port()}"
+  start = time.monotonic()
+  summary = mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", workdir, "--track", "mlflow",
+                            "--tracking-uri", down])
+  assert time.monotonic() - start < 120
+  assert summary["2.3.1"]["epochs"] == 2
+  assert os.path.exists(os.path.join(workdir, "summary.json"))
+  _one_warning(capsys.readouterr().err)
+  assert track.main(["sync", workdir, "--track", "mlflow", "--tracking-uri", server.uri]) == 0
+  (run,) = _runs(server.client(), workdir)
+  assert run.info.status == "FINISHED"
+  _assert_metrics_equal_the_folder(server.client(), run.info.run_id, workdir)
+  # A second sync sends nothing twice.
+  assert track.main(["sync", workdir, "--track", "mlflow", "--tracking-uri", server.uri]) == 0
+  _assert_metrics_equal_the_folder(server.client(), run.info.run_id, workdir)
+
+
+def _wait_for_epochs(workdir, n, proc, timeout=180):
+  path = os.path.join(workdir, "history.jsonl")
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and proc.poll() is None:
+    if os.path.exists(path) and len(open(path).readlines()) >= n:
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"the run ended or took too long before epoch {n}")
+
+
+def _start(args, **kw):
+  return subprocess.Popen([sys.executable, "-m", "experiments.mnist_mlp", *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigterm_and_auto_resume_continue_one_mlflow_run_with_each_epoch_once(server, tmp_path):
+  workdir = str(tmp_path / "stopped")
+  args = [*MLP, "--epochs", "6", "--batch-size", "16", "--workdir", workdir, "--auto-resume",
+          "--track", "mlflow", "--tracking-uri", server.uri]
+  proc = _start(args)
+  _wait_for_epochs(workdir, 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 143, err[-2000:]
+  out = subprocess.run([sys.executable, "-m", "experiments.mnist_mlp", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "warning" not in out.stderr, out.stderr[-2000:]
+  client = server.client()
+  (run,) = _runs(client, workdir)
+  assert run.info.status == "FINISHED"
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    epochs = [json.loads(line) for line in f]
+  assert len(epochs) == 6
+  assert _history(client, run.info.run_id, "eval/loss") == [
+      (e["step"], e["eval"]["loss"]) for e in epochs]
+  _assert_metrics_equal_the_folder(client, run.info.run_id, workdir)
+
+
+def test_a_server_killed_mid_run_leaves_the_folder_complete_and_sync_completes(tmp_path):
+  s = Server(tmp_path / "store").start()
+  try:
+    workdir = str(tmp_path / "run")
+    proc = _start([*MLP, "--epochs", "30", "--batch-size", "16", "--workdir", workdir,
+                   "--track", "mlflow", "--tracking-uri", s.uri])
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:  # until the server has rows
+      if os.path.exists(os.path.join(workdir, "run.json")):
+        runs = _runs(s.client(), workdir) if s.client().get_experiment_by_name(
+            "experiments.mnist_mlp") else []
+        if runs and _history(s.client(), runs[0].info.run_id, "train/loss"):
+          break
+      time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before the server was killed"
+    s.stop()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    _one_warning(err)
+    with open(os.path.join(workdir, "history.jsonl")) as f:
+      assert len(f.readlines()) == 30
+    assert os.path.exists(os.path.join(workdir, "summary.json"))
+    s.start()
+    (run,) = _runs(s.client(), workdir)
+    assert run.info.status == "RUNNING"  # it stopped mid-run
+    assert len(_history(s.client(), run.info.run_id, "eval/loss")) < 30
+    assert track.main(["sync", workdir, "--track", "mlflow"]) == 0  # the URI from run.json
+    (run,) = _runs(s.client(), workdir)
+    assert run.info.status == "FINISHED"
+    _assert_metrics_equal_the_folder(s.client(), run.info.run_id, workdir)
+  finally:
+    s.stop()
+
+
+def test_track_without_the_package_stops_before_any_work(monkeypatch, capsys, tmp_path):
+  monkeypatch.setitem(sys.modules, "mlflow", None)
+  with pytest.raises(SystemExit) as e:
+    mnist_mlp.main([*MLP, "--workdir", str(tmp_path / "x"), "--track", "mlflow"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ['error: --track mlflow needs MLflow, which is not installed; install it '
+                 'with: pip install "dlcore[mlflow]"']
+  assert not os.path.exists(tmp_path / "x")
+
+
+# ---- W&B offline --------------------------------------------------------------------------
+def _wandb_records(path):
+  """The records of a W&B run file (`run-<id>.wandb`): LevelDB's log format (32 KiB blocks,
+  a 7-byte header per chunk) after W&B's 7-byte file header, each a protobuf `Record`."""
+  from wandb.proto import wandb_internal_pb2 as pb
+  with open(path, "rb") as f:
+    data = f.read()
+  assert data[:4] == b":W&B"
+  pos, block, out, part = 7, 32768, [], b""
+  while pos + 7 <= len(data):
+    left = block - pos % block
+    if left < 7:  # a block's tail too short for a header is padding
+      pos += left
+      continue
+    length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+    if length == 0 and kind == 0:
+      pos += left
+      continue
+    part = data[pos + 7:pos + 7 + length] if kind == 2 else part + data[pos + 7:pos + 7 + length]
+    pos += 7 + length
+    if kind in (1, 4):  # a whole record, or the last chunk of one
+      r = pb.Record()
+      r.ParseFromString(part)
+      out.append(r)
+      part = b""
+  return out
+
+
+def test_wandb_offline_holds_every_metric_row(tmp_path, monkeypatch):
+  pytest.importorskip("wandb")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_PROJECT", "dlcore-test")
+  workdir = str(tmp_path / "wb")
+  mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", workdir, "--track", "wandb"])
+  (path,) = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb"))
+  logged = []
+  for r in _wandb_records(path):
+    if r.WhichOneof("record_type") == "history":
+      logged.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                     for i in r.history.item})
+    if r.WhichOneof("record_type") == "run":
+      assert r.run.project == "dlcore-test" and r.run.display_name == "wb"
+  for row in _rows(workdir):
+    for k in ("loss", "accuracy"):
+      key = f"{row['split']}/{k}"
+      assert any(h.get("step") == row["step"] and h.get(key) == row[k] for h in logged), \
+          (key, row["step"])
+  files = os.listdir(os.path.dirname(path) + "/files")
+  assert "summary.json" in files and "mnist_mlp_curves.png" in files
