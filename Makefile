@@ -10,7 +10,7 @@ WORKDIR ?= runs
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test,tb,torch]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test,tb,torch,mlflow,wandb]"
 	touch $@
 
 install: $(VENV)/.installed
