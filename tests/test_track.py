@@ -16,12 +16,12 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from experiments import mnist_mlp  # noqa: E402
+from benchmarks.tracking import MlflowServer  # noqa: E402
 from dlcore.harness import track  # noqa: E402
+from experiments import mnist_mlp  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = ["--dataset", "digits", "--no-compare", "--no-progress"]
-SERVER_WAIT_S = 90
 
 
 def _free_port() -> int:
@@ -30,44 +30,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-class Server:
-  """`mlflow server` on 127.0.0.1 with its SQLite store in `folder`; `stop` kills it (as a
-  crash would), `start` brings it back on the same port and store."""
-
-  def __init__(self, folder):
-    self.folder, self.port = str(folder), _free_port()
-    os.makedirs(self.folder, exist_ok=True)
-    self.uri = f"http://127.0.0.1:{self.port}"
-    self.proc = None
-
-  def start(self):
-    self.log = open(os.path.join(self.folder, "server.log"), "a")
-    self.proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-         str(self.port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db",
-         "--default-artifact-root", f"{self.folder}/artifacts"],
-        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-    import urllib.request
-    deadline = time.monotonic() + SERVER_WAIT_S
-    while time.monotonic() < deadline:
-      assert self.proc.poll() is None, open(os.path.join(self.folder, "server.log")).read()
-      try:
-        with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-          if r.status == 200:
-            return self
-      except OSError:
-        time.sleep(0.3)
-    raise TimeoutError(f"mlflow server not up after {SERVER_WAIT_S} s")
-
-  def stop(self):
-    if self.proc is not None and self.proc.poll() is None:
-      os.killpg(self.proc.pid, signal.SIGKILL)
-      self.proc.wait(30)
-    self.log.close()
-
-  def client(self):
-    return mlflow.MlflowClient(self.uri)
+Server = MlflowServer  # starts `mlflow server` on 127.0.0.1 (benchmarks.tracking)
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +307,31 @@ def test_wandb_offline_holds_every_metric_row(tmp_path, monkeypatch):
           (key, row["step"])
   files = os.listdir(os.path.dirname(path) + "/files")
   assert "summary.json" in files and "mnist_mlp_curves.png" in files
+
+
+def test_a_server_that_never_answers_times_out_and_the_run_finishes(tmp_path, capsys,
+                                                                    monkeypatch):
+  """A tracking URI that accepts connections and never answers (a hung server): each request
+  times out (here after 2 s), the run finishes with its folder complete and one warning line,
+  and its end waits for the tracker no longer than `CLOSE_WAIT_S`."""
+  monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+  monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+  with socket.socket() as hole:
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # connections are queued by the kernel and never read
+    uri = f"http://127.0.0.1:{hole.getsockname()[1]}"
+    workdir = str(tmp_path / "hung")
+    start = time.monotonic()
+    summary = mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", workdir, "--track", "mlflow",
+                              "--tracking-uri", uri])
+    took = time.monotonic() - start
+  assert summary["2.3.1"]["epochs"] == 2 and os.path.exists(os.path.join(workdir, "summary.json"))
+  line = _one_warning(capsys.readouterr().err)
+  assert "Timeout" in line or "timed out" in line.lower(), line
+  assert took < 60 + track.CLOSE_WAIT_S
+
+
+def test_sync_of_a_folder_without_a_run_is_one_line(tmp_path, capsys):
+  assert track.main(["sync", str(tmp_path), "--track", "mlflow"]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: {tmp_path} holds no dlcore run (no run.json); pass a run folder"]

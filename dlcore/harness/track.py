@@ -484,6 +484,19 @@ def _say(line: str) -> None:
   say(line)
 
 
+def _reason(e: Exception) -> str:
+  """A tracker's failure in a few words: the HTTP clients' messages run to pages."""
+  text = " ".join(str(e).split())
+  where = f" ({type(e).__name__})"
+  if "timed out" in text.lower() or "timeout" in text.lower():
+    return "no answer in time (timed out)" + where
+  if "refused" in text.lower():
+    return "connection refused" + where
+  if "name or service not known" in text.lower() or "nodename nor servname" in text.lower():
+    return "unknown host" + where
+  return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+
+
 class Mirror:
   """A writer (`write(split, step, metrics, **extra)`, `close`) that sends a run folder's
   rows to one tracker from a background thread (`background=False`: in the caller's thread,
@@ -562,8 +575,7 @@ class Mirror:
           self._finish(item)
           return
     except Exception as e:  # noqa: BLE001 - a tracker never stops a run
-      first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-      self._warn(f"{type(e).__name__}: {first}" if first else type(e).__name__)
+      self._warn(_reason(e))
 
   def _warn(self, why: str) -> None:
     if self.failed is None:
@@ -668,6 +680,10 @@ def mirrors(names: Sequence[str], info: RunInfo, rows: Sequence[dict]) -> list[M
 
 
 # ---- python -m dlcore.harness.track sync -------------------------------------------------
+class SyncError(ValueError):
+  """A run folder or tracker that `sync` cannot use; the message names the fix."""
+
+
 def sync(run_dir: str, names: Sequence[str], tracking_uri: str | None = None,
          experiment: str | None = None) -> dict[str, bool]:
   """Sends a run folder (finished, stopped or recorded offline) to the trackers `names`:
@@ -675,20 +691,21 @@ def sync(run_dir: str, names: Sequence[str], tracking_uri: str | None = None,
   path = os.path.abspath(run_dir)
   ident = _read_json(os.path.join(path, "run.json"))
   if not ident.get("run_id"):
-    raise SystemExit(f"error: {path} holds no dlcore run (no run.json); pass a run folder")
+    raise SyncError(f"{path} holds no dlcore run (no run.json); pass a run folder")
   if (why := missing(names)) is not None:
-    raise SystemExit(f"error: {why}")
+    raise SyncError(why)
   lock = open(os.path.join(path, ".lock"), "a+")
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
-    raise SystemExit(f"error: {path} is in use by a running run; it sends its own rows, "
-                     "run sync after it ends") from None
+    lock.close()
+    raise SyncError(f"{path} is in use by a running run; it sends its own rows, run sync "
+                    "after it ends") from None
   try:
     experiment = experiment or ident.get("experiment")
     if not experiment:
-      raise SystemExit(f"error: {path}/run.json names no experiment (a run from before "
-                       "tracking); pass --experiment experiments.NAME")
+      raise SyncError(f"{path}/run.json names no experiment (a run from before tracking); "
+                      "pass --experiment experiments.NAME")
     done = {}
     for name in dict.fromkeys(names):
       uri = tracking_uri or ident.get("tracking", {}).get(name, {}).get("tracking_uri")
@@ -715,7 +732,11 @@ def main(argv=None) -> int:
   s.add_argument("--experiment", default=None,
                  help="MLflow's experiment (default: the run's module, from run.json)")
   args = p.parse_args(argv)
-  done = sync(args.run_dir, args.track, args.tracking_uri, args.experiment)
+  try:
+    done = sync(args.run_dir, args.track, args.tracking_uri, args.experiment)
+  except SyncError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   for name, ok in done.items():
     print(f"{name}: {'sent' if ok else 'incomplete (see the warning above)'}")
   return 0 if all(done.values()) else 1
