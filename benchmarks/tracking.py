@@ -75,7 +75,8 @@ class MlflowServer:
     return mlflow.MlflowClient(self.uri)
 
 
-VARIANTS = {"none": [], "mlflow": ["--track", "mlflow"],
+VARIANTS = {"none": [], "mlflow": ["--track", "mlflow"], "wandb": ["--track", "wandb"],
+            "tensorboard": ["--track", "tensorboard"],
             "all three": ["--track", "mlflow", "wandb", "tensorboard"]}
 
 
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
           workdir = os.path.join(tmp, f"{name.replace(' ', '_')}-{r}")
           start = time.monotonic()
           out = subprocess.run([sys.executable, "-m", *cmd, *extra, "--workdir", workdir],
-                               cwd=ROOT, env=env, capture_output=True, text=True)
+                               cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=1800)
           wall = time.monotonic() - start
           if out.returncode != 0 or "warning" in out.stderr:
             raise SystemExit(f"{name}: rc {out.returncode}\n{out.stderr[-2000:]}")

@@ -70,6 +70,7 @@ def _assert_metrics_equal_the_folder(client, run_id, workdir):
       if k not in ("split", "step", "epoch", "time", "scope") and isinstance(v, (int, float)):
         keys.setdefault(f"{r['split']}/{k}", []).append((r["step"], float(v)))
   assert "train/loss" in keys and "eval/accuracy" in keys
+  keys["epoch"] = [(r["step"], float(r["epoch"])) for r in rows if r["split"] == "train"]
   for key, want in keys.items():
     assert _history(client, run_id, key) == want, key
 
@@ -109,13 +110,14 @@ def test_without_track_nothing_changes(server, tmp_path):
   a = mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", plain])
   b = mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", tracked, "--track", "mlflow",
                       "--tracking-uri", server.uri])
-  assert a["2.3.1"]["test_loss"] == b["2.3.1"]["test_loss"]
+  assert {k: v for k, v in a.items() if k != "timings"} == {
+      k: v for k, v in b.items() if k != "timings"}
   strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
   assert strip(_rows(plain)) == strip(_rows(tracked))
   with open(os.path.join(plain, "run.json")) as f:
-    assert "tracking" not in json.load(f)
-  assert not os.path.exists(os.path.join(plain, "tb"))
-  assert not os.path.exists(os.path.join(plain, "wandb"))
+    assert set(json.load(f)) == {"run_id", "started"}  # run.json as before trackers existed
+  with open(os.path.join(tracked, "run.json")) as f:
+    assert set(json.load(f)["tracking"]) == {"mlflow"}
 
 
 def test_seeds_and_a_sweep_give_a_parent_and_a_child_run_per_point(server, tmp_path):
@@ -293,13 +295,14 @@ def test_wandb_offline_holds_every_metric_row(tmp_path, monkeypatch):
   workdir = str(tmp_path / "wb")
   mnist_mlp.main([*MLP, "--epochs", "2", "--workdir", workdir, "--track", "wandb"])
   (path,) = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb"))
-  logged = []
+  logged, runs = [], []
   for r in _wandb_records(path):
     if r.WhichOneof("record_type") == "history":
       logged.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                      for i in r.history.item})
     if r.WhichOneof("record_type") == "run":
-      assert r.run.project == "dlcore-test" and r.run.display_name == "wb"
+      runs.append((r.run.project, r.run.display_name))
+  assert runs and set(runs) == {("dlcore-test", "wb")}
   for row in _rows(workdir):
     for k in ("loss", "accuracy"):
       key = f"{row['split']}/{k}"
@@ -335,3 +338,89 @@ def test_sync_of_a_folder_without_a_run_is_one_line(tmp_path, capsys):
   assert track.main(["sync", str(tmp_path), "--track", "mlflow"]) == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       f"error: {tmp_path} holds no dlcore run (no run.json); pass a run folder"]
+
+
+def test_a_sweep_over_shapes_puts_each_program_s_members_in_its_points(server, tmp_path):
+  """`--sweep lr=... batch_size=...`: one program per batch size (rows scoped
+  "sweep batch_size=32"), four child runs, each holding its own member's numbers."""
+  workdir = str(tmp_path / "shapes")
+  mnist_mlp.main([*MLP, "--epochs", "1", "--workdir", workdir, "--sweep", "lr=0.01,0.05",
+                  "batch_size=32,64", "--track", "mlflow", "--tracking-uri", server.uri])
+  client = server.client()
+  parent, *children = _runs(client, workdir)
+  points = {(c.data.params["batch_size"], c.data.params["lr"]): c for c in children}
+  assert set(points) == {(b, lr) for b in ("32", "64") for lr in ("0.01", "0.05")}
+  for row in _rows(workdir):
+    if row["split"] != "eval":
+      continue
+    batch = row["scope"].split("=")[-1]
+    for i, lr in enumerate(("0.01", "0.05")):
+      got = _history(client, points[(batch, lr)].info.run_id, "eval/loss")
+      assert (row["step"], row["per_seed"]["loss"][i]) in got, (batch, lr)
+
+
+class _Recorder(track._Backend):
+  """A tracker that keeps what it is sent, and the rows it holds, in memory."""
+  held: dict = {}
+
+  def open(self, info, saved):
+    self.key = info.run_id
+    _Recorder.held.setdefault(self.key, {"points": [], "rows": 0})
+    return {}
+
+  def rows_held(self):
+    return _Recorder.held[self.key]["rows"]
+
+  def params(self, params):
+    pass
+
+  def metrics(self, child, points):
+    _Recorder.held[self.key]["points"] += [(p.key, p.step, p.value) for p in points]
+
+  def commit(self, rows):
+    _Recorder.held[self.key]["rows"] = rows
+
+
+def test_every_row_reaches_a_tracker_once_across_fits_resumes_and_syncs(tmp_path, monkeypatch):
+  """Rows of two `fit`s that both start at step 0, a resume that drops the rows after its
+  checkpoint and computes them again, and a sync: each row reaches the tracker once."""
+  from dlcore.harness.rundir import RunDir
+  monkeypatch.setitem(track._BACKEND, "mlflow", _Recorder)
+  monkeypatch.setattr(track, "SEND_EVERY_S", 0.0)
+  path = str(tmp_path / "run")
+  first = [("train", s, {"loss": 1.0 / s}) for s in (1, 2, 3)]  # fit 1
+  second = [("train", s, {"loss": 10.0 + s}) for s in (1, 2, 3, 4)]  # fit 2: steps again
+  run = RunDir(path, track=("mlflow",), experiment="experiments.test")
+  for split, step, m in first + second[:3]:
+    run.write(split, step, m)
+  run.close()
+  rows = [(r["step"], r["loss"]) for r in _rows(path)]
+  assert rows == [(s, m["loss"]) for _, s, m in first + second[:3]]
+  # A resume of fit 2 from step 1: its rows after step 1 are dropped and computed again.
+  run = RunDir(path, track=("mlflow",), resume=True, experiment="experiments.test")
+  with open(os.path.join(path, "metrics.jsonl")) as f:
+    kept = [json.loads(line) for line in f]
+  from dlcore.harness import rundir
+  rundir._write_jsonl(os.path.join(path, "metrics.jsonl"), kept[:4])  # fit 1 + fit 2 step 1
+  run._truncated()
+  for split, step, m in second[1:]:
+    run.write(split, step, m)
+  run.close()
+  held = _Recorder.held[run.run_id]
+  want = [(s, m["loss"]) for _, s, m in first + second]
+  assert [(s, v) for k, s, v in held["points"] if k == "train/loss"] == want
+  assert held["rows"] == len(want) == len(_rows(path))
+  assert track.sync(path, ["mlflow"]) == {"mlflow": True}  # nothing is missing: nothing sent
+  assert [(s, v) for k, s, v in held["points"] if k == "train/loss"] == want
+
+
+def test_a_scope_naming_two_shape_options_maps_members_to_their_points():
+  """classify's scope for a program of two shape options is "sweep hidden=64,batch_size=32":
+  its members are the numeric points (lr), and each goes to the child run of its full point."""
+  layout = track.Layout(seed=0, sweep={"lr": ["0.01", "0.05"], "hidden": ["32", "64"],
+                                       "batch_size": ["32", "64"]})
+  row = {"split": "eval", "step": 7, "scope": "sweep hidden=64,batch_size=32", "loss": 0.5,
+         "per_seed": {"loss": [0.4, 0.6]}}
+  got = {(child, p.key): p.value for child, p in layout.points(row)}
+  assert got == {("hidden=64 batch_size=32 lr=0.01", "eval/loss"): 0.4,
+                 ("hidden=64 batch_size=32 lr=0.05", "eval/loss"): 0.6}

@@ -156,19 +156,23 @@ class RunDir:
       self._check_same_settings(config, allow_change)
     if resume:
       self._repair_rows()
+    track = tuple(track) + (("tensorboard",) if tensorboard else ())
+    if not track:  # what trackers are sent; an untracked run.json stays as it was
+      experiment = environment = None
     self._write_identity(resumed=resume, experiment=experiment, environment=environment)
     if config is not None:
       self.write_config(config)
     writers = [JsonlWriter(os.path.join(self.path, "metrics.jsonl"))]
     if console:
       writers.append(ConsoleWriter(console))
-    track = tuple(track) + (("tensorboard",) if tensorboard else ())
+    self._mirrors = []
     if track:
       from dlcore.harness import track as tracking
+      uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # said in a warning
       info = tracking.RunInfo(self.path, self.run_id, os.path.basename(self.path),
-                              experiment or "experiments", tracking_uri)
-      writers += tracking.mirrors(track, info, _read_jsonl(self.file("metrics.jsonl")))
-    self.writer = MultiWriter(writers)
+                              experiment or "experiments", uri)
+      self._mirrors = tracking.mirrors(track, info, _read_jsonl(self.file("metrics.jsonl")))
+    self.writer = MultiWriter(writers + self._mirrors)
 
   # ---- identity and lock -----------------------------------------------------------------
   def _acquire_lock(self):
@@ -283,7 +287,16 @@ class RunDir:
       path = os.path.join(self.path, name)
       if os.path.exists(path):
         _write_jsonl(path, [r for r in _read_jsonl(path) if keep(r)])
+    self._truncated()
     return _epoch_records(self.path, step, scope)
+
+  def _truncated(self) -> None:
+    """Tells the trackers' mirrors how many rows the folder holds after a resume dropped
+    some: they are computed again, and not sent twice."""
+    if self._mirrors:
+      rows = len(_read_jsonl(os.path.join(self.path, "metrics.jsonl")))
+      for m in self._mirrors:
+        m.truncate(rows)
 
   def scoped(self, scope: str) -> _Scoped:
     return _Scoped(self, scope)
@@ -295,6 +308,7 @@ class RunDir:
       path = os.path.join(self.path, name)
       if os.path.exists(path):
         _write_jsonl(path, [])
+    self._truncated()
 
   def update_summary(self, entries: dict) -> dict:
     path = self.file("summary.json")
@@ -399,11 +413,13 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = (), checkpoints: boo
 
   def open_run() -> RunDir:
     from dlcore.harness import track
+    tracked = bool(common.track or common.tensorboard)
     return RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
                   resume=common.resume, overwrite=common.overwrite,
                   allow_change=common.allow_change, auto_resume=common.auto_resume,
                   track=common.track, tracking_uri=common.tracking_uri,
-                  experiment=track.experiment_of(cfg, name), environment=track.environment())
+                  experiment=track.experiment_of(cfg, name),
+                  environment=track.environment() if tracked else None)
 
   if not several:
     run = open_run()

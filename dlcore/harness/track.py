@@ -53,9 +53,14 @@ _MODULE = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
 _EXTRA = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tb"}
 CALL_TIMEOUT_S = 10   # one request to a tracker
 CLOSE_WAIT_S = 30     # the end of a run waits this long for its mirrors, then leaves
+SEND_EVERY_S = 2.0    # a mirror wakes at most this often: fewer, larger requests off the loop
 _BATCH = 1000         # metrics per request (MLflow's log_batch takes at most 1000)
 _ARTIFACTS = ("*.png", "*.csv", "*.txt", "summary.json", "config.json")
 _RUN_JSON = threading.Lock()  # mirrors of several trackers update run.json from their threads
+# Trackers open (import their packages, start W&B's service) one at a time: two imports in
+# threads at once raised "SystemError: AST constructor recursion depth mismatch" (CPython
+# 3.11's ast module is not thread-safe: gh-106905).
+_OPENING = threading.Lock()
 
 
 def installed(module: str) -> bool:
@@ -185,7 +190,7 @@ class Layout:
     if not scope:
       return "", {}
     static, rest = {}, []
-    for token in scope.split():
+    for token in scope.replace(",", " ").split():  # "sweep hidden=64,batch_size=32"
       name, eq, value = token.partition("=")
       if eq and name in self.sweep:
         static[name] = _label(value)
@@ -204,7 +209,7 @@ class Layout:
                and (x := _number(v)) is not None}
     out: list[tuple[str | None, Point]] = []
     if not self.sweep:
-      if "epoch" in row:
+      if "epoch" in row and split == "train":  # (an eval row shares its step)
         out.append((None, Point(f"{prefix}epoch", step, float(row["epoch"]), t)))
       for k, v in scalars.items():
         out.append((None, Point(f"{prefix}{split}/{k}", step, v, t)))
@@ -231,7 +236,7 @@ class Layout:
           out.append((label, Point(f"{key}/std", step, _std(part), t)))
           out += [(label, Point(f"{key}/seed_{self.seed + i}", step, x, t))
                   for i, x in enumerate(part)]
-        if "epoch" in row:
+        if "epoch" in row and split == "train":
           out.append((label, Point(f"{prefix}epoch", step, float(row["epoch"]), t)))
     return out
 
@@ -278,15 +283,18 @@ def _read_json(path: str) -> dict:
 class _Backend:
   """One tracker: a run (and child runs for sweep points) it writes to."""
   name = ""
-  queryable = False  # `sent` asks the tracker (else run.json keeps the last steps sent)
 
   def open(self, info: "RunInfo", saved: dict) -> dict:
     """Connects and finds or creates the run; returns what run.json keeps for next time."""
     raise NotImplementedError
 
-  def sent(self) -> dict[tuple[str | None, str], int] | None:
-    """The last step the tracker holds of each (child, key); None: it cannot be asked."""
+  def rows_held(self) -> int | None:
+    """How many of the folder's rows the tracker holds; None: it cannot be asked (run.json
+    keeps the count)."""
     return None
+
+  def commit(self, rows: int) -> None:
+    """The tracker now holds the folder's first `rows` rows."""
 
   def child(self, label: str, params: dict[str, str]) -> None:
     raise NotImplementedError
@@ -306,7 +314,6 @@ class _Backend:
 
 class MlflowBackend(_Backend):
   name = "mlflow"
-  queryable = True
 
   def open(self, info, saved):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CALL_TIMEOUT_S))
@@ -340,14 +347,8 @@ class MlflowBackend(_Backend):
     return {"run_id": self.run_id, "experiment_id": self.experiment_id,
             "tracking_uri": self.client.tracking_uri}
 
-  def sent(self):
-    held = {}
-    for child, run_id in [(None, self.run_id), *self.children.items()]:
-      for key in self.client.get_run(run_id).data.metrics:
-        steps = [m.step for m in self.client.get_metric_history(run_id, key)]
-        if steps:
-          held[(child, key)] = max(steps)
-    return held
+  def rows_held(self):
+    return int(self.client.get_run(self.run_id).data.tags.get("dlcore.rows", 0))
 
   def child(self, label, params):
     if label not in self.children:
@@ -374,8 +375,16 @@ class MlflowBackend(_Backend):
     from mlflow.entities import Metric
     run_id = self.run_id if child is None else self.children[child]
     ms = [Metric(p.key, p.value, p.time_ms, p.step) for p in points]
-    for i in range(0, len(ms), _BATCH):
+    # The run's own last request waits for `commit`: it carries the count of rows held.
+    last = len(ms) - (len(ms) - 1) % _BATCH - 1 if child is None and ms else len(ms)
+    for i in range(0, last, _BATCH):
       self.client.log_batch(run_id, metrics=ms[i:i + _BATCH])
+    self._pending = ms[last:] if child is None else getattr(self, "_pending", [])
+
+  def commit(self, rows):
+    from mlflow.entities import RunTag
+    pending, self._pending = getattr(self, "_pending", []), []
+    self.client.log_batch(self.run_id, metrics=pending, tags=[RunTag("dlcore.rows", str(rows))])
 
   def artifacts(self, paths):
     for path in paths:
@@ -484,6 +493,16 @@ def _say(line: str) -> None:
   say(line)
 
 
+def _yield_cpu() -> None:
+  """The mirror's thread (and the processes it starts: W&B's service) at the lowest CPU
+  priority, so that on a busy machine it takes what the training leaves (Linux: a thread's
+  own nice value)."""
+  try:
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+  except (AttributeError, OSError):
+    pass
+
+
 def _reason(e: Exception) -> str:
   """A tracker's failure in a few words: the HTTP clients' messages run to pages."""
   text = " ".join(str(e).split())
@@ -500,7 +519,13 @@ def _reason(e: Exception) -> str:
 class Mirror:
   """A writer (`write(split, step, metrics, **extra)`, `close`) that sends a run folder's
   rows to one tracker from a background thread (`background=False`: in the caller's thread,
-  as `sync` does). `rows`: the rows the folder already holds (a resumed run's), sent first."""
+  as `sync` does). `rows`: the rows the folder already holds (a resumed run's), sent first.
+
+  The tracker holds the first `rows_sent` rows of the folder's metrics.jsonl (MLflow: a tag
+  written in the same request as the metrics; others: run.json). A resume that drops rows
+  after its checkpoint (`truncate`) computes them again, the same rows in the same order, so
+  rows at positions the tracker already holds are not sent again: every row once, also when
+  several `fit`s of one run start again at step 0."""
 
   def __init__(self, backend: str, info: RunInfo, rows: Sequence[dict] = (), *,
                background: bool = True):
@@ -508,7 +533,8 @@ class Mirror:
     self.backend = _BACKEND[backend]()
     self.layout = Layout.of(_read_json(os.path.join(info.path, "config.json")))
     self.failed: str | None = None
-    self.sent: dict[tuple[str | None, str], int] = {}
+    self.rows_sent = 0     # the tracker holds the folder's first rows_sent rows
+    self.position = 0      # the folder position of the next row this mirror sees
     self._children: set[str] = set()
     self._last_step = 0
     self._queue: queue.Queue = queue.Queue()
@@ -527,6 +553,10 @@ class Mirror:
       self._queue.put(("row", {"split": split, "step": int(step), **extra, **dict(metrics),
                                "time": time.time()}))
 
+  def truncate(self, rows: int) -> None:
+    """The folder now holds `rows` rows (a resume dropped those after its checkpoint)."""
+    self._queue.put(("truncate", rows))
+
   def close(self, status: str = "FINISHED", wait: float = CLOSE_WAIT_S) -> bool:
     """Sends the artifacts and summary, ends the tracker's run; waits at most `wait` seconds.
     True when everything was sent."""
@@ -543,37 +573,48 @@ class Mirror:
     if self._thread is None:
       self._work()
     else:
-      self._thread.join(max(wait, 0.0))
+      wait = max(wait, 0.0)
+      self._thread.join(wait)
       if self._thread.is_alive():
-        self._warn(f"still sending after {wait:.0f} s; stopped waiting")
+        self._warn(f"still sending after the run ended (waited {wait:.0f} s)")
         return False
     return self.failed is None
 
   # the worker -------------------------------------------------------------------------------
   def _work(self) -> None:
+    if self._thread is not None:
+      _yield_cpu()
     try:
-      if not hasattr(self, "_opened"):
-        self._open()
-        self._opened = True
+      self._open()
+      last = 0.0
       while True:
         kind, item = self._queue.get()
-        rows = [item] if kind == "row" else item if kind == "rows" else []
+        if kind != "close" and self._thread is not None:
+          time.sleep(max(0.0, last + SEND_EVERY_S - time.monotonic()))
+        last = time.monotonic()
+        events = [(kind, item)]
         while kind != "close":  # what else is waiting goes in the same requests
           try:
-            kind, more = self._queue.get_nowait()
+            kind, item = self._queue.get_nowait()
           except queue.Empty:
             break
-          if kind == "row":
-            rows.append(more)
-          elif kind == "rows":
-            rows += more
+          events.append((kind, item))
+        batch: list[dict] = []
+        for kind, item in events:
+          if kind in ("row", "rows"):
+            for row in ([item] if kind == "row" else item):
+              if self.position >= self.rows_sent:
+                batch.append(row)
+              self.position += 1
+          elif kind == "truncate":
+            self._send(batch)
+            batch = []
+            self.position = item
           else:
-            item = more
-        if rows:
-          self._send(rows)
-        if kind == "close":
-          self._finish(item)
-          return
+            self._send(batch)
+            self._finish(item)
+            return
+        self._send(batch)
     except Exception as e:  # noqa: BLE001 - a tracker never stops a run
       self._warn(_reason(e))
 
@@ -583,31 +624,28 @@ class Mirror:
       print(f"warning: {self.backend_name}: {why}; the run goes on and its folder is "
             f"complete; send it later with: python -m dlcore.harness.track sync "
             f"{self.info.path} --track {self.backend_name}" + (
-                f" --tracking-uri {self.info.tracking_uri}" if self.info.tracking_uri else ""),
+                f" --tracking-uri {self.info.tracking_uri}"
+                if self.backend_name == "mlflow" and self.info.tracking_uri else ""),
             file=sys.stderr, flush=True)
 
   def _open(self) -> None:
+    if getattr(self, "_state", None) is not None:
+      return
     run_json = _read_json(os.path.join(self.info.path, "run.json"))
     saved = run_json.get("tracking", {}).get(self.backend_name, {})
-    state = self.backend.open(self.info, saved)
-    held = self.backend.sent()
-    if held is None:  # a tracker that cannot be asked: the steps this folder recorded
-      held = {(c or None, k): s for c, keys in saved.get("sent", {}).items()
-              for k, s in keys.items()}
-    self.sent = held
+    with _OPENING:
+      state = self.backend.open(self.info, saved)
+    held = self.backend.rows_held()
+    self.rows_sent = int(saved.get("rows", 0)) if held is None else held
+    self._summary_sent = dict(saved.get("summary", {}))
     self._state = state
     self._remember()
-    self.backend.params(params_of(_read_json(os.path.join(self.info.path, "config.json")),
-                                  run_json))
+    self._params = params_of(_read_json(os.path.join(self.info.path, "config.json")), run_json)
+    self.backend.params(self._params)
 
   def _remember(self) -> None:
-    """The tracker's ids, and (trackers that cannot be asked) the last step of each key."""
-    state = dict(self._state)
-    if not self.backend.queryable:
-      sent: dict[str, dict[str, int]] = {}
-      for (child, key), step in self.sent.items():
-        sent.setdefault(child or "", {})[key] = step
-      state["sent"] = sent
+    """The tracker's ids, the rows it holds and the summary numbers sent, in run.json."""
+    state = dict(self._state) | {"rows": self.rows_sent, "summary": self._summary_sent}
     from dlcore import files
     with _RUN_JSON:
       path = os.path.join(self.info.path, "run.json")
@@ -618,33 +656,35 @@ class Mirror:
       files.write_json(path, ident, indent=2)
 
   def _send(self, rows: list[dict]) -> None:
+    if not rows:
+      return
     from dlcore.harness.writers import jsonable
     by_child: dict[str | None, list[Point]] = {}
     for row in rows:
       row = jsonable(row)
       self._last_step = max(self._last_step, int(row.get("step", 0)))
       for child, p in self.layout.points(row):
-        if p.step > self.sent.get((child, p.key), -1):
-          by_child.setdefault(child, []).append(p)
-    for child, points in by_child.items():
+        by_child.setdefault(child, []).append(p)
+    for child in by_child:
       if child is not None and child not in self._children:
-        params = params_of(_read_json(os.path.join(self.info.path, "config.json")), {})
-        self.backend.child(child, params | self.layout.point_params(child))
+        self.backend.child(child, self._params | self.layout.point_params(child))
         self._children.add(child)
+    held = self.rows_sent + len(rows)
+    # Children first, the run itself last: its request also records the rows it now holds.
+    for child, points in sorted(by_child.items(), key=lambda kv: kv[0] is None):
       self.backend.metrics(child, points)
-      for p in points:
-        self.sent[(child, p.key)] = max(p.step, self.sent.get((child, p.key), -1))
-    if by_child:
-      self._remember()
+    self.backend.commit(held)
+    self.rows_sent = held
+    self._remember()
 
   def _finish(self, status: str) -> None:
     summary = _read_json(os.path.join(self.info.path, "summary.json"))
     points = [p for p in summary_points(summary, self._last_step)
-              if p.step > self.sent.get((None, p.key), -1)]
+              if self._summary_sent.get(p.key) != p.value]
     if points:
       self.backend.metrics(None, points)
-      for p in points:
-        self.sent[(None, p.key)] = p.step
+      self.backend.commit(self.rows_sent)
+      self._summary_sent |= {p.key: p.value for p in points}
       self._remember()
     paths = sorted({p for pattern in _ARTIFACTS
                     for p in glob.glob(os.path.join(self.info.path, pattern))})
@@ -708,7 +748,8 @@ def sync(run_dir: str, names: Sequence[str], tracking_uri: str | None = None,
                       "pass --experiment experiments.NAME")
     done = {}
     for name in dict.fromkeys(names):
-      uri = tracking_uri or ident.get("tracking", {}).get(name, {}).get("tracking_uri")
+      uri = (tracking_uri or ident.get("tracking", {}).get(name, {}).get("tracking_uri")
+             or os.environ.get("MLFLOW_TRACKING_URI"))
       info = RunInfo(path, ident["run_id"], os.path.basename(path), experiment, uri)
       m = Mirror(name, info, read_rows(os.path.join(path, "metrics.jsonl")),
                  background=False)
