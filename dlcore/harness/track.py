@@ -88,20 +88,11 @@ class Point:
   time_ms: int
 
 
-def _flat(d: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out |= _flat(v, f"{prefix}{k}.")
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def params_of(config: Mapping, run_json: Mapping) -> dict[str, str]:
   """Every option under its command-line name (the last part of its path, the whole path
   where two groups share a name), and the run's environment from run.json."""
-  flat = _flat(config)
+  from dlcore.harness.rundir import _flat
+  flat = _flat(dict(config))
   leaves = [k.rsplit(".", 1)[-1] for k in flat]
   out = {}
   for k, v in flat.items():
@@ -259,15 +250,8 @@ def summary_points(summary: Mapping, step: int) -> list[Point]:
 
 
 def read_rows(path: str) -> list[dict]:
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-  return rows
+  from dlcore.harness.rundir import _read_jsonl
+  return _read_jsonl(path)
 
 
 def _read_json(path: str) -> dict:
