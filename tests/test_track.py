@@ -424,3 +424,26 @@ def test_a_scope_naming_two_shape_options_maps_members_to_their_points():
   got = {(child, p.key): p.value for child, p in layout.points(row)}
   assert got == {("hidden=64 batch_size=32 lr=0.01", "eval/loss"): 0.4,
                  ("hidden=64 batch_size=32 lr=0.05", "eval/loss"): 0.6}
+  # A train row's epoch: once per point, however many metrics the row has.
+  train = dict(row, split="train", epoch=2, accuracy=0.9, per_seed={
+      "loss": [0.4, 0.6], "accuracy": [0.8, 1.0]})
+  epochs = [(c, p.value) for c, p in layout.points(train) if p.key == "epoch"]
+  assert sorted(epochs) == [("hidden=64 batch_size=32 lr=0.01", 2.0),
+                            ("hidden=64 batch_size=32 lr=0.05", 2.0)]
+
+
+def test_wandb_online_without_a_key_is_one_warning_not_a_prompt(tmp_path, capsys, monkeypatch):
+  """Online W&B with no key is refused before W&B starts (at a terminal W&B would ask for a
+  key from the mirror's thread), with one line that names the fixes; the run finishes."""
+  pytest.importorskip("wandb")
+  monkeypatch.delenv("WANDB_MODE", raising=False)
+  monkeypatch.delenv("WANDB_API_KEY", raising=False)
+  monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+  workdir = str(tmp_path / "online")
+  summary = mnist_mlp.main([*MLP, "--epochs", "1", "--workdir", workdir, "--track", "wandb"])
+  assert summary["2.3.1"]["epochs"] == 1
+  err = [line for line in capsys.readouterr().err.splitlines() if "wandb" in line.lower()]
+  assert len(err) == 1 and err[0].startswith("warning: wandb: no W&B API key (run `wandb "
+                                             "login` or set WANDB_API_KEY; WANDB_MODE=offline "
+                                             "records the run locally)"), err
+  assert not os.path.exists(os.path.join(workdir, "wandb"))

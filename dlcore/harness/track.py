@@ -212,14 +212,17 @@ class Layout:
       return out
     inner = {n: v for n, v in self.sweep.items() if n not in static}
     grid = [dict(zip(inner, vals)) for vals in itertools.product(*inner.values())]
+    labels = [" ".join(f"{name}={_label(v)}" for name, v in {**static, **point}.items())
+              for point in grid]
+    if "epoch" in row and split == "train":
+      out += [(label, Point(f"{prefix}epoch", step, float(row["epoch"]), t))
+              for label in labels]
     for k in scalars:
       values = [_number(x) for x in per.get(k, [scalars[k]])]
       if None in values or not values or len(values) % len(grid):
         continue
       n = len(values) // len(grid)
-      for p, point in enumerate(grid):
-        label = " ".join(f"{name}={_label(v)}" for name, v in
-                         {**static, **point}.items())
+      for p, label in enumerate(labels):
         part = values[p * n:(p + 1) * n]
         key = f"{prefix}{split}/{k}"
         out.append((label, Point(key, step, sum(part) / n, t)))
@@ -227,8 +230,6 @@ class Layout:
           out.append((label, Point(f"{key}/std", step, _std(part), t)))
           out += [(label, Point(f"{key}/seed_{self.seed + i}", step, x, t))
                   for i, x in enumerate(part)]
-        if "epoch" in row and split == "train":
-          out.append((label, Point(f"{prefix}epoch", step, float(row["epoch"]), t)))
     return out
 
   def point_params(self, label: str) -> dict[str, str]:
@@ -379,11 +380,29 @@ class MlflowBackend(_Backend):
       self.client.set_terminated(run_id, status)
 
 
+def _wandb_key() -> bool:
+  """Whether W&B can start without asking for a key: offline or disabled, a key in the
+  environment, or one saved by `wandb login` (~/.netrc)."""
+  if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+    return True
+  if os.environ.get("WANDB_API_KEY"):
+    return True
+  import netrc
+  host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+  try:
+    return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+  except (OSError, netrc.NetrcParseError):
+    return False
+
+
 class WandbBackend(_Backend):
   name = "wandb"
 
   def open(self, info, saved):
     os.environ.setdefault("WANDB_SILENT", "true")
+    if not _wandb_key():  # online without a key W&B would ask for one, in this thread
+      raise TrackerError("no W&B API key (run `wandb login` or set WANDB_API_KEY; "
+                         "WANDB_MODE=offline records the run locally)")
     import wandb
     self.wandb, self.info = wandb, info
     self.project = os.environ.get("WANDB_PROJECT") or "dlcore"
@@ -487,9 +506,15 @@ def _yield_cpu() -> None:
     pass
 
 
+class TrackerError(RuntimeError):
+  """A tracker dlcore refuses to start; the message says why and what to do."""
+
+
 def _reason(e: Exception) -> str:
   """A tracker's failure in a few words: the HTTP clients' messages run to pages."""
   text = " ".join(str(e).split())
+  if isinstance(e, TrackerError):
+    return text
   where = f" ({type(e).__name__})"
   if "timed out" in text.lower() or "timeout" in text.lower():
     return "no answer in time (timed out)" + where
