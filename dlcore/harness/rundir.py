@@ -324,7 +324,17 @@ class RunDir:
 
   def close(self) -> None:
     self.writer.close()
-    self._release()
+    busy = [m for m in self._mirrors if m.sending()]
+    if busy:  # a tracker still sending (the run stopped waiting): the folder stays locked
+      import threading  # until it is done, so no resume or sync sends beside it
+
+      def release_after():
+        for m in busy:
+          m.wait()
+        self._release()
+      threading.Thread(target=release_after, daemon=True).start()
+    else:
+      self._release()
 
 
 class FollowerRun:

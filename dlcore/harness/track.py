@@ -160,7 +160,7 @@ def _sweep_grid(specs: Sequence[str]) -> dict[str, list[str]]:
 
 def _label(value: str) -> str:
   try:
-    return format(float(value), "g")
+    return format(float(value), ".12g")
   except ValueError:
     return value
 
@@ -273,13 +273,14 @@ class _Backend:
     """Connects and finds or creates the run; returns what run.json keeps for next time."""
     raise NotImplementedError
 
-  def rows_held(self) -> int | None:
-    """How many of the folder's rows the tracker holds; None: it cannot be asked (run.json
-    keeps the count)."""
+  def rows_held(self) -> dict[str | None, int] | None:
+    """How many of the folder's rows each run (None: the run itself; a child's label) holds;
+    None: the tracker cannot be asked (run.json keeps the counts)."""
     return None
 
-  def commit(self, rows: int) -> None:
-    """The tracker now holds the folder's first `rows` rows."""
+  def destination(self) -> str:
+    """Where this tracker writes: counts kept in run.json hold only for the same place."""
+    return ""
 
   def child(self, label: str, params: dict[str, str]) -> None:
     raise NotImplementedError
@@ -287,7 +288,9 @@ class _Backend:
   def params(self, params: dict[str, str]) -> None:
     raise NotImplementedError
 
-  def metrics(self, child: str | None, points: list[Point]) -> None:
+  def metrics(self, child: str | None, points: list[Point], rows: int) -> None:
+    """Sends `points` to the run (`child`); afterwards it holds the folder's first `rows`
+    rows (MLflow records that in the same request)."""
     raise NotImplementedError
 
   def artifacts(self, paths: list[str]) -> None:
@@ -333,7 +336,8 @@ class MlflowBackend(_Backend):
             "tracking_uri": self.client.tracking_uri}
 
   def rows_held(self):
-    return int(self.client.get_run(self.run_id).data.tags.get("dlcore.rows", 0))
+    return {child: int(self.client.get_run(run_id).data.tags.get("dlcore.rows", 0))
+            for child, run_id in [(None, self.run_id), *self.children.items()]}
 
   def child(self, label, params):
     if label not in self.children:
@@ -356,20 +360,16 @@ class MlflowBackend(_Backend):
     for i in range(0, max(len(new), len(changed)), 100):
       self.client.log_batch(run_id, params=new[i:i + 100], tags=changed[i:i + 100])
 
-  def metrics(self, child, points):
-    from mlflow.entities import Metric
+  def metrics(self, child, points, rows):
+    from mlflow.entities import Metric, RunTag
     run_id = self.run_id if child is None else self.children[child]
     ms = [Metric(p.key, p.value, p.time_ms, p.step) for p in points]
-    # The run's own last request waits for `commit`: it carries the count of rows held.
-    last = len(ms) - (len(ms) - 1) % _BATCH - 1 if child is None and ms else len(ms)
-    for i in range(0, last, _BATCH):
-      self.client.log_batch(run_id, metrics=ms[i:i + _BATCH])
-    self._pending = ms[last:] if child is None else getattr(self, "_pending", [])
-
-  def commit(self, rows):
-    from mlflow.entities import RunTag
-    pending, self._pending = getattr(self, "_pending", []), []
-    self.client.log_batch(self.run_id, metrics=pending, tags=[RunTag("dlcore.rows", str(rows))])
+    # One request holds at most 1000 entities: 999 metrics and the count of rows held, which
+    # is stored with the last of them (a longer list, rare, is sent in pieces before it).
+    last = max(0, len(ms) - 999)
+    for i in range(0, last, 1000):
+      self.client.log_batch(run_id, metrics=ms[i:min(i + 1000, last)])
+    self.client.log_batch(run_id, metrics=ms[last:], tags=[RunTag("dlcore.rows", str(rows))])
 
   def artifacts(self, paths):
     for path in paths:
@@ -419,9 +419,11 @@ class WandbBackend(_Backend):
 
   def child(self, label, params):
     if label not in self.runs:
-      suffix = "-" + "".join(ch if ch.isalnum() else "_" for ch in label)
-      run = self._init(self.info.run_id + suffix[:60], f"{self.info.name} {label}",
-                       group=self.info.name)
+      import hashlib
+      digest = hashlib.sha1(label.encode()).hexdigest()[:12]  # ids: unique, short, stable
+      with _OPENING:
+        run = self._init(f"{self.info.run_id}-{digest}", f"{self.info.name} {label}",
+                         group=self.info.name)
       run.define_metric("*", step_metric="step")
       self.runs[label] = run
     self.runs[label].config.update(params, allow_val_change=True)
@@ -429,7 +431,10 @@ class WandbBackend(_Backend):
   def params(self, params):
     self.runs[None].config.update(params, allow_val_change=True)
 
-  def metrics(self, child, points):
+  def destination(self):
+    return f"{os.environ.get('WANDB_MODE', 'online').lower()}:{self.project}"
+
+  def metrics(self, child, points, rows):
     run = self.runs[child]
     for step, group in itertools.groupby(points, key=lambda p: p.step):
       run.log({"step": step, **{p.key: p.value for p in group}})
@@ -468,10 +473,14 @@ class TensorBoardBackend(_Backend):
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
     writer.add_text("params", "| option | value |\n|---|---|\n" + rows, 0)
 
-  def metrics(self, child, points):
+  def destination(self):
+    return self.logdir
+
+  def metrics(self, child, points, rows):
     w = self.writers[child]
     for p in points:
       w.add_scalar(p.key, p.value, p.step, walltime=p.time_ms / 1000)
+    w.flush()  # on disk before run.json counts the rows as held
 
   def finish(self, status):
     for w in self.writers.values():
@@ -530,8 +539,9 @@ class Mirror:
   rows to one tracker from a background thread (`background=False`: in the caller's thread,
   as `sync` does). `rows`: the rows the folder already holds (a resumed run's), sent first.
 
-  The tracker holds the first `rows_sent` rows of the folder's metrics.jsonl (MLflow: a tag
-  written in the same request as the metrics; others: run.json). A resume that drops rows
+  Each tracker run (the run, and a child per sweep point) holds the first N rows of the
+  folder's metrics.jsonl (MLflow: its tag `dlcore.rows`, written in the same request as the
+  metrics; others: run.json, for the same destination). A resume that drops rows
   after its checkpoint (`truncate`) computes them again, the same rows in the same order, so
   rows at positions the tracker already holds are not sent again: every row once, also when
   several `fit`s of one run start again at step 0."""
@@ -542,7 +552,7 @@ class Mirror:
     self.backend = _BACKEND[backend]()
     self.layout = Layout.of(_read_json(os.path.join(info.path, "config.json")))
     self.failed: str | None = None
-    self.rows_sent = 0     # the tracker holds the folder's first rows_sent rows
+    self.held: dict[str | None, int] = {}  # run (None) or child -> the folder rows it holds
     self.position = 0      # the folder position of the next row this mirror sees
     self._children: set[str] = set()
     self._last_step = 0
@@ -578,6 +588,13 @@ class Mirror:
       self._queue.put(("close", status))
       _live.discard(self)
 
+  def sending(self) -> bool:
+    return self._thread is not None and self._thread.is_alive()
+
+  def wait(self) -> None:
+    if self._thread is not None:
+      self._thread.join()
+
   def join(self, wait: float = CLOSE_WAIT_S) -> bool:
     if self._thread is None:
       self._work()
@@ -608,13 +625,13 @@ class Mirror:
           except queue.Empty:
             break
           events.append((kind, item))
-        batch: list[dict] = []
+        batch: list[tuple[int, dict]] = []
         for kind, item in events:
           if kind in ("row", "rows"):
             for row in ([item] if kind == "row" else item):
-              if self.position >= self.rows_sent:
-                batch.append(row)
+              batch.append((self.position, row))
               self.position += 1
+              self._last_step = max(self._last_step, int(row.get("step", 0)))
           elif kind == "truncate":
             self._send(batch)
             batch = []
@@ -624,7 +641,7 @@ class Mirror:
             self._finish(item)
             return
         self._send(batch)
-    except Exception as e:  # noqa: BLE001 - a tracker never stops a run
+    except BaseException as e:  # noqa: BLE001 - a tracker never stops a run (nor its thread)
       self._warn(_reason(e))
 
   def _warn(self, why: str) -> None:
@@ -645,16 +662,20 @@ class Mirror:
     with _OPENING:
       state = self.backend.open(self.info, saved)
     held = self.backend.rows_held()
-    self.rows_sent = int(saved.get("rows", 0)) if held is None else held
-    self._summary_sent = dict(saved.get("summary", {}))
-    self._state = state
+    same = saved.get("destination", "") == self.backend.destination()
+    if held is None:  # counts from run.json, when they are of the same place
+      held = {(k or None): int(v) for k, v in (saved.get("rows", {}) if same else {}).items()}
+    self.held = held
+    self._summary_sent = dict(saved.get("summary", {})) if same else {}
+    self._state = state | {"destination": self.backend.destination()}
     self._remember()
     self._params = params_of(_read_json(os.path.join(self.info.path, "config.json")), run_json)
     self.backend.params(self._params)
 
   def _remember(self) -> None:
     """The tracker's ids, the rows it holds and the summary numbers sent, in run.json."""
-    state = dict(self._state) | {"rows": self.rows_sent, "summary": self._summary_sent}
+    state = dict(self._state) | {"rows": {k or "": v for k, v in self.held.items()},
+                                 "summary": self._summary_sent}
     from dlcore import files
     with _RUN_JSON:
       path = os.path.join(self.info.path, "run.json")
@@ -664,35 +685,44 @@ class Mirror:
       ident.setdefault("tracking", {})[self.backend_name] = state
       files.write_json(path, ident, indent=2)
 
-  def _send(self, rows: list[dict]) -> None:
+  def _send(self, rows: list[tuple[int, dict]]) -> None:
+    """Sends the rows (folder position, row) that each run lacks, in requests of at most
+    999 metrics per run, each recording the rows its run then holds."""
     if not rows:
       return
     from dlcore.harness.writers import jsonable
-    by_child: dict[str | None, list[Point]] = {}
-    for row in rows:
-      row = jsonable(row)
-      self._last_step = max(self._last_step, int(row.get("step", 0)))
-      for child, p in self.layout.points(row):
-        by_child.setdefault(child, []).append(p)
-    for child in by_child:
+    pending: dict[str | None, list[Point]] = {}
+    end = rows[0][0]
+    for pos, row in rows:
+      points: dict[str | None, list[Point]] = {}
+      for child, p in self.layout.points(jsonable(row)):
+        if pos >= self.held.get(child, 0):
+          points.setdefault(child, []).append(p)
+      if any(len(pending.get(c, [])) + len(ps) > 999 for c, ps in points.items()):
+        self._flush(pending, end)
+        pending = {}
+      for child, ps in points.items():
+        pending.setdefault(child, []).extend(ps)
+      end = pos + 1
+    self._flush(pending, end)
+
+  def _flush(self, pending: dict[str | None, list[Point]], end: int) -> None:
+    """Each run gets its points and the news that it holds the first `end` rows."""
+    for child, points in pending.items():
       if child is not None and child not in self._children:
         self.backend.child(child, self._params | self.layout.point_params(child))
         self._children.add(child)
-    held = self.rows_sent + len(rows)
-    # Children first, the run itself last: its request also records the rows it now holds.
-    for child, points in sorted(by_child.items(), key=lambda kv: kv[0] is None):
-      self.backend.metrics(child, points)
-    self.backend.commit(held)
-    self.rows_sent = held
-    self._remember()
+      self.backend.metrics(child, points, end)
+      self.held[child] = end
+    if pending:
+      self._remember()
 
   def _finish(self, status: str) -> None:
     summary = _read_json(os.path.join(self.info.path, "summary.json"))
     points = [p for p in summary_points(summary, self._last_step)
               if self._summary_sent.get(p.key) != p.value]
     if points:
-      self.backend.metrics(None, points)
-      self.backend.commit(self.rows_sent)
+      self.backend.metrics(None, points, self.held.get(None, 0))
       self._summary_sent |= {p.key: p.value for p in points}
       self._remember()
     paths = sorted({p for pattern in _ARTIFACTS
