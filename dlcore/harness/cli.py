@@ -189,12 +189,18 @@ def check(cfg) -> None:
     cfg.check()
 
 
-def _prog(config_cls) -> str | None:
-  """`python -m experiments.vae` for the usage line, not the script's path."""
+def module_of(config_cls) -> str | None:
+  """The module that defines `config_cls` (`experiments.vae`), also when run as `python -m`."""
   module = config_cls.__module__
   if module == "__main__":
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     module = spec.name if spec is not None else None
+  return module
+
+
+def _prog(config_cls) -> str | None:
+  """`python -m experiments.vae` for the usage line, not the script's path."""
+  module = module_of(config_cls)
   return f"python -m {module}" if module and module.startswith("experiments.") else None
 
 

@@ -114,15 +114,15 @@ class RunDir:
   when the folder holds a run and starts one when it does not (`resumed` says which).
 
   `track`: trackers that mirror the run (`dlcore.harness.track`: mlflow, wandb, tensorboard),
-  fed from background threads; `experiment` (its module) and `environment` (versions,
-  devices) go into run.json, where `sync` finds them.
+  fed from background threads; with trackers, `experiment` (its module) and the environment
+  (versions, git commit, devices) go into run.json, where `sync` finds them.
   """
 
   def __init__(self, path: str, *, tensorboard: bool = False, console: tuple[str, ...] = (),
                config=None, resume: bool = False, overwrite: bool = False,
                allow_change: tuple[str, ...] = (), auto_resume: bool = False,
                track: tuple[str, ...] = (), tracking_uri: str | None = None,
-               experiment: str | None = None, environment: dict | None = None):
+               experiment: str | None = None):
     self.path = os.path.abspath(path)
     # Every summary entry records the run's precision (`--precision`), when it has one.
     self.precision = getattr(getattr(config, "common", None), "precision", None)
@@ -157,8 +157,12 @@ class RunDir:
     if resume:
       self._repair_rows()
     track = tuple(track) + (("tensorboard",) if tensorboard else ())
-    if not track:  # what trackers are sent; an untracked run.json stays as it was
-      experiment = environment = None
+    environment = None
+    if track:  # what trackers are sent; an untracked run.json stays as it was
+      from dlcore.harness.track import environment as gather
+      environment = gather()
+    else:
+      experiment = None
     self._write_identity(resumed=resume, experiment=experiment, environment=environment)
     if config is not None:
       self.write_config(config)
@@ -423,13 +427,11 @@ def start_run(cfg, name: str, *, console: tuple[str, ...] = (), checkpoints: boo
 
   def open_run() -> RunDir:
     from dlcore.harness import track
-    tracked = bool(common.track or common.tensorboard)
     return RunDir(path, tensorboard=common.tensorboard, console=console, config=cfg,
                   resume=common.resume, overwrite=common.overwrite,
                   allow_change=common.allow_change, auto_resume=common.auto_resume,
                   track=common.track, tracking_uri=common.tracking_uri,
-                  experiment=track.experiment_of(cfg, name),
-                  environment=track.environment() if tracked else None)
+                  experiment=track.experiment_of(cfg, name))
 
   if not several:
     run = open_run()

@@ -747,11 +747,8 @@ def close_all(status: str, wait: float = 5.0) -> None:
 
 def experiment_of(cfg, name: str) -> str:
   """The experiment's module (`experiments.vae`), also when run as `python -m`."""
-  module = type(cfg).__module__
-  if module == "__main__":
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    module = spec.name if spec is not None else None
-  return module or f"experiments.{name}"
+  from dlcore.harness.cli import module_of
+  return module_of(type(cfg)) or f"experiments.{name}"
 
 
 def mirrors(names: Sequence[str], info: RunInfo, rows: Sequence[dict]) -> list[Mirror]:

@@ -142,17 +142,17 @@ def export(model_dir: str, out: str, *, vae_names: str = "seed") -> dict:
     raise UsageError(f"{model_dir}: no model.json; pass a folder written by save_model "
                      "(an experiment's <run>/model)")
   try:
-    _, variables = load_model(model_dir)
+    model, variables = load_model(model_dir)
   except ModelFolderError as e:
     raise WeightsFileError(str(e)) from None
+  with open(os.path.join(model_dir, "model.json")) as f:
+    meta = json.load(f)
   if out.lower().endswith(".jaxexport"):
     from dlcore.interop import serving
     try:
-      return serving.export_forward(model_dir, out)
+      return serving.export_forward(model, variables, meta, out)
     except OSError as e:
       raise WeightsFileError(f"cannot write {out}: {e.strerror or e}") from None
-  with open(os.path.join(model_dir, "model.json")) as f:
-    meta = json.load(f)
   try:
     sd = to_state_dict(meta["name"], variables, vae_names=vae_names, **meta["kwargs"])
   except ConversionError as e:

@@ -19,22 +19,19 @@ import numpy as np
 SUFFIX = ".jaxexport"
 
 
-def export_forward(model_dir: str, out: str) -> dict:
-  """Model folder (`save_model`) -> `out`, serialized `jax.export.Exported` of the forward
-  pass in inference mode. Returns {"name", "inputs", "bytes", "path"}."""
+def export_forward(model, variables, meta: dict, out: str) -> dict:
+  """A loaded model folder (`load_model`'s model and variables, its model.json as `meta`) ->
+  `out`, serialized `jax.export.Exported` of the forward pass in inference mode. Returns
+  {"name", "inputs", "bytes", "path"}."""
   import jax
   from jax import export
 
   from dlcore import files
-  from dlcore.checkpoint import load_model
   from dlcore.models import registry
 
-  model, variables = load_model(model_dir)
-  name = _name(model_dir)
-  dtype, labels, batched = registry._EXAMPLE_KINDS[name]
-  shape = tuple(_input_shape(model_dir))
+  dtype, labels, batched = registry._EXAMPLE_KINDS[meta["name"]]
   batch = export.symbolic_shape("b") if batched else ()
-  specs = [jax.ShapeDtypeStruct((*batch, *shape), np.dtype(dtype))]
+  specs = [jax.ShapeDtypeStruct((*batch, *meta["input_shape"]), np.dtype(dtype))]
   if labels:
     specs.append(jax.ShapeDtypeStruct(tuple(batch), np.int32))
 
@@ -46,26 +43,5 @@ def export_forward(model_dir: str, out: str) -> dict:
   with files.replacing(out) as tmp:
     with open(tmp, "wb") as f:
       f.write(data)
-  return {"name": name, "inputs": [str(s.shape) for s in specs], "bytes": len(data),
+  return {"name": meta["name"], "inputs": [str(s.shape) for s in specs], "bytes": len(data),
           "path": os.path.abspath(out)}
-
-
-def load(path: str):
-  """The `jax.export.Exported` in `path` (data only: StableHLO and constants, no Python)."""
-  from jax import export
-  with open(path, "rb") as f:
-    return export.deserialize(bytearray(f.read()))
-
-
-def _meta(model_dir: str) -> dict:
-  import json
-  with open(os.path.join(model_dir, "model.json")) as f:
-    return json.load(f)
-
-
-def _name(model_dir: str) -> str:
-  return _meta(model_dir)["name"]
-
-
-def _input_shape(model_dir: str) -> list[int]:
-  return _meta(model_dir)["input_shape"]
