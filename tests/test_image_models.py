@@ -81,6 +81,50 @@ def test_corr2d_conv_layer_learns_the_edge_kernel():
   assert result["loss_last"] < 1e-3 * result["loss_first"]
 
 
+def test_demos_are_four_programs_with_the_op_by_op_numbers():
+  """model_building's demos compute their numbers in one compiled program and the edge
+  kernel's descent in another (58 programs op by op): the same bits as op by op."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  from experiments import model_building as mb
+
+  code = ("import json; from dlcore import timing; timing.compiles()\n"
+          "from experiments.model_building import demos\n"
+          "out = demos(0); print(json.dumps({'programs': timing.compiles(), 'out': out}))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "DLCORE_JAX_CACHE": "0"})
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads(proc.stdout.splitlines()[-1])
+  assert got["programs"] <= 4, got["programs"]
+  # The numbers as the demos computed them op by op (each init and apply compiled alone, the
+  # descent a compiled loss and host-driven updates).
+  key = jax.random.PRNGKey(0)
+  init = jax.jit(mb._variables, static_argnums=0)
+  mlp = models.build("basic_mlp")
+  x = jax.random.uniform(key, (2, 784))
+  values = mb._demo_values(key)
+  np.testing.assert_array_equal(values["mlp_output"], jax.jit(mlp.apply)(init(mlp, x, key), x))
+  net = nn.Sequential([nn.Dense(128), models.build("centered_layer")])
+  xs = jax.random.uniform(key, (4, 8))
+  mean = float(jax.jit(net.apply)(jax.jit(net.init)(key, xs), xs).mean())
+  assert got["out"]["4.2"]["mean_after_dense"] == mean
+  X = jnp.ones((6, 8)).at[:, 2:6].set(0.0)
+  Y = corr2d(X, jnp.array([[1.0, -1.0]]))
+  conv = models.build("corr2d_conv", kernel_size=(1, 2))
+  params = conv.init(jax.random.PRNGKey(0), X)["params"]
+  loss = jax.jit(jax.value_and_grad(
+      lambda p: jnp.sum((conv.apply({"params": p}, X) - Y) ** 2)))
+  first = float(loss(params)[0])
+  for _ in range(60):
+    params = jax.tree.map(lambda p, g: p - 0.01 * g, params, loss(params)[1])
+  learned = got["out"]["4.4"]["conv2d_learned"]
+  assert (learned["loss_first"], learned["loss_last"]) == (first, float(loss(params)[0]))
+  assert learned["weight"] == np.round(np.asarray(params["weight"]), 3).tolist()
+
+
 def test_seed_conv_output_shapes():
   x = jnp.zeros((1, 8, 8, 1))
   key = jax.random.PRNGKey(0)
