@@ -16,7 +16,7 @@ BREAKS = {
       new="  if _program:\n    raise Preempted(_requested)\n",
       tests=[T_PRE + "::test_a_stop_does_not_outlive_its_run"]),
   "no-checkpointer-message": dict(file="dlcore/train/loop.py",
-      old='raise preemption.Preempted(signal_name, step, where, what=f"\'{desc}\'")',
+      old='raise preemption.Preempted(signal_name, step, where, what=self.what)',
       new='raise preemption.Preempted(signal_name, step, str(where))',
       tests=[T_PRE + "::test_a_fit_without_checkpoints_says_nothing_was_saved"]),
   "no-stop-after-last-evaluation": dict(file="dlcore/train/loop.py",
@@ -227,11 +227,11 @@ BREAKS.update({
       old="      bad = verify_step(self._step_dir(s), manifest_required=required)",
       new="      bad = None", tests=[T_FAULT]),
   "resume-replays-one-step-short": dict(file="dlcore/train/loop.py",
-      old="        if (calls_done + 1) * steps_per_call <= start_step:",
-      new="        if (calls_done + 1) * steps_per_call < start_step:",
+      old="    if (self.calls + 1) * self.steps_per_call <= self.start:",
+      new="    if (self.calls + 1) * self.steps_per_call < self.start:",
       tests=[T_PRE + "::test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit"]),
   "preempted-epoch-rows-not-saved": dict(file="dlcore/train/loop.py",
-      old="step, epoch, extra=log.saved_rows(epoch))", new="step, epoch, extra=None)",
+      old="step, epoch, extra=extra(epoch))", new="step, epoch, extra=None)",
       tests=[T_PRE + "::test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit"]),
   "auto-resume-starts-over": dict(file="dlcore/harness/rundir.py",
       old="      resume = holds_run\n", new="      resume = False\n",
@@ -307,19 +307,19 @@ BREAKS.update({
   return path''',
       tests=[T_FAULT + "::test_run_files_are_replaced_whole_or_not_at_all"]),
   "final-save-after-stop": dict(file="dlcore/train/loop.py",
-      old='''    final_state = host_state()
+      old='''    final_state = steps.host()
     final = step_of(final_state)
-''', new='''    final_state = host_state()
+''', new='''    final_state = steps.host()
     final = step_of(final_state)
     where = None
     if (signal_name := preemption.stopping()) is not None:
-      raise preemption.Preempted(signal_name, final, None, what=f"'{desc}'")
+      raise preemption.Preempted(signal_name, final, None, what=saves.what)
 ''', tests=[T_PRE + "::test_a_signal_in_the_last_evaluation_stops_after_saving"]),
 })
 T_LOOP = "tests/test_checkpoint.py"
 BREAKS.update({  # the pieces of fit (issue 33)
   "mid-epoch-save-without-rows": dict(file="dlcore/train/loop.py",
-      old="saves.save_due(host_state, log.saved_rows)", new="saves.save_due(host_state)",
+      old="saves.save_due(steps.host, log.saved_rows)", new="saves.save_due(steps.host)",
       tests=["tests/test_engine_api.py::test_a_mid_epoch_checkpoint_keeps_the_epoch_rows_so_far"]),
   "saved-state-not-checked": dict(file="dlcore/train/loop.py",
       old="      self.check(host, step, epoch)\n      self.checkpointer.save(",
@@ -336,7 +336,8 @@ BREAKS.update({  # the pieces of fit (issue 33)
       new="return True",
       tests=["tests/test_engine_api.py::test_evaluators_get_a_fixed_key_and_run_when_due"]),
   "checkpoint-ahead-of-the-record": dict(file="dlcore/train/loop.py",
-      old="    history.append(record)\n", new="    saves.save_due(host_state)\n    history.append(record)\n",
+      old="    self.history.append(record)\n",
+      new="    self.log.saves.save_due(lambda: host_state)\n    self.history.append(record)\n",
       tests=["tests/test_engine_api.py::test_a_checkpoint_never_runs_ahead_of_the_epoch_record"]),
   "epoch-rows-host-copies-misplaced": dict(file="dlcore/train/loop.py",
       old="self.epoch_rows[len(self.epoch_rows) - len(rows):] = rows",
@@ -344,8 +345,8 @@ BREAKS.update({  # the pieces of fit (issue 33)
       tests=["tests/test_engine_api.py::"
              "test_train_metrics_are_written_every_log_every_calls_and_at_the_epoch_end"]),
   "metrics-written-every-call": dict(file="dlcore/train/loop.py",
-      old="        if saves.falls_due(step, epoch) or log.full:",
-      new="        if saves.falls_due(step, epoch) or True:",
+      old="        if saves.falls_due(steps.step, epoch) or log.full:",
+      new="        if saves.falls_due(steps.step, epoch) or True:",
       tests=["tests/test_engine_api.py::"
              "test_train_metrics_are_written_every_log_every_calls_and_at_the_epoch_end"]),
 })
@@ -353,7 +354,7 @@ T_ANY = T_PRE + "::test_sigterm_at_any_moment_then_auto_resume_gives_the_uninter
 T_TWO = T_PRE + "::test_two_processes_stop_together_at_any_moment_on_sigterm_to_the_launcher"
 BREAKS.update({
   "preempted-epoch-rows-not-saved-chain": dict(file="dlcore/train/loop.py",
-      old="step, epoch, extra=log.saved_rows(epoch))", new="step, epoch, extra=None)",
+      old="step, epoch, extra=extra(epoch))", new="step, epoch, extra=None)",
       tests=[T_ANY]),
   "agree-without-plus-one": dict(file="dlcore/preemption.py",
       old="      self.target = max(steps) + 1", new="      self.target = max(steps)",

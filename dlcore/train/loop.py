@@ -5,11 +5,12 @@ The engine knows nothing of run directories or consoles: metrics leave through a
 `MetricWriter` (anything with `write(split, step, metrics, **extra)`); dlcore's harness
 provides JSON-lines, console and TensorBoard writers.
 
-`fit` is the loop; each job around the step is a piece of its own: `_MetricLog` (the step
-metrics, fetched and written once per log interval, the NaN guard), `_Saves` (periodic,
-stop and final checkpoints, every saved state finite), `_restore` (resume) and
-`_epoch_evaluation` (the evaluators due each epoch). Each piece's time is its own section
-of `dlcore.timing`.
+`fit` is the loop; each job around the step is a piece of its own: `_Steps` (the state and
+the compiled step, the replay up to a resume point), `_MetricLog` (the step metrics,
+fetched and written once per log interval, the NaN guard), `_Saves` (periodic, stop and
+final checkpoints, every saved state finite), `_Records` (each epoch's record: means,
+evaluation, writing, the callback), `_restore` (resume) and `_epoch_evaluation` (the
+evaluators due each epoch). Each piece's time is its own section of `dlcore.timing`.
 """
 from __future__ import annotations
 
@@ -251,8 +252,8 @@ class _Saves:
   the previous save); a stop saves at once; the end saves the final step. Every state saved
   is finite."""
 
-  def __init__(self, checkpointer: Checkpointer | None):
-    self.checkpointer = checkpointer
+  def __init__(self, checkpointer: Checkpointer | None, what: str = "training"):
+    self.checkpointer, self.what = checkpointer, what
     self.last_good = checkpointer.latest_step() if checkpointer is not None else None
     self.due: tuple[int, int] | None = None  # (step, epoch)
 
@@ -304,6 +305,93 @@ class _Saves:
       self.checkpointer.wait()
     self.last_good = step
     return self.checkpointer.directory
+
+  def stop(self, signal_name: str, host_state: Callable[[], Any], step: int, epoch: int,
+           extra: Callable[[int], dict]):
+    """A signal arrived: saves this step with the epoch's rows so far (`extra(epoch)`), then
+    stops the run (raises `preemption.Preempted`)."""
+    where = self.save_now(host_state(), step, epoch, extra=extra(epoch)) \
+        if self.checkpointer is not None else None
+    raise preemption.Preempted(signal_name, step, where, what=self.what)
+
+
+class _Steps:
+  """The compiled step over the batches. The training state lives here, placed for the
+  runner; `host()` waits for the steps in flight and gives one host-usable copy. After a
+  resume, the batches up to the restored step are replayed without running."""
+
+  def __init__(self, runner: Runner, train_step, state, steps_per_call: int, stacked: bool):
+    self.runner, self.train_step = runner, train_step
+    self.steps_per_call, self.stacked = steps_per_call, stacked
+    self.start = step_of(state)
+    self.state = runner.put_state(state)
+    self.calls = 0  # calls whose steps are in `state`
+
+  @property
+  def step(self) -> int:
+    return self.calls * self.steps_per_call
+
+  def replaying(self) -> bool:
+    """Whether the next batch's steps are already in the (restored) state; counts it."""
+    if (self.calls + 1) * self.steps_per_call <= self.start:
+      self.calls += 1
+      return True
+    return False
+
+  def run(self, batch):
+    """One call of the step on `batch`; returns its metrics (on the device)."""
+    with timing.section("data"):
+      batch = self.runner.put_batch(batch, stacked=self.stacked)
+    with timing.section(STEPS):
+      self.state, metrics = self.train_step(self.state, batch)
+      metrics = self.runner.get_output(metrics)
+    self.calls += 1
+    return metrics
+
+  def host(self):
+    _wait(self.state)
+    with timing.section("metrics"):
+      return self.runner.get_state(self.state)
+
+
+class _Records:
+  """Each epoch's record {"epoch", "step", "train", "eval"[, "per_seed"]}: its training means,
+  its evaluation; written, kept in the history and passed to `on_epoch_end`."""
+
+  def __init__(self, writer, log: _MetricLog, history: list, on_epoch_end, evaluate):
+    self.writer, self.log, self.history = writer, log, history
+    self.on_epoch_end, self.evaluate = on_epoch_end, evaluate
+
+  def close(self, epoch: int, step: int, host_state) -> dict:
+    with timing.section("metrics"):
+      train_means, train_per = self.log.means(self.log.epoch_rows)
+    record = {"epoch": epoch, "step": step, "train": train_means}
+    if train_per is not None:
+      record["per_seed"] = {"train": train_per}
+    if scores := self.evaluate(host_state, epoch):
+      eval_per = scores.pop("per_seed", None)
+      record["eval"] = scores
+      if eval_per is not None:
+        record.setdefault("per_seed", {})["eval"] = eval_per
+      if self.writer is not None:
+        with timing.section("metrics"):
+          self.writer.write("eval", step, scores, epoch=epoch,
+                            **({} if eval_per is None else {"per_seed": eval_per}))
+    self.history.append(record)
+    if hasattr(self.writer, "write_epoch"):
+      with timing.section("metrics"):
+        self.writer.write_epoch(record)
+    if self.on_epoch_end is not None:
+      with timing.section("epoch callbacks"):
+        self.on_epoch_end(epoch, host_state, record)
+    return record
+
+
+def _postfix(record: dict) -> dict:
+  """The progress bar's numbers: the epoch's training loss and its scalar test metrics."""
+  return ({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
+          | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
+             if np.ndim(v) == 0 and k != "count"})
 
 
 def _restore(state, checkpointer, writer, resume: bool):
@@ -385,90 +473,42 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       raise ValueError("fit: eval_step needs eval_batches (a function returning the batches)")
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
                       _members_batch_evaluator(eval_step, eval_batches, n_members))
-  evaluate = _epoch_evaluation(evaluators, eval_every, num_epochs, eval_seed)
   state, history, carried = _restore(state, checkpointer, writer, resume)
-  start_step = step_of(state)
-  saves = _Saves(checkpointer)
+  steps = _Steps(runner, train_step, state, steps_per_call, stacked)
+  saves = _Saves(checkpointer, what=f"'{desc}'")
   log = _MetricLog(writer, n_members, log_every, saves)
-  state = runner.put_state(state)
-  calls_done = 0  # calls whose steps are already in `state`
-
-  def host_state():
-    _wait(state)
-    with timing.section("metrics"):
-      return runner.get_state(state)
-
-  def end_epoch(epoch: int, step: int) -> dict:
-    """The epoch's record: its training means, its evaluation, written and shown."""
-    log.flush(step, epoch)
-    host = host_state()
-    with timing.section("metrics"):
-      train_means, train_per = log.means(log.epoch_rows)
-    record = {"epoch": epoch, "step": step, "train": train_means}
-    if train_per is not None:
-      record["per_seed"] = {"train": train_per}
-    if scores := evaluate(host, epoch):
-      eval_per = scores.pop("per_seed", None)
-      record["eval"] = scores
-      if eval_per is not None:
-        record.setdefault("per_seed", {})["eval"] = eval_per
-      if writer is not None:
-        with timing.section("metrics"):
-          writer.write("eval", step, scores, epoch=epoch,
-                       **({} if eval_per is None else {"per_seed": eval_per}))
-    history.append(record)
-    if hasattr(writer, "write_epoch"):
-      with timing.section("metrics"):
-        writer.write_epoch(record)
-    if on_epoch_end is not None:
-      with timing.section("epoch callbacks"):
-        on_epoch_end(epoch, host, record)
-    saves.save_due(host_state)  # after the epoch's record: a checkpoint never runs ahead
-    return record                # of the history
-
-  def stop(step: int, epoch: int, signal_name: str):
-    """A signal arrived: save this step with the epoch's rows so far, then stop."""
-    log.flush(step, epoch)
-    where = saves.save_now(host_state(), step, epoch, extra=log.saved_rows(epoch)) \
-        if checkpointer is not None else None
-    raise preemption.Preempted(signal_name, step, where, what=f"'{desc}'")
-
+  records = _Records(writer, log, history, on_epoch_end,
+                     _epoch_evaluation(evaluators, eval_every, num_epochs, eval_seed))
   # With several processes only process 0 shows a bar.
   bar = tqdm(total=num_epochs, desc=desc, disable=not progress or not distributed.is_primary(),
              unit="epoch", dynamic_ncols=True)
   preemption.begin_fit()  # a request left from an earlier, stopped run, or a missed stop
-  # While training, a signal only asks to stop after the step in flight (see `stop`).
-  with preemption.training(collective=runner.multiprocess, step=start_step), \
+  # While training, a signal only asks to stop after the step in flight (see `_Saves.stop`).
+  with preemption.training(collective=runner.multiprocess, step=steps.start), \
       contextlib.closing(bar):
     for epoch in range(num_epochs):
       log.start_epoch(carried[1] if carried and carried[0] == epoch else [])
       for batch in _timed(batches(epoch), "data"):
-        if (calls_done + 1) * steps_per_call <= start_step:  # replaying up to the resume point
-          calls_done += 1
+        if steps.replaying():  # up to the resume point
           continue
-        saves.save_due(host_state, log.saved_rows)
-        with timing.section("data"):
-          batch = runner.put_batch(batch, stacked=stacked)
-        with timing.section(STEPS):
-          state, metrics = train_step(state, batch)
-          log.add(runner.get_output(metrics))
-        calls_done += 1
-        step = calls_done * steps_per_call
-        if (signal_name := preemption.reached(step)) is not None:
-          stop(step, epoch, signal_name)
-        if saves.falls_due(step, epoch) or log.full:
-          log.flush(step, epoch)
+        saves.save_due(steps.host, log.saved_rows)
+        log.add(steps.run(batch))
+        if (signal_name := preemption.reached(steps.step)) is not None:
+          log.flush(steps.step, epoch)
+          saves.stop(signal_name, steps.host, steps.step, epoch, log.saved_rows)
+        if saves.falls_due(steps.step, epoch) or log.full:
+          log.flush(steps.step, epoch)
       if log.epoch_rows:  # (none: the epoch was entirely before the resume point)
-        record = end_epoch(epoch, calls_done * steps_per_call)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record["train"].items() if k == "loss"}
-                        | {f"eval_{k}": f"{v:.4g}" for k, v in record.get("eval", {}).items()
-                           if np.ndim(v) == 0 and k != "count"})
+        log.flush(steps.step, epoch)
+        record = records.close(epoch, steps.step, steps.host())
+        saves.save_due(steps.host)  # after the epoch's record: a checkpoint never runs ahead
+        bar.set_postfix(_postfix(record))  # of the history
       bar.update(1)
-    final_state = host_state()
+    final_state = steps.host()
     final = step_of(final_state)
     where = saves.save_now(final_state, final, num_epochs - 1)
     # A signal during the last epoch's evaluation: the run is saved; stop here, not after
     # whatever the caller does next.
     if (signal_name := preemption.stopping()) is not None:
-      raise preemption.Preempted(signal_name, final, where, what=f"'{desc}'")
+      raise preemption.Preempted(signal_name, final, where, what=saves.what)
   return final_state, history
