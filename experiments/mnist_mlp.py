@@ -82,6 +82,7 @@ class Config:
   """2.3.3: batch size."""
   compare_lr: Annotated[float, cli.Between(0.0)] = 0.01
   """2.3.3: learning rate of every optimizer."""
+  fuse: cli.Fuse = None
 
   def check(self):
     if self.common.sweep and not self.classifier:
@@ -119,7 +120,7 @@ def run_classifier(cfg: Config, run, runner, data) -> dict:
       cfg, run, runner, spec_id="2.3.1", model_name="mnist_mlp", model_kwargs=kwargs, data=data,
       pipeline=pipeline, tx=tx, title="chapter 3 MLP",
       extra={"momentum": cfg.momentum, "seed_reference": SEED_REFERENCE}, tx_factory=make_tx,
-      setup=lambda c: setup(c, data))
+      setup=lambda c: setup(c, data), fuse=cli.fused(cfg))
   summary["2.3.2"] = {"layers": [name for name, _ in model.layers],
                       "parameters": count_params(variables["params"])}
   return summary

@@ -38,7 +38,7 @@ from dlcore.harness.seeds import Seeds, spread
 from dlcore.harness.sweeps import Sweep
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
-from dlcore.train import batch_evaluator, fit, make_train_step, run_evaluators
+from dlcore.train import batch_evaluator, fit, make_train_step, run_evaluators, scan_steps
 from dlcore.train.state import variables_of
 
 FALLBACK = ("fashion_mnist", "digits")
@@ -60,6 +60,7 @@ class Config:
   """Width of the encoder's and decoder's hidden layer."""
   latent_dim: cli.Positive[int] = 20
   """Size of z; 2 also draws the 2-D latent manifold (figure 8-8)."""
+  fuse: cli.Fuse = None
 
 
 def elbo_metrics(pipe: ImagePipeline):
@@ -97,7 +98,9 @@ def main(argv=None) -> dict:
     logits, mu, log_var = out
     return losses.vae_loss(logits, pipe(batch["x"]), mu, log_var)
 
-  step = runner.compile(seeds.step(make_train_step(loss_fn, preprocess=pipe)))
+  train_step = seeds.step(make_train_step(loss_fn, preprocess=pipe))
+  step = runner.compile(train_step)
+  fused = runner.compile(scan_steps(train_step)) if cli.fused(cfg) else None
   train, test = data.train(), data.test()
   elbo = batch_evaluator(runner.compile_eval(elbo_metrics(pipe)),
                          lambda: dldata.batches(test, 1000), uses_key=True)
@@ -142,7 +145,7 @@ def main(argv=None) -> dict:
         runner=runner, num_epochs=cfg.epochs, evaluators=evaluators,
         eval_seed=seeds.eval_seed(10_000), writer=run, checkpointer=ckpt,
         resume=cfg.common.resume, progress=cfg.common.progress, desc="VAE",
-        log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end)
+        log_every=max(1, steps_per_epoch // 4), on_epoch_end=on_epoch_end, fused_step=fused)
   # The last epoch is always evaluated; a resumed, finished run evaluates what it restored.
   entries = []
   for seed, (member, hist) in zip(seeds.seeds, seeds.each(state, history)):
@@ -163,7 +166,7 @@ def main(argv=None) -> dict:
     entry |= entry["best_point"] | {"figures_member": {  # the figures' member
         **seeds.hyper[0], "seed": seeds.seeds[0]}}
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
-            "latent_dim": cfg.latent_dim, "mode": cfg.common.mode,
+            "latent_dim": cfg.latent_dim, "mode": cfg.common.mode, "fused": fused is not None,
             "loss": "per sample: BCE summed over pixels + KL, z sampled"}
   state_all, state = state, seeds.first(state)
   if cfg.latent_dim == 2:

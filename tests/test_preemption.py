@@ -313,6 +313,52 @@ def test_a_signal_in_the_last_evaluation_stops_after_saving(handlers, tmp_path, 
   assert Checkpointer(str(tmp_path)).latest_step() == 3
 
 
+def test_a_stop_at_the_last_step_then_two_resumes_write_each_epoch_once(handlers, tmp_path):
+  """A stop after the last step of the last epoch saves that step with the epoch's rows; the
+  resumed run writes the epoch's record and has no later step to save. Resumed once more (a
+  stop after training), the record is not written again (it was, seen as [0, 1, 1])."""
+  from dlcore.checkpoint import Checkpointer
+  from dlcore.train import Runner, fit, make_train_step
+  from tests.helpers import bce_loss, planar_batch, small_state
+  runner, data = Runner("jit"), planar_batch(32)
+  records = []
+
+  class History:
+    def write(self, split, step, metrics, **extra):
+      pass
+
+    def write_epoch(self, record):
+      records.append(record)
+
+    def resume(self, step):
+      records[:] = [r for r in records if r["step"] <= step]
+      return list(records)
+
+  stops = [1]
+
+  def batches(epoch):
+    yield data
+    if epoch == 1 and stops:  # the first run: stop after epoch 1's last step
+      stops.pop()
+      os.kill(os.getpid(), signal.SIGTERM)
+    yield data
+
+  def run(resume):
+    with Checkpointer(str(tmp_path), save_every_steps=2) as ckpt:
+      return fit(small_state(), runner.compile(make_train_step(bce_loss)), batches,
+                 runner=runner, num_epochs=2, progress=False, writer=History(),
+                 checkpointer=ckpt, resume=resume)
+
+  with pytest.raises(handlers.Preempted) as e:
+    run(False)
+  assert e.value.step == 4 and [r["epoch"] for r in records] == [0]
+  _, history = run(True)
+  assert [h["epoch"] for h in history] == [0, 1] == [r["epoch"] for r in records]
+  _, again = run(True)
+  assert [h["epoch"] for h in again] == [0, 1] == [r["epoch"] for r in records]
+  assert again == history
+
+
 def test_entry_puts_the_handlers_back_and_forgets_the_request():
   from dlcore import preemption
   from dlcore.harness import cli

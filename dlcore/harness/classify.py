@@ -50,7 +50,8 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
                           tx: optax.GradientTransformation, title: str,
                           extra: dict | None = None,
                           eval_chunk: int | None = None,
-                          tx_factory=None, setup=None) -> tuple[dict, ClassifierRun]:
+                          tx_factory=None, setup=None, fuse: bool = False
+                          ) -> tuple[dict, ClassifierRun]:
   """What the image experiments share: train `model_name` on `data`, write the curves, the
   confusion matrix and the model (`save_model`: reload with `load_model(<run>/model)`),
   and return the summary entry under `spec_id` (SPEC ids; with test_accuracy, dataset,
@@ -60,7 +61,7 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   `--sweep`: `tx_factory(**numbers)` builds `tx` from the config's SWEEPABLE numbers (every
   point x seed is then a member; `tx` itself is not used); `setup(cfg)` returns
   (model_kwargs, tx_factory) for a config with a SWEEP_SHAPES value changed (one program per
-  such value, each with its own checkpoints and rows)."""
+  such value, each with its own checkpoints and rows). `fuse`: see `train_classifier`."""
   sweep = Sweep.of(cfg)
   if sweep is None:
     programs = [({}, None)]
@@ -88,7 +89,7 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
         seed=c.common.seed, resume=c.common.resume, progress=c.common.progress, desc=title,
         checkpoint_dir=run.file("checkpoints", tag) if static else run.file("checkpoints"),
         on_epoch_end=print_epoch, loss_scale=cli.loss_scale(c.common), seeds=seeds.seeds,
-        eval_chunk=eval_chunk, hyperparams=seeds.hyper)
+        eval_chunk=eval_chunk, hyperparams=seeds.hyper, fuse=fuse)
     first = first or (result, seeds, kwargs, static)
     runs += result.members or [result]  # each member's run
     members += [{**static, **h} for h in seeds.hyper] if seeds.hyper else [{}]
@@ -115,7 +116,8 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
   else:
     entry = sweep.summarize(entries, seeds.per_point, best="test_accuracy")
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "mode": cfg.common.mode, "devices": runner.devices,
+            "batch_size": cfg.batch_size, "mode": cfg.common.mode, "fused": fuse,
+            "devices": runner.devices,
             "model": model_name, **(extra or {})}
   if sweep is None:
     say(f"{title}: test accuracy {spread(entry, 'test_accuracy')} on {data.name} after "

@@ -159,6 +159,29 @@ def model_dtype(common: Common):
   return precision.compute_dtype(common.precision)
 
 
+FUSE_HELP = ("Run the steps between checkpoints as one compiled loop (lax.scan over the stacked "
+             "batches): the same numbers, less time per step; None: on where checked bit for "
+             "bit (--mode jit in float32 on the CPU, one process, one seed, no --sweep).")
+Fuse = Annotated[bool | None, tyro.conf.arg(help=FUSE_HELP)]  # an experiment's --fuse
+
+
+def fused(cfg) -> bool:
+  """Whether `cfg`'s training runs fused (`fit`'s `fused_step`): --fuse / --no-fuse as asked;
+  None (the default): where dlcore checked that the fused steps give the loop's numbers bit
+  for bit. Call after `start_run` (it knows the processes)."""
+  import jax
+  c = cfg.common
+  one = (c.mode in ("jit", "sharded") and (c.seeds or 1) == 1 and not c.sweep
+         and jax.process_count() == 1)
+  if cfg.fuse and not one:
+    raise ConfigError("--fuse runs under --mode jit or sharded with one process, one seed and "
+                      "no --sweep; drop --fuse")
+  if cfg.fuse is None:
+    return (one and c.mode == "jit" and c.precision == "float32"
+            and jax.default_backend() == "cpu")
+  return cfg.fuse
+
+
 def loss_scale(common: Common):
   """The `loss_scale` for `create_train_state` that `--precision` asks for (float16 only)."""
   from dlcore import precision

@@ -21,7 +21,7 @@ RESUMABLE = {"common.resume", "common.auto_resume", "common.progress", "common.t
              "common.track", "common.tracking_uri", "common.mode",
              "common.devices", "common.overwrite", "common.allow_change", "common.workdir",
              "common.coordinator", "common.num_processes", "common.process_id",
-             "epochs", "score_every"}
+             "epochs", "score_every", "fuse"}
 
 
 # Settings added since runs were first saved, at the value that computes what runs without

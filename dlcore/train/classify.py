@@ -25,7 +25,7 @@ from dlcore.train import members as mb
 from dlcore.train.loop import MetricWriter, fit, host_mean
 from dlcore.train.modes import Runner
 from dlcore.train.state import TrainState, create_train_state, variables_of
-from dlcore.train.steps import chunked, make_eval_step, make_train_step
+from dlcore.train.steps import chunked, make_eval_step, make_train_step, scan_steps
 
 
 def xent_loss(logits, batch):
@@ -60,7 +60,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
                      checkpoint_dir: str | None = None,
                      on_epoch_end: Callable | None = None, loss_scale=None,
                      seeds: Sequence[int] | None = None,
-                     hyperparams: Sequence[dict] | None = None) -> ClassifierRun:
+                     hyperparams: Sequence[dict] | None = None,
+                     fuse: bool = False) -> ClassifierRun:
   """Trains `model` on `data.train()` for `epochs` (shuffled each epoch, deterministic in
   (seed, epoch)), evaluating on `data.test()` after every epoch; checkpoints once per epoch
   into `checkpoint_dir` (none: no checkpoints) and resumes from there. `loss_scale`: see
@@ -69,7 +70,9 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   unused; the returned numbers are means and `members` holds each seed's run). `eval_chunk`:
   the test forward runs that many examples at a time (`dlcore.train.steps.chunked`).
   `hyperparams` (a sweep; `tx` from `optim.injected`): one dict per seed of `seeds`, member
-  i trains with `hyperparams[i]` (see `members.create_members`); always run as members."""
+  i trains with `hyperparams[i]` (see `members.create_members`); always run as members.
+  `fuse`: the steps between checkpoints as one compiled loop (`fit`'s `fused_step`; one
+  member only)."""
   seeds = [seed] if seeds is None else list(seeds)
   many = len(seeds) > 1 or hyperparams is not None
   for split, y in (("train", data.train_y), ("test", data.test_y)):
@@ -87,6 +90,9 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
       raise ValueError(f"batch size {batch_size} does not divide over {runner.devices} "
                        f"devices; choose a multiple of {runner.devices}")
   step = runner.compile(train_step)
+  if fuse and many:
+    raise ValueError("train_classifier: fuse trains one member (one seed, no sweep)")
+  fused = runner.compile(scan_steps(train_step)) if fuse else None
   evaluate = runner.compile_eval(make_eval_step(xent_metrics, preprocess=pipeline,
                                                 chunk=eval_chunk))
   steps_per_epoch = -(-len(data.train_x) // batch_size)  # the partial batch too, every mode
@@ -107,7 +113,7 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
                          eval_batches=lambda: dldata.batches(test, eval_batch_size),
                          writer=writer, checkpointer=ckpt, resume=resume, progress=progress,
                          desc=desc, log_every=max(1, steps_per_epoch // 4),
-                         on_epoch_end=on_epoch_end)
+                         on_epoch_end=on_epoch_end, fused_step=fused)
   runs = []
   for s, h in (((mb.member(state, i), mb.member_view(history, i)) for i in range(len(seeds)))
                if many else [(state, history)]):

@@ -252,10 +252,13 @@ class _Saves:
   the previous save); a stop saves at once; the end saves the final step. Every state saved
   is finite."""
 
-  def __init__(self, checkpointer: Checkpointer | None, what: str = "training"):
-    self.checkpointer, self.what = checkpointer, what
+  def __init__(self, checkpointer: Checkpointer | None, what: str = "training",
+               fused: bool = False, start: int = 0):
+    self.checkpointer, self.what, self.fused = checkpointer, what, fused
     self.last_good = checkpointer.latest_step() if checkpointer is not None else None
     self.due: tuple[int, int] | None = None  # (step, epoch)
+    # Orbax makes a first save at the first step of a run without checkpoints.
+    self.first = start + 1 if self.last_good is None else None
 
   def kept(self, which: str) -> str:
     if self.last_good is None:
@@ -273,8 +276,23 @@ class _Saves:
           f"the parameters or optimizer state became NaN/inf by step {step} (epoch {epoch}); "
           f"{self.kept('finite')}. Lower the learning rate or check the inputs.")
 
-  def falls_due(self, step: int, epoch: int) -> bool:
-    if self.checkpointer is None or not self.checkpointer.should_save(step):
+  def point(self, step: int) -> bool:
+    """Whether a periodic save may fall due at `step` (a fused call ends there). Orbax's
+    first save, due at any step until one is made, is then made at the end of a call."""
+    return self.checkpointer is not None and step % self.checkpointer.save_every == 0
+
+  def falls_due(self, step: int, epoch: int, settled: bool = True) -> bool:
+    """Whether a save falls due at `step` (it is made before the next call). Fused
+    (`fused_step`), the steps are the interval's and the run's first (as Orbax decides them
+    for single calls), and a step inside a call (not `settled`: the state is further on) is
+    marked but not saved, so the metrics are written at the same steps as without fusing."""
+    if self.checkpointer is None:
+      return False
+    if self.fused:
+      due = self.point(step) or step == self.first
+      if not due or not settled:
+        return due
+    elif not self.checkpointer.should_save(step):
       return False
     self.due = (step, epoch)
     return True
@@ -318,40 +336,105 @@ class _Saves:
 class _Steps:
   """The compiled step over the batches. The training state lives here, placed for the
   runner; `host()` waits for the steps in flight and gives one host-usable copy. After a
-  resume, the batches up to the restored step are replayed without running."""
+  resume, the batches up to the restored step are replayed without running. With a fused
+  step (`scan_steps` of the step), `calls` stacks each stretch of same-shape batches up to a
+  save point into one call, and `run` hands out its steps' metrics one by one."""
 
-  def __init__(self, runner: Runner, train_step, state, steps_per_call: int, stacked: bool):
-    self.runner, self.train_step = runner, train_step
+  def __init__(self, runner: Runner, train_step, state, steps_per_call: int, stacked: bool,
+               fused_step=None):
+    self.runner, self.train_step, self.fused = runner, train_step, fused_step
     self.steps_per_call, self.stacked = steps_per_call, stacked
     self.start = step_of(state)
     self.state = runner.put_state(state)
-    self.calls = 0  # calls whose steps are in `state`
+    self.done = 0  # steps in `state` (the replayed ones too)
+    self.step = 0  # the step of the metrics handed out last (behind `done` inside a fused call)
+    self.max_block: int | None = None
 
   @property
-  def step(self) -> int:
-    return self.calls * self.steps_per_call
+  def settled(self) -> bool:
+    """Whether `state` is the state after `step` (not further on, inside a fused call)."""
+    return self.step == self.done
 
   def replaying(self) -> bool:
     """Whether the next batch's steps are already in the (restored) state; counts it."""
-    if (self.calls + 1) * self.steps_per_call <= self.start:
-      self.calls += 1
+    if self.done + self.steps_per_call <= self.start:
+      self.done = self.step = self.done + self.steps_per_call
       return True
     return False
 
-  def run(self, batch):
-    """One call of the step on `batch`; returns its metrics (on the device)."""
+  def calls(self, batches: Iterable, ends_at: Callable[[int], bool]):
+    """The batches still to run, as calls: each batch, or with a fused step each stretch of
+    same-shape batches (at most FUSE_BYTES of them) that ends at a step where `ends_at(step)`
+    (a save may fall due) or before a batch of another shape, stacked as one `_Block`."""
+    block: list = []
+    for batch in batches:
+      if self.replaying():
+        continue
+      if self.fused is None:
+        yield batch
+        continue
+      if block and (_layout(batch) != _layout(block[0]) or len(block) == self.max_block):
+        yield _block(block)
+        block = []
+      if self.max_block is None:
+        size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch))
+        self.max_block = max(1, FUSE_BYTES // max(1, size))
+      block.append(batch)
+      if ends_at(self.done + len(block)):
+        yield _block(block)
+        block = []
+    if block:
+      yield _block(block)
+
+  def run(self, call):
+    """Runs one call (a batch or a `_Block`); yields each step's metrics (a batch's on the
+    device, a block's fetched once, after its steps)."""
+    block = isinstance(call, _Block)
     with timing.section("data"):
-      batch = self.runner.put_batch(batch, stacked=self.stacked)
+      batch = self.runner.put_batch(call.batches if block else call,
+                                    stacked=block or self.stacked)
     with timing.section(STEPS):
-      self.state, metrics = self.train_step(self.state, batch)
+      self.state, metrics = (self.fused if block else self.train_step)(self.state, batch)
       metrics = self.runner.get_output(metrics)
-    self.calls += 1
-    return metrics
+    if not block:
+      self.done = self.step = self.done + self.steps_per_call
+      yield metrics
+      return
+    self.done += call.steps
+    _wait(metrics)
+    with timing.section("metrics"):
+      metrics = fetch(metrics)
+    for i in range(call.steps):
+      self.step += 1
+      yield {k: v[i] for k, v in metrics.items()}
 
   def host(self):
     _wait(self.state)
     with timing.section("metrics"):
       return self.runner.get_state(self.state)
+
+
+# A fused call stacks at most this much of its batches' data (a copy on the host, then on
+# the device): an epoch of (Fashion-)MNIST is 47 MB.
+FUSE_BYTES = 512 * 2**20
+
+
+class _Block:
+  """Same-shape batches stacked along a new leading axis, one per step."""
+
+  def __init__(self, batches: list):
+    self.steps = len(batches)
+    self.batches = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+def _block(batches: list):
+  """One batch runs as itself (the step's own program), several as a `_Block`."""
+  return batches[0] if len(batches) == 1 else _Block(batches)
+
+
+def _layout(batch):
+  leaves, tree = jax.tree.flatten(batch)
+  return tree, [(np.shape(x), np.asarray(x).dtype) for x in leaves]
 
 
 class _Records:
@@ -402,7 +485,9 @@ def _restore(state, checkpointer, writer, resume: bool):
   state = checkpointer.restore(state)
   history = list(writer.resume(step_of(state))) if hasattr(writer, "resume") else []
   extra = checkpointer.extra(step_of(state)) or {}
-  if "epoch_rows" not in extra:
+  # A stop at an epoch's last step saved its rows; a resumed run then wrote the epoch's
+  # record at that same step (and had no later step to save): the record stands.
+  if "epoch_rows" not in extra or any(h.get("epoch") == extra["epoch"] for h in history):
     return state, history, None
   dtypes = extra.get("dtypes", {})  # back in their dtypes, so the epoch's means are bit-equal
   return state, history, (int(extra["epoch"]),
@@ -436,7 +521,8 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
         writer: MetricWriter | None = None, run: MetricWriter | None = None,
         checkpointer: Checkpointer | None = None, resume: bool = False,
         log_every: int = 50, progress: bool = True, desc: str = "train",
-        on_epoch_end: Callable[[int, object, dict], None] | None = None):
+        on_epoch_end: Callable[[int, object, dict], None] | None = None,
+        fused_step=None):
   """Trains `state` for `num_epochs` and returns `(host_state, history)`.
 
   batches(epoch) yields the epoch's batches (host arrays, deterministic in `epoch`, so a
@@ -458,6 +544,13 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
   finite, so every checkpoint written restores to finite values.
   history: one dict per epoch {"epoch", "step", "train": {...}, "eval": {...}}.
 
+  `fused_step`: the same step fused, `runner.compile(scan_steps(step))`. Each stretch of
+  same-shape batches up to a step where a save may fall due (the checkpointer's interval)
+  then runs as one call on the stacked batches (`FUSE_BYTES` at most); the metrics are still
+  each step's, written at the same steps, so the rows, records and state equal those of the
+  loop of calls wherever XLA compiles the scanned step to the same arithmetic (checked for
+  the experiments that fuse by default). A stop signal is honoured at the end of a call.
+
   Members (`runner` a `dlcore.train.members.MemberRunner`, `state` stacked): the step's
   metrics carry a members axis; "train" and "eval" hold the means over members and the
   record's "per_seed" {"train": {metric: [member values]}, "eval": {...}} each member's
@@ -474,8 +567,11 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
                       _members_batch_evaluator(eval_step, eval_batches, n_members))
   state, history, carried = _restore(state, checkpointer, writer, resume)
-  steps = _Steps(runner, train_step, state, steps_per_call, stacked)
-  saves = _Saves(checkpointer, what=f"'{desc}'")
+  if fused_step is not None and (steps_per_call != 1 or stacked):
+    raise ValueError("fit: fused_step fuses single steps (steps_per_call 1, not stacked)")
+  steps = _Steps(runner, train_step, state, steps_per_call, stacked, fused_step)
+  saves = _Saves(checkpointer, what=f"'{desc}'", fused=fused_step is not None,
+                 start=steps.start)
   log = _MetricLog(writer, n_members, log_every, saves)
   records = _Records(writer, log, history, on_epoch_end,
                      _epoch_evaluation(evaluators, eval_every, num_epochs, eval_seed))
@@ -488,16 +584,15 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       contextlib.closing(bar):
     for epoch in range(num_epochs):
       log.start_epoch(carried[1] if carried and carried[0] == epoch else [])
-      for batch in _timed(batches(epoch), "data"):
-        if steps.replaying():  # up to the resume point
-          continue
+      for call in _timed(steps.calls(batches(epoch), saves.point), "data"):
         saves.save_due(steps.host, log.saved_rows)
-        log.add(steps.run(batch))
-        if (signal_name := preemption.reached(steps.step)) is not None:
-          log.flush(steps.step, epoch)
-          saves.stop(signal_name, steps.host, steps.step, epoch, log.saved_rows)
-        if saves.falls_due(steps.step, epoch) or log.full:
-          log.flush(steps.step, epoch)
+        for metrics in steps.run(call):  # (a fused call's steps one by one)
+          log.add(metrics)
+          if steps.settled and (signal_name := preemption.reached(steps.step)) is not None:
+            log.flush(steps.step, epoch)
+            saves.stop(signal_name, steps.host, steps.step, epoch, log.saved_rows)
+          if saves.falls_due(steps.step, epoch, steps.settled) or log.full:
+            log.flush(steps.step, epoch)
       if log.epoch_rows:  # (none: the epoch was entirely before the resume point)
         log.flush(steps.step, epoch)
         record = records.close(epoch, steps.step, steps.host())

@@ -1,0 +1,144 @@
+"""Fused steps (`fit`'s fused_step, the experiments' --fuse): the steps between save points as
+one compiled loop give the loop of single calls' rows, records, checkpoints and state, bit for
+bit, and resume the same."""
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from dlcore import data as dldata
+from dlcore.checkpoint import Checkpointer
+from dlcore.harness import cli
+from dlcore.train import Runner, fit, make_train_step, scan_steps
+from tests.helpers import bce_loss, planar_batch, small_state
+
+QUIET = ["--no-progress"]
+
+
+class Recorder:
+  def __init__(self):
+    self.rows = []
+
+  def write(self, split, step, metrics, **extra):
+    self.rows.append((split, step, {k: float(v) for k, v in metrics.items()}, extra))
+
+
+def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls=None):
+  """3 epochs of 10 shuffled batches of 16 and one of 5 (11 steps), a save every 4 steps
+  (off the epoch's end), metrics every 3 steps."""
+  runner = Runner("jit")
+  step = make_train_step(bce_loss)
+  fused_step = None
+  if fused:
+    scanned = runner.compile(scan_steps(step))
+
+    def fused_step(state, batches):
+      calls.append(jax.tree.leaves(batches)[0].shape[0])  # the steps of each fused call
+      return scanned(state, batches)
+
+  data = planar_batch(165)
+  writer = Recorder()
+  with Checkpointer(str(directory), save_every_steps=4, max_to_keep=50) as ckpt:
+    state, history = fit(small_state(opt=optax.adam(0.05)), runner.compile(step),
+                         lambda e: dldata.batches(data, 16, shuffle=True, epoch=e),
+                         runner=runner, num_epochs=epochs, log_every=3, writer=writer,
+                         checkpointer=ckpt, resume=resume, progress=False, fused_step=fused_step)
+    saved = {s: (ckpt.restore(state, s), ckpt.extra(s)) for s in ckpt.all_steps()}
+  return state, history, writer.rows, saved
+
+
+def _equal(a, b) -> bool:
+  """The same arrays at the same places (a state's static fields, its optimizer's functions,
+  are not compared)."""
+  a, b = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (a, b))
+  return [p for p, _ in a] == [p for p, _ in b] and all(
+      np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
+
+
+def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path):
+  calls = []
+  state, history, rows, saved = _fit(tmp_path / "loop", fused=False)
+  f_state, f_history, f_rows, f_saved = _fit(tmp_path / "fused", fused=True, calls=calls)
+  # calls end at the save points (4, 8, 12, ...) and before the partial batch (11, 22, 33)
+  assert calls[:3] == [4, 4, 2] and max(calls) == 4, calls
+  assert f_rows == rows and f_history == history
+  assert _equal(f_state.params, state.params) and _equal(f_state.opt_state, state.opt_state)
+  # Orbax's first save (step 1) is made by the loop only: a fused call ends at save points.
+  assert set(saved) - set(f_saved) == {1} and set(f_saved) <= set(saved)
+  assert len(f_saved) > 5
+  for s in f_saved:
+    assert _equal(f_saved[s][0], saved[s][0]), s
+    assert f_saved[s][1] == saved[s][1], s  # the interrupted epoch's rows
+
+
+def test_a_fused_run_resumes_from_a_mid_epoch_checkpoint_to_the_same_numbers(tmp_path):
+  state, history, rows, _ = _fit(tmp_path / "loop", fused=False)
+  # a fused run stopped after 2 epochs, its checkpoints past step 16 lost: it resumes
+  # mid-epoch (step 16 of 33) and replays the batches before it
+  _fit(tmp_path / "fused", fused=True, epochs=2, calls=[])
+  for name in os.listdir(tmp_path / "fused"):
+    if name.isdigit() and int(name) > 16:
+      import shutil
+      shutil.rmtree(tmp_path / "fused" / name)
+  calls = []
+  r_state, r_history, r_rows, _ = _fit(tmp_path / "fused", fused=True, resume=True,
+                                       calls=calls)
+  assert calls and calls[0] == 4  # steps 17-20: the first fused call after the resume point
+  # epoch 1's record from the rows saved with step 16 and the steps run after it
+  assert _equal(r_state.params, state.params) and r_history == history[1:]
+  # the resumed run writes the rows from its resume point on, as the loop wrote them
+  assert r_rows == [r for r in rows if r[1] > 16]
+
+
+def _run(module, workdir, *args):
+  summary = module.main([*args, "--workdir", str(workdir), *QUIET])
+  lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+  for r in lines:
+    r.pop("time")
+  return summary, lines
+
+
+def _without(entry: dict, *keys) -> dict:
+  return {k: v for k, v in entry.items() if k not in keys}
+
+
+def test_mnist_mlp_fuses_by_default_with_the_numbers_of_single_calls(tmp_path):
+  from experiments import mnist_mlp
+  from dlcore.checkpoint import load_model
+
+  args = ["--dataset", "digits", "--no-compare", "--epochs", "3"]
+  fused, rows = _run(mnist_mlp, tmp_path / "default", *args)
+  loop, loop_rows = _run(mnist_mlp, tmp_path / "loop", *args, "--fuse", "False")
+  assert fused["2.3.1"]["fused"] is True and loop["2.3.1"]["fused"] is False
+  assert _without(fused["2.3.1"], "fused") == _without(loop["2.3.1"], "fused")
+  assert rows == loop_rows and len(rows) > 10
+  assert _equal(load_model(str(tmp_path / "default" / "model"))[1],
+                load_model(str(tmp_path / "loop" / "model"))[1])
+
+
+def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path):
+  from experiments import vae
+
+  args = ["--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--hidden", "32",
+          "--latent-dim", "4"]
+  fused, rows = _run(vae, tmp_path / "default", *args)
+  loop, loop_rows = _run(vae, tmp_path / "loop", *args, "--fuse", "False")
+  key = next(k for k in fused if isinstance(fused[k], dict) and "fused" in fused[k])
+  assert fused[key]["fused"] is True and loop[key]["fused"] is False
+  assert _without(fused[key], "fused") == _without(loop[key], "fused")
+  assert rows == loop_rows and len(rows) > 5
+
+
+@pytest.mark.parametrize("extra", [["--seeds", "2"], ["--mode", "eager"],
+                                   ["--sweep", "lr=0.01,0.02"]])
+def test_fuse_where_it_cannot_run_is_refused_in_one_line(extra):
+  from experiments import mnist_mlp
+
+  cfg = cli.parse(mnist_mlp.Config, ["--fuse", "True", *extra], "")
+  with pytest.raises(cli.ConfigError, match="^--fuse runs under --mode jit or sharded"):
+    cli.fused(cfg)
+  # left to its default, such a run is not fused
+  assert cli.fused(cli.parse(mnist_mlp.Config, extra, "")) is False
