@@ -101,6 +101,14 @@ def test_a_tracked_run_is_one_mlflow_run_equal_to_its_folder(server, tmp_path):
   assert {"summary.json", "config.json", "mnist_mlp_curves.png"} <= artifacts
   with open(os.path.join(workdir, "run.json")) as f:
     assert json.load(f)["tracking"]["mlflow"]["run_id"] == run.info.run_id
+  # Each point carries its row's time, so a row sent again (its count lost, as when a server
+  # dies between storing a request's metrics and its count) is the same point, stored once.
+  times = [(r["step"], round(r["time"] * 1000)) for r in _rows(workdir) if r["split"] == "train"]
+  assert [(m.step, m.timestamp) for m in client.get_metric_history(
+      run.info.run_id, "train/loss")] == times
+  client.set_tag(run.info.run_id, "dlcore.rows", "0")
+  assert track.main(["sync", workdir, "--track", "mlflow", "--tracking-uri", server.uri]) == 0
+  _assert_metrics_equal_the_folder(client, run.info.run_id, workdir)
 
 
 def test_without_track_nothing_changes(server, tmp_path):

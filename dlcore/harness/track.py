@@ -192,7 +192,7 @@ class Layout:
   def points(self, row: Mapping) -> list[tuple[str | None, Point]]:
     """(child run label or None for the run itself, metric point) of one row."""
     step = int(row.get("step", 0))
-    t = int(float(row.get("time", time.time())) * 1000)
+    t = round(float(row.get("time", time.time())) * 1000)
     prefix, static = self.split_scope(row.get("scope"))
     split = row.get("split", "train")
     per = row.get("per_seed") or {}
@@ -570,7 +570,7 @@ class Mirror:
   def write(self, split: str, step: int, metrics: Mapping[str, Any], **extra: Any) -> None:
     if self.failed is None:
       self._queue.put(("row", {"split": split, "step": int(step), **extra, **dict(metrics),
-                               "time": time.time()}))
+                               "time": extra.get("time", round(time.time(), 3))}))
 
   def truncate(self, rows: int) -> None:
     """The folder now holds `rows` rows (a resume dropped those after its checkpoint)."""

@@ -55,8 +55,9 @@ class JsonlWriter:
     self.path = path
 
   def write(self, split: str, step: int, metrics: Mapping[str, Any], **extra: Any) -> None:
+    when = extra.pop("time", None)  # (MultiWriter's, the same for every writer)
     row = {"split": split, "step": int(step), **jsonable(extra), **jsonable(dict(metrics)),
-           "time": round(time.time(), 3)}
+           "time": round(time.time(), 3) if when is None else when}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
@@ -105,6 +106,9 @@ class MultiWriter:
     self.writers = list(writers)
 
   def write(self, split: str, step: int, metrics: Mapping[str, Any], **extra: Any) -> None:
+    # One time for the row in every writer: a tracker then holds the folder's timestamps, so
+    # a row sent again (a count lost with a killed server) is the same point, stored once.
+    extra.setdefault("time", round(time.time(), 3))
     for w in self.writers:
       w.write(split, step, metrics, **extra)
 
