@@ -349,6 +349,7 @@ class _Steps:
     self.done = 0  # steps in `state` (the replayed ones too)
     self.step = 0  # the step of the metrics handed out last (behind `done` inside a fused call)
     self.max_block: int | None = None
+    self._buffers: dict = {}
 
   @property
   def settled(self) -> bool:
@@ -374,17 +375,35 @@ class _Steps:
         yield batch
         continue
       if block and (_layout(batch) != _layout(block[0]) or len(block) == self.max_block):
-        yield _block(block)
+        yield self._block(block)
         block = []
       if self.max_block is None:
         size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch))
         self.max_block = max(1, FUSE_BYTES // max(1, size))
       block.append(batch)
       if ends_at(self.done + len(block)):
-        yield _block(block)
+        yield self._block(block)
         block = []
     if block:
-      yield _block(block)
+      yield self._block(block)
+
+  def _block(self, batches: list):
+    """One batch runs as itself (the step's own program), several as a `_Block`, stacked in
+    a buffer kept for the next block of that layout: a new 47 MB array each epoch costs ~0.1 s
+    of page faults. It is refilled only once the call that read it has finished (`run` waits
+    for a block's metrics before the next call is made)."""
+    if len(batches) == 1:
+      return batches[0]
+    layout = _layout(batches[0])
+    buffer = self._buffers.get(layout)
+    if buffer is None or len(jax.tree.leaves(buffer)[0]) < len(batches):
+      buffer = jax.tree.map(lambda x: np.empty((len(batches), *np.shape(x)), np.asarray(x).dtype),
+                            batches[0])
+      self._buffers = {layout: buffer}  # (one layout at a time: the epoch's full batches)
+    view = jax.tree.map(lambda b: b[:len(batches)], buffer)
+    for i, batch in enumerate(batches):
+      jax.tree.map(lambda b, x: b.__setitem__(i, x), view, batch)
+    return _Block(view, len(batches))
 
   def run(self, call):
     """Runs one call (a batch or a `_Block`); yields each step's metrics (a batch's on the
@@ -422,19 +441,13 @@ FUSE_BYTES = 512 * 2**20
 class _Block:
   """Same-shape batches stacked along a new leading axis, one per step."""
 
-  def __init__(self, batches: list):
-    self.steps = len(batches)
-    self.batches = jax.tree.map(lambda *xs: np.stack(xs), *batches)
-
-
-def _block(batches: list):
-  """One batch runs as itself (the step's own program), several as a `_Block`."""
-  return batches[0] if len(batches) == 1 else _Block(batches)
+  def __init__(self, batches, steps: int):
+    self.batches, self.steps = batches, steps
 
 
 def _layout(batch):
   leaves, tree = jax.tree.flatten(batch)
-  return tree, [(np.shape(x), np.asarray(x).dtype) for x in leaves]
+  return tree, tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves)
 
 
 class _Records:
