@@ -26,9 +26,19 @@ class Recorder:
     self.rows.append((split, step, {k: float(v) for k, v in metrics.items()}, extra))
 
 
-def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls=None):
+class Rows(Recorder):
+  """Rows as RunDir keeps them: a resume drops those past the restored step."""
+
+  def resume(self, step):
+    self.rows = [r for r in self.rows if r[1] <= step]
+    return []
+
+
+def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls=None,
+         save_every: int = 4, writer=None, fail_in_epoch: int | None = None):
   """3 epochs of 10 shuffled batches of 16 and one of 5 (11 steps), a save every 4 steps
-  (off the epoch's end), metrics every 3 steps."""
+  (off the epoch's end), metrics every 3 steps. `fail_in_epoch`: the data fails there (a
+  killed run)."""
   runner = Runner("jit")
   step = make_train_step(bce_loss)
   fused_step = None
@@ -40,10 +50,15 @@ def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls
       return scanned(state, batches)
 
   data = planar_batch(165)
-  writer = Recorder()
-  with Checkpointer(str(directory), save_every_steps=4, max_to_keep=50) as ckpt:
-    state, history = fit(small_state(opt=optax.adam(0.05)), runner.compile(step),
-                         lambda e: dldata.batches(data, 16, shuffle=True, epoch=e),
+  writer = Recorder() if writer is None else writer
+
+  def batches(e):
+    if e == fail_in_epoch:
+      raise RuntimeError("killed")
+    return dldata.batches(data, 16, shuffle=True, epoch=e)
+
+  with Checkpointer(str(directory), save_every_steps=save_every, max_to_keep=50) as ckpt:
+    state, history = fit(small_state(opt=optax.adam(0.05)), runner.compile(step), batches,
                          runner=runner, num_epochs=epochs, log_every=3, writer=writer,
                          checkpointer=ckpt, resume=resume, progress=False, fused_step=fused_step)
     saved = {s: (ckpt.restore(state, s), ckpt.extra(s)) for s in ckpt.all_steps()}
@@ -58,12 +73,18 @@ def _equal(a, b) -> bool:
       np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
 
 
-def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path):
+@pytest.mark.parametrize("max_block", [None, 3])
+def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path, monkeypatch,
+                                                                      max_block):
+  from dlcore.train import loop
+  if max_block:  # FUSE_BYTES holds 3 batches of 16: calls of 3, 1, 2, ...
+    monkeypatch.setattr(loop, "FUSE_BYTES", max_block * 16 * (2 + 1) * 4)
   calls = []
   state, history, rows, saved = _fit(tmp_path / "loop", fused=False)
   f_state, f_history, f_rows, f_saved = _fit(tmp_path / "fused", fused=True, calls=calls)
   # calls end at the save points (4, 8, 12, ...) and before the partial batch (11, 22, 33)
-  assert calls[:3] == [4, 4, 2] and max(calls) == 4, calls
+  assert calls[:3] == ([4, 4, 2] if max_block is None else [3, 3, 2]), calls
+  assert max(calls) == (max_block or 4), calls
   assert f_rows == rows and f_history == history
   assert _equal(f_state.params, state.params) and _equal(f_state.opt_state, state.opt_state)
   # Orbax's first save (step 1) is made by the loop only: a fused call ends at save points.
@@ -89,8 +110,23 @@ def test_a_fused_run_resumes_from_a_mid_epoch_checkpoint_to_the_same_numbers(tmp
   assert calls and calls[0] == 4  # steps 17-20: the first fused call after the resume point
   # epoch 1's record from the rows saved with step 16 and the steps run after it
   assert _equal(r_state.params, state.params) and r_history == history[1:]
+  assert _equal(r_state.opt_state, state.opt_state)
   # the resumed run writes the rows from its resume point on, as the loop wrote them
   assert r_rows == [r for r in rows if r[1] > 16]
+
+
+def test_a_fused_run_killed_before_its_first_save_resumes_without_repeating_rows(tmp_path):
+  """Fused calls make no save at step 1 (Orbax's first save): a run killed in its first
+  epochs has rows but no checkpoint. Resumed, it starts over, and its rows are not repeated."""
+  _, history, rows, _ = _fit(tmp_path / "loop", fused=False, save_every=100)
+  writer = Rows()
+  with pytest.raises(RuntimeError, match="killed"):
+    _fit(tmp_path / "fused", fused=True, save_every=100, writer=writer, fail_in_epoch=2,
+         calls=[])
+  assert writer.rows and not os.listdir(tmp_path / "fused")[1:]  # rows, no checkpoint
+  _, r_history, r_rows, _ = _fit(tmp_path / "fused", fused=True, save_every=100,
+                                 writer=writer, resume=True, calls=[])
+  assert r_rows == rows and r_history == history
 
 
 def _run(module, workdir, *args):
@@ -105,12 +141,31 @@ def _without(entry: dict, *keys) -> dict:
   return {k: v for k, v in entry.items() if k not in keys}
 
 
-def test_mnist_mlp_fuses_by_default_with_the_numbers_of_single_calls(tmp_path):
+def _scans(monkeypatch, module):
+  """Counts the steps that `module`'s scan_steps fuses (traced: once per program)."""
+  traced = []
+
+  def counting(step):
+    fused = scan_steps(step)
+
+    def call(state, batches):
+      traced.append(jax.tree.leaves(batches)[0].shape[0])
+      return fused(state, batches)
+    return call
+
+  monkeypatch.setattr(module, "scan_steps", counting)
+  return traced
+
+
+def test_mnist_mlp_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, monkeypatch):
   from experiments import mnist_mlp
   from dlcore.checkpoint import load_model
+  from dlcore.train import classify
 
   args = ["--dataset", "digits", "--no-compare", "--epochs", "3"]
+  traced = _scans(monkeypatch, classify)
   fused, rows = _run(mnist_mlp, tmp_path / "default", *args)
+  assert traced and traced[0] > 10  # the epoch's full batches as one call
   loop, loop_rows = _run(mnist_mlp, tmp_path / "loop", *args, "--fuse", "False")
   assert fused["2.3.1"]["fused"] is True and loop["2.3.1"]["fused"] is False
   assert _without(fused["2.3.1"], "fused") == _without(loop["2.3.1"], "fused")
@@ -119,12 +174,14 @@ def test_mnist_mlp_fuses_by_default_with_the_numbers_of_single_calls(tmp_path):
                 load_model(str(tmp_path / "loop" / "model"))[1])
 
 
-def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path):
+def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, monkeypatch):
   from experiments import vae
 
   args = ["--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--hidden", "32",
           "--latent-dim", "4"]
+  traced = _scans(monkeypatch, vae)
   fused, rows = _run(vae, tmp_path / "default", *args)
+  assert traced and traced[0] > 5
   loop, loop_rows = _run(vae, tmp_path / "loop", *args, "--fuse", "False")
   key = next(k for k in fused if isinstance(fused[k], dict) and "fused" in fused[k])
   assert fused[key]["fused"] is True and loop[key]["fused"] is False
@@ -142,3 +199,13 @@ def test_fuse_where_it_cannot_run_is_refused_in_one_line(extra):
     cli.fused(cfg)
   # left to its default, such a run is not fused
   assert cli.fused(cli.parse(mnist_mlp.Config, extra, "")) is False
+
+
+@pytest.mark.parametrize("mode", ["eager", "members"])
+def test_fit_refuses_a_fused_step_it_cannot_run(mode):
+  from dlcore.train import members
+  runner = Runner("eager") if mode == "eager" else members.MemberRunner(Runner("jit"), 2)
+  step = make_train_step(bce_loss)
+  with pytest.raises(ValueError, match="fused_step fuses single steps"):
+    fit(small_state(), step, lambda e: [planar_batch(16)], runner=runner, num_epochs=1,
+        progress=False, fused_step=scan_steps(step))

@@ -359,6 +359,29 @@ def test_a_stop_at_the_last_step_then_two_resumes_write_each_epoch_once(handlers
   assert again == history
 
 
+def test_a_signal_between_fused_calls_stops_before_the_next_call(handlers, tmp_path):
+  """A fused call runs many steps; a signal that came while the epoch was evaluated stops the
+  run at the epoch's end (step 11), not after the next call (step 15)."""
+  from dlcore import data as dldata
+  from dlcore.checkpoint import Checkpointer
+  from dlcore.train import Runner, fit, make_train_step, scan_steps
+  from tests.helpers import bce_loss, planar_batch, small_state
+  runner, data = Runner("jit"), planar_batch(165)
+  step = make_train_step(bce_loss)
+
+  def evaluator(state, key):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {"x": 1.0}
+
+  with Checkpointer(str(tmp_path), save_every_steps=100) as ckpt, \
+      pytest.raises(handlers.Preempted) as e:
+    fit(small_state(), runner.compile(step),
+        lambda e: dldata.batches(data, 16, shuffle=True, epoch=e), runner=runner,
+        num_epochs=3, progress=False, evaluators=[evaluator], checkpointer=ckpt,
+        fused_step=runner.compile(scan_steps(step)))
+  assert e.value.step == 11 and Checkpointer(str(tmp_path)).latest_step() == 11
+
+
 def test_entry_puts_the_handlers_back_and_forgets_the_request():
   from dlcore import preemption
   from dlcore.harness import cli

@@ -407,7 +407,8 @@ class _Steps:
 
   def run(self, call):
     """Runs one call (a batch or a `_Block`); yields each step's metrics (a batch's on the
-    device, a block's fetched once, after its steps)."""
+    device, a block's fetched once, after its steps: the wait that lets `_block` refill the
+    block's buffer; do not make it lazy)."""
     block = isinstance(call, _Block)
     with timing.section("data"):
       batch = self.runner.put_batch(call.batches if block else call,
@@ -493,7 +494,11 @@ def _postfix(record: dict) -> dict:
 def _restore(state, checkpointer, writer, resume: bool):
   """(state, history, carried): the newest checkpoint's state when resuming, the history up to
   it, and the rows of the epoch it interrupted as (epoch, rows) or None."""
-  if not resume or checkpointer is None or checkpointer.latest_step() is None:
+  if not resume or checkpointer is None:
+    return state, [], None
+  if checkpointer.latest_step() is None:  # stopped before its first save (fused calls save
+    if hasattr(writer, "resume"):          # at the first save point): its rows go, as after
+      writer.resume(0)                     # a checkpoint those past it
     return state, [], None
   state = checkpointer.restore(state)
   history = list(writer.resume(step_of(state))) if hasattr(writer, "resume") else []
@@ -580,8 +585,10 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
                       _members_batch_evaluator(eval_step, eval_batches, n_members))
   state, history, carried = _restore(state, checkpointer, writer, resume)
-  if fused_step is not None and (steps_per_call != 1 or stacked):
-    raise ValueError("fit: fused_step fuses single steps (steps_per_call 1, not stacked)")
+  if fused_step is not None and (steps_per_call != 1 or stacked or n_members is not None
+                                 or runner.mode not in ("jit", "sharded")):
+    raise ValueError("fit: fused_step fuses single steps (steps_per_call 1, not stacked) of "
+                     "one member under jit or sharded")
   steps = _Steps(runner, train_step, state, steps_per_call, stacked, fused_step)
   saves = _Saves(checkpointer, what=f"'{desc}'", fused=fused_step is not None,
                  start=steps.start)
@@ -599,6 +606,10 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       log.start_epoch(carried[1] if carried and carried[0] == epoch else [])
       for call in _timed(steps.calls(batches(epoch), saves.point), "data"):
         saves.save_due(steps.host, log.saved_rows)
+        # A signal that came since the last call: a fused call would run many steps first.
+        if isinstance(call, _Block) and (signal_name := preemption.reached(steps.step)):
+          log.flush(steps.step, epoch)
+          saves.stop(signal_name, steps.host, steps.step, epoch, log.saved_rows)
         for metrics in steps.run(call):  # (a fused call's steps one by one)
           log.add(metrics)
           if steps.settled and (signal_name := preemption.reached(steps.step)) is not None:
