@@ -584,11 +584,11 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
       raise ValueError("fit: eval_step needs eval_batches (a function returning the batches)")
     evaluators.insert(0, batch_evaluator(eval_step, eval_batches) if n_members is None else
                       _members_batch_evaluator(eval_step, eval_batches, n_members))
-  state, history, carried = _restore(state, checkpointer, writer, resume)
   if fused_step is not None and (steps_per_call != 1 or stacked or n_members is not None
                                  or runner.mode not in ("jit", "sharded")):
     raise ValueError("fit: fused_step fuses single steps (steps_per_call 1, not stacked) of "
                      "one member under jit or sharded")
+  state, history, carried = _restore(state, checkpointer, writer, resume)
   steps = _Steps(runner, train_step, state, steps_per_call, stacked, fused_step)
   saves = _Saves(checkpointer, what=f"'{desc}'", fused=fused_step is not None,
                  start=steps.start)
