@@ -328,8 +328,14 @@ class _Saves:
            extra: Callable[[int], dict]):
     """A signal arrived: saves this step with the epoch's rows so far (`extra(epoch)`), then
     stops the run (raises `preemption.Preempted`)."""
-    where = self.save_now(host_state(), step, epoch, extra=extra(epoch)) \
-        if self.checkpointer is not None else None
+    if self.checkpointer is None:
+      where = None
+    elif self.last_good == step:  # a save point just saved this step (with its rows): it stands
+      with timing.section("checkpoints"):
+        self.checkpointer.wait()
+      where = self.checkpointer.directory
+    else:
+      where = self.save_now(host_state(), step, epoch, extra=extra(epoch))
     raise preemption.Preempted(signal_name, step, where, what=self.what)
 
 
