@@ -386,7 +386,7 @@ BREAKS.update({  # fused steps (issue 33)
   "stop-saves-a-saved-step-again": dict(file="dlcore/train/loop.py",
       old="    elif self.last_good == step:  # a save point just saved this step (with its rows): it stands",
       new="    elif False:",
-      tests=[T_PRE + "::test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit"]),
+      tests=[T_PRE + "::test_a_signal_between_fused_calls_stops_before_the_next_call"]),
   "fused-step-with-members-accepted": dict(file="dlcore/train/loop.py",
       old="  if fused_step is not None and (steps_per_call != 1 or stacked or n_members is not None\n",
       new="  if fused_step is not None and (steps_per_call != 1 or stacked\n",

@@ -61,8 +61,12 @@ def _run(cmd, timeout=300, env=None):
 
 
 def test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit(tmp_path):
+  # The loop of single calls, which stops after the step in flight, mid-epoch: the saved
+  # epoch rows are what this tests (fused calls stop at a call's end, an epoch's end here:
+  # test_a_signal_between_fused_calls_stops_before_the_next_call, tests/test_fuse.py).
   stopped, whole = str(tmp_path / "stopped"), str(tmp_path / "whole")
-  rc, err, seconds = _terminate_after([*MLP, "--workdir", stopped], stopped)
+  mlp = [*MLP, "--fuse", "False"]
+  rc, err, seconds = _terminate_after([*mlp, "--workdir", stopped], stopped)
   assert rc == 143 and seconds < STOP_S, (rc, seconds, err[-1000:])
   line = err.strip().splitlines()[-1]
   assert line.startswith("error: SIGTERM") and "--auto-resume" in line, line
@@ -70,8 +74,8 @@ def test_sigterm_saves_the_step_and_auto_resume_finishes_bit_for_bit(tmp_path):
   assert str(step) in os.listdir(os.path.join(stopped, "checkpoints"))  # at the stopped step
   assert step > 2 * 90  # 1437 images / 16 = 90 steps per epoch; two epochs were done
 
-  _run([*MLP, "--workdir", stopped, "--auto-resume"])
-  _run([*MLP, "--workdir", whole])
+  _run([*mlp, "--workdir", stopped, "--auto-resume"])
+  _run([*MLP, "--workdir", whole])  # (fused: the same numbers)
   assert [h["epoch"] for h in _history(stopped)] == list(range(6))  # each epoch once
   assert _history(stopped) == _history(whole)  # the interrupted epoch's means too
   assert _test_loss(stopped) == _test_loss(whole)
@@ -361,7 +365,8 @@ def test_a_stop_at_the_last_step_then_two_resumes_write_each_epoch_once(handlers
 
 def test_a_signal_between_fused_calls_stops_before_the_next_call(handlers, tmp_path):
   """A fused call runs many steps; a signal that came while the epoch was evaluated stops the
-  run at the epoch's end (step 11), not after the next call (step 15)."""
+  run at the epoch's end (step 11), not after the next call (step 15), keeping the save that
+  the epoch's end made (saving step 11 again would fail)."""
   from dlcore import data as dldata
   from dlcore.checkpoint import Checkpointer
   from dlcore.train import Runner, fit, make_train_step, scan_steps
@@ -373,7 +378,7 @@ def test_a_signal_between_fused_calls_stops_before_the_next_call(handlers, tmp_p
     os.kill(os.getpid(), signal.SIGTERM)
     return {"x": 1.0}
 
-  with Checkpointer(str(tmp_path), save_every_steps=100) as ckpt, \
+  with Checkpointer(str(tmp_path), save_every_steps=11) as ckpt, \
       pytest.raises(handlers.Preempted) as e:
     fit(small_state(), runner.compile(step),
         lambda e: dldata.batches(data, 16, shuffle=True, epoch=e), runner=runner,
