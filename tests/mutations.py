@@ -368,7 +368,7 @@ BREAKS.update({  # fused steps (issue 33)
       new="      yield {k: v[call.steps - 1 - i] for k, v in metrics.items()}",
       tests=[T_FUSE + "::test_fused_steps_give_the_loops_rows_records_checkpoints_and_state"]),
   "fused-block-keeps-a-batch-of-another-shape": dict(file="dlcore/train/loop.py",
-      old="if block and (_layout(batch) != _layout(block[0]) or len(block) == self.max_block):",
+      old="if block and (this != layout or len(block) == self.max_block):",
       new="if block and len(block) == self.max_block:",
       tests=[T_FUSE + "::test_fused_steps_give_the_loops_rows_records_checkpoints_and_state"]),
   "finished-epoch-rows-carried-again": dict(file="dlcore/train/loop.py",

@@ -374,33 +374,35 @@ class _Steps:
     same-shape batches (at most FUSE_BYTES of them) that ends at a step where `ends_at(step)`
     (a save may fall due) or before a batch of another shape, stacked as one `_Block`."""
     block: list = []
+    layout = None  # block's
     for batch in batches:
       if self.replaying():
         continue
       if self.fused is None:
         yield batch
         continue
-      if block and (_layout(batch) != _layout(block[0]) or len(block) == self.max_block):
-        yield self._block(block)
+      this = _layout(batch)
+      if block and (this != layout or len(block) == self.max_block):
+        yield self._block(block, layout)
         block = []
+      layout = this
       if self.max_block is None:
         size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch))
         self.max_block = max(1, FUSE_BYTES // max(1, size))
       block.append(batch)
       if ends_at(self.done + len(block)):
-        yield self._block(block)
+        yield self._block(block, layout)
         block = []
     if block:
-      yield self._block(block)
+      yield self._block(block, layout)
 
-  def _block(self, batches: list):
+  def _block(self, batches: list, layout):
     """One batch runs as itself (the step's own program), several as a `_Block`, stacked in
     a buffer kept for the next block of that layout: a new 47 MB array each epoch costs ~0.1 s
     of page faults. It is refilled only once the call that read it has finished (`run` waits
     for a block's metrics before the next call is made)."""
     if len(batches) == 1:
       return batches[0]
-    layout = _layout(batches[0])
     buffer = self._buffers.get(layout)
     if buffer is None or len(jax.tree.leaves(buffer)[0]) < len(batches):
       buffer = jax.tree.map(lambda x: np.empty((len(batches), *np.shape(x)), np.asarray(x).dtype),
