@@ -35,10 +35,14 @@ class Rows(Recorder):
 
 
 def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls=None,
-         save_every: int = 4, writer=None, fail_in_epoch: int | None = None):
+         save_every: int = 4, writer=None, fail_in_epoch: int | None = None,
+         gather: bool = True, kinds=None, new_arrays: bool = False):
   """3 epochs of 10 shuffled batches of 16 and one of 5 (11 steps), a save every 4 steps
   (off the epoch's end), metrics every 3 steps. `fail_in_epoch`: the data fails there (a
-  killed run)."""
+  killed run). `gather`: the epoch as `dldata.batches` gives it (fused calls gather it on
+  the device); otherwise as a list of batches (stacked on the host). `kinds`: gets the type
+  of each fused call's batches. `new_arrays`: each epoch draws from arrays of its own (as
+  data augmented anew each epoch would be)."""
   runner = Runner("jit")
   step = make_train_step(bce_loss)
   fused_step = None
@@ -47,6 +51,8 @@ def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls
 
     def fused_step(state, batches):
       calls.append(jax.tree.leaves(batches)[0].shape[0])  # the steps of each fused call
+      if kinds is not None:
+        kinds.add(type(batches).__name__)
       return scanned(state, batches)
 
   data = planar_batch(165)
@@ -55,7 +61,9 @@ def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls
   def batches(e):
     if e == fail_in_epoch:
       raise RuntimeError("killed")
-    return dldata.batches(data, 16, shuffle=True, epoch=e)
+    arrays = {"x": data["x"] * (1 + e), "y": data["y"]} if new_arrays else data
+    epoch = dldata.batches(arrays, 16, shuffle=True, epoch=e)
+    return epoch if gather else list(epoch)
 
   with Checkpointer(str(directory), save_every_steps=save_every, max_to_keep=50) as ckpt:
     state, history = fit(small_state(opt=optax.adam(0.05)), runner.compile(step), batches,
@@ -73,15 +81,20 @@ def _equal(a, b) -> bool:
       np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
 
 
-@pytest.mark.parametrize("max_block", [None, 3])
+@pytest.mark.parametrize("gather,max_block", [(True, None), (False, None), (True, 3),
+                                              (False, 3)])
 def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path, monkeypatch,
-                                                                      max_block):
+                                                                      gather, max_block):
   from dlcore.train import loop
   if max_block:  # FUSE_BYTES holds 3 batches of 16: calls of 3, 1, 2, ...
     monkeypatch.setattr(loop, "FUSE_BYTES", max_block * 16 * (2 + 1) * 4)
-  calls = []
-  state, history, rows, saved = _fit(tmp_path / "loop", fused=False)
-  f_state, f_history, f_rows, f_saved = _fit(tmp_path / "fused", fused=True, calls=calls)
+  calls, kinds = [], set()
+  state, history, rows, saved = _fit(tmp_path / "loop", fused=False, gather=gather)
+  f_state, f_history, f_rows, f_saved = _fit(tmp_path / "fused", fused=True, calls=calls,
+                                             gather=gather, kinds=kinds)
+  # batches of dldata.batches are gathered on the device, unless their arrays exceed
+  # FUSE_BYTES (165 examples of 12 bytes do with max_block 3); others are stacked
+  assert kinds == ({"Gathered"} if gather and not max_block else {"dict"}), kinds
   # calls end at the save points (4, 8, 12, ...) and before the partial batch (11, 22, 33)
   assert calls[:3] == ([4, 4, 2] if max_block is None else [3, 3, 2]), calls
   assert max(calls) == (max_block or 4), calls
@@ -93,6 +106,15 @@ def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path,
   for s in f_saved:
     assert _equal(f_saved[s][0], saved[s][0]), s
     assert f_saved[s][1] == saved[s][1], s  # the interrupted epoch's rows
+
+
+def test_fused_calls_gather_from_each_epochs_own_arrays(tmp_path):
+  calls, kinds = [], set()
+  state, history, rows, _ = _fit(tmp_path / "loop", fused=False, new_arrays=True)
+  f_state, f_history, f_rows, _ = _fit(tmp_path / "fused", fused=True, calls=calls,
+                                       kinds=kinds, new_arrays=True)
+  assert kinds == {"Gathered"} and f_rows == rows and f_history == history
+  assert _equal(f_state.params, state.params)
 
 
 def test_a_fused_run_resumes_from_a_mid_epoch_checkpoint_to_the_same_numbers(tmp_path):
@@ -149,7 +171,7 @@ def _scans(monkeypatch, module):
     fused = scan_steps(step)
 
     def call(state, batches):
-      traced.append(jax.tree.leaves(batches)[0].shape[0])
+      traced.append((type(batches).__name__, jax.tree.leaves(batches)[0].shape[0]))
       return fused(state, batches)
     return call
 
@@ -165,7 +187,8 @@ def test_mnist_mlp_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, m
   args = ["--dataset", "digits", "--no-compare", "--epochs", "3"]
   traced = _scans(monkeypatch, classify)
   fused, rows = _run(mnist_mlp, tmp_path / "default", *args)
-  assert traced and traced[0] > 10  # the epoch's full batches as one call
+  # the epoch's full batches as one call, gathered from the arrays on the device
+  assert traced and traced[0][0] == "Gathered" and traced[0][1] > 10, traced
   loop, loop_rows = _run(mnist_mlp, tmp_path / "loop", *args, "--fuse", "False")
   assert fused["2.3.1"]["fused"] is True and loop["2.3.1"]["fused"] is False
   assert _without(fused["2.3.1"], "fused") == _without(loop["2.3.1"], "fused")
@@ -181,7 +204,7 @@ def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, mon
           "--latent-dim", "4"]
   traced = _scans(monkeypatch, vae)
   fused, rows = _run(vae, tmp_path / "default", *args)
-  assert traced and traced[0] > 5
+  assert traced and traced[0][0] == "Gathered" and traced[0][1] > 5, traced
   loop, loop_rows = _run(vae, tmp_path / "loop", *args, "--fuse", "False")
   key = next(k for k in fused if isinstance(fused[k], dict) and "fused" in fused[k])
   assert fused[key]["fused"] is True and loop[key]["fused"] is False

@@ -26,17 +26,33 @@ def check_finite(values, where: str) -> None:
     raise DataError(f"{where}: {int(np.sum(~np.isfinite(values)))} NaN or infinite values")
 
 
+class Batches:
+  """An epoch's batches of `arrays`: iterating yields dicts of aligned slices, the examples
+  `selections[i]` for batch i. `fit`'s fused steps read `arrays` and `selections` instead,
+  to gather the batches inside the compiled loop from one copy of `arrays` on the device
+  (the same values, without a host copy of every batch)."""
+
+  def __init__(self, arrays: dict, selections: list[np.ndarray]):
+    self.arrays, self.selections = arrays, selections
+
+  def __iter__(self) -> Iterator[dict]:
+    for sel in self.selections:
+      yield {k: v[sel] for k, v in self.arrays.items()}
+
+  def __len__(self) -> int:
+    return len(self.selections)
+
+
 def batches(arrays: dict, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-            epoch: int = 0, drop_remainder: bool = False) -> Iterator[dict]:
-  """Yields dicts of aligned slices of `arrays`.
+            epoch: int = 0, drop_remainder: bool = False) -> Batches:
+  """The batches of `arrays` (iterate for dicts of aligned slices; see `Batches`).
 
   The order depends only on (seed, epoch), so a resumed run sees the same batches."""
   n = len(next(iter(arrays.values())))
   if any(len(v) != n for v in arrays.values()):
     raise ValueError(f"arrays differ in length: { {k: len(v) for k, v in arrays.items()} }")
-  for sel in batch_indices(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                           drop_remainder=drop_remainder):
-    yield {k: v[sel] for k, v in arrays.items()}
+  return Batches(arrays, list(batch_indices(n, batch_size, shuffle=shuffle, seed=seed,
+                                            epoch=epoch, drop_remainder=drop_remainder)))
 
 
 def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,

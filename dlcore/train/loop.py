@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from dlcore import data as dldata
 from dlcore import distributed, precision, preemption, timing
 from dlcore.checkpoint import CheckpointError, Checkpointer
 from dlcore.train.modes import Runner
+from dlcore.train.steps import Gathered
 
 # evaluator(host_state, key) -> {metric: float}. `key` is the same at every evaluation of a
 # run (fold_in(PRNGKey(eval_seed), evaluator index)), so sampled metrics compare across epochs.
@@ -356,6 +358,7 @@ class _Steps:
     self.step = 0  # the step of the metrics handed out last (behind `done` inside a fused call)
     self.max_block: int | None = None
     self._buffers: dict = {}
+    self._device: tuple | None = None  # (host arrays, their device copy) for `Gathered`
 
   @property
   def settled(self) -> bool:
@@ -372,35 +375,55 @@ class _Steps:
   def calls(self, batches: Iterable, ends_at: Callable[[int], bool]):
     """The batches still to run, as calls: each batch, or with a fused step each stretch of
     same-shape batches (at most FUSE_BYTES of them) that ends at a step where `ends_at(step)`
-    (a save may fall due) or before a batch of another shape, stacked as one `_Block`."""
+    (a save may fall due) or before a batch of another shape, as one `_Block`: under jit,
+    batches of `dlcore.data.batches` as their examples' indices, gathered inside the call
+    from one copy of the arrays on the device (`_gathers`); others stacked on the host."""
+    gather = self._gathers(batches)
     block: list = []
     layout = None  # block's
-    for batch in batches:
+    for batch in (batches.selections if gather else batches):
       if self.replaying():
         continue
       if self.fused is None:
         yield batch
         continue
-      this = _layout(batch)
+      this = len(batch) if gather else _layout(batch)
       if block and (this != layout or len(block) == self.max_block):
-        yield self._block(block, layout)
+        yield self._block(block, layout, batches if gather else None)
         block = []
       layout = this
       if self.max_block is None:
-        size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch))
+        size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(
+            {k: v[batch] for k, v in batches.arrays.items()} if gather else batch))
         self.max_block = max(1, FUSE_BYTES // max(1, size))
       block.append(batch)
       if ends_at(self.done + len(block)):
-        yield self._block(block, layout)
+        yield self._block(block, layout, batches if gather else None)
         block = []
     if block:
-      yield self._block(block, layout)
+      yield self._block(block, layout, batches if gather else None)
 
-  def _block(self, batches: list, layout):
-    """One batch runs as itself (the step's own program), several as a `_Block`, stacked in
-    a buffer kept for the next block of that layout: a new 47 MB array each epoch costs ~0.1 s
-    of page faults. It is refilled only once the call that read it has finished (`run` waits
-    for a block's metrics before the next call is made)."""
+  def _gathers(self, batches) -> bool:
+    """Whether the fused calls gather `batches` on the device: `dlcore.data.batches` under
+    jit, their arrays at most FUSE_BYTES (one copy of them stays on the device)."""
+    return (self.fused is not None and self.runner.mode == "jit"
+            and isinstance(batches, dldata.Batches)
+            and sum(np.asarray(v).nbytes for v in batches.arrays.values()) <= FUSE_BYTES)
+
+  def _block(self, batches: list, layout, source: dldata.Batches | None = None):
+    """One batch runs as itself (the step's own program), several as a `_Block`. With a
+    `source`, `batches` are its selections: one is gathered on the host as `source` yields
+    it, several become a `Gathered` of their indices and the arrays' device copy (made once).
+    Otherwise they are stacked in a buffer kept for the next block of that layout: a new
+    47 MB array each epoch costs ~0.1 s of page faults. It is refilled only once the call that
+    read it has finished (`run` waits for a block's metrics before the next call is made)."""
+    if source is not None:
+      if len(batches) == 1:
+        return {k: v[batches[0]] for k, v in source.arrays.items()}
+      if self._device is None or self._device[0] is not source.arrays:
+        self._device = (source.arrays, jax.device_put(source.arrays))
+      return _Block(Gathered(idx=np.stack(batches).astype(np.int32), arrays=self._device[1]),
+                    len(batches))
     if len(batches) == 1:
       return batches[0]
     buffer = self._buffers.get(layout)
@@ -572,7 +595,9 @@ def fit(state, train_step, batches: Callable[[int], Iterable], *, runner: Runner
 
   `fused_step`: the same step fused, `runner.compile(scan_steps(step))`. Each stretch of
   same-shape batches up to a step where a save may fall due (the checkpointer's interval)
-  then runs as one call on the stacked batches (`FUSE_BYTES` at most); the metrics are still
+  then runs as one call: under jit, batches from `dlcore.data.batches` are gathered inside
+  the call from one copy of their arrays on the device (arrays of `FUSE_BYTES` at most),
+  other batches are stacked on the host (`FUSE_BYTES` at most per call); the metrics are still
   each step's, written at the same steps, so the rows, records and state equal those of the
   loop of calls wherever XLA compiles the scanned step to the same arithmetic (checked for
   the experiments that fuse by default). A stop signal is honoured at the end of a call.

@@ -179,10 +179,25 @@ def repeat_step(step, num_steps: int):
   return fused
 
 
+@flax.struct.dataclass
+class Gathered:
+  """Batches to gather inside a compiled loop: step i's batch is `arrays` at the examples
+  `idx[i]` (`idx`: (steps, batch) integer indices; `arrays`: a dict of arrays on the device).
+  The gathered batch holds the same values as the host's `{k: v[idx[i]]}`."""
+  idx: jax.Array
+  arrays: dict
+
+  def batch(self, i) -> dict:
+    return jax.tree.map(lambda a: a[i], self.arrays)
+
+
 def scan_steps(step):
-  """Fuses one step per slice of a stacked batch (leading axis = steps) into one call."""
+  """Fuses one step per slice of a stacked batch (leading axis = steps) into one call; or,
+  given a `Gathered`, one step per row of its indices, each batch gathered inside the loop."""
 
   def fused(state, batches):
+    if isinstance(batches, Gathered):
+      return jax.lax.scan(lambda s, i: step(s, batches.batch(i)), state, batches.idx)
     return jax.lax.scan(step, state, batches)
 
   return fused
