@@ -396,7 +396,7 @@ BREAKS.update({  # fused steps (issue 33)
       new="    return jax.tree.map(lambda a: a[(i + 1) % len(a)], self.arrays)",
       tests=[T_FUSE + "::test_fused_steps_give_the_loops_rows_records_checkpoints_and_state"]),
   "gather-past-fuse-bytes": dict(file="dlcore/train/loop.py",
-      old="            and sum(np.asarray(v).nbytes for v in batches.arrays.values()) <= FUSE_BYTES)",
+      old="            and sum(v.nbytes for v in batches.arrays.values()) <= FUSE_BYTES)",
       new="            and True)",
       tests=[T_FUSE + "::test_fused_steps_give_the_loops_rows_records_checkpoints_and_state"]),
   "gather-never": dict(file="dlcore/train/loop.py",

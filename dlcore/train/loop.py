@@ -408,7 +408,7 @@ class _Steps:
     jit, their arrays at most FUSE_BYTES (one copy of them stays on the device)."""
     return (self.fused is not None and self.runner.mode == "jit"
             and isinstance(batches, dldata.Batches)
-            and sum(np.asarray(v).nbytes for v in batches.arrays.values()) <= FUSE_BYTES)
+            and sum(v.nbytes for v in batches.arrays.values()) <= FUSE_BYTES)
 
   def _block(self, batches: list, layout, source: dldata.Batches | None = None):
     """One batch runs as itself (the step's own program), several as a `_Block`. With a
