@@ -40,7 +40,7 @@ from dlcore.harness.seeds import Seeds, curve, spread
 from dlcore.harness.sweeps import Sweep
 from dlcore.harness.scoring import load_or_train_scorer, sample_quality, to_uint8
 from dlcore.harness.writers import say
-from dlcore.train import fit, stack_states
+from dlcore.train import fit, scan_steps, stack_states
 from dlcore.train.gan import create_gan_state, generate, make_gan_step
 
 VARIANTS = {  # variant -> (generator, discriminator, latent, epochs, SPEC id)
@@ -70,6 +70,7 @@ class Config:
   """DCGAN width: channels of the last hidden conv."""
   score_every: cli.Positive[int] | None = None
   """Also score every N epochs; None: after the last epoch only."""
+  fuse: cli.Fuse = None
 
   def check(self):
     if self.common.sweep and not self.score.score_samples:
@@ -94,6 +95,13 @@ def build_players(cfg: Config, data):
           models.build(d_name, image_size=size, **kw, dtype=dtype), latent)
 
 
+def fuses(cfg: Config) -> bool:
+  """Whether the run fuses its steps (`cli.fused`). DCGAN's convolutions are not fused by
+  default: a scanned convolution step ran 4x slower than the loop of calls on this CPU
+  (LeNet, 2026-12-03), and the DCGAN's bits were not checked."""
+  return cli.fused(cfg, checked=cfg.variant != "dcgan")
+
+
 def main(argv=None) -> dict:
   cfg = cli.parse(Config, argv, __doc__.split("\n\n")[0])
   data = cli.load_image_data(cfg.data)
@@ -116,8 +124,10 @@ def main(argv=None) -> dict:
   if seeds.hyper:  # each member's point, in both players' optimizer states
     states = [optim.set_hyperparams(st, h) for st, h in zip(states, seeds.hyper)]
   state = stack_states(states) if seeds.many else states[0]
-  step = runner.compile(seeds.step(make_gan_step(
-      latent_size=latent, preprocess=ImagePipeline("pm1"), conditional=conditional)))
+  gan_step = seeds.step(make_gan_step(latent_size=latent, preprocess=ImagePipeline("pm1"),
+                                      conditional=conditional))
+  step = runner.compile(gan_step)
+  fused = runner.compile(scan_steps(gan_step)) if fuses(cfg) else None
   # Fixed noise so epochs compare; the cgan grid has one row per class.
   n_show = 10 * data.num_classes if conditional else 64
   fixed_z = jax.random.normal(jax.random.PRNGKey(cfg.common.seed + 1), (n_show, latent))
@@ -162,7 +172,7 @@ def main(argv=None) -> dict:
         runner=runner, num_epochs=epochs, evaluators=evaluators, eval_seed=seeds.eval_seed(2),
         writer=run, checkpointer=ckpt, resume=cfg.common.resume,
         progress=cfg.common.progress, desc=cfg.variant, log_every=max(1, steps_per_epoch // 4),
-        on_epoch_end=on_epoch_end)
+        on_epoch_end=on_epoch_end, fused_step=fused)
   if history:
     x = [h["epoch"] + 1 for h in history]
     shown = seeds.shown(history)  # under a sweep: the first member's (the sweep has its own)
@@ -179,7 +189,7 @@ def main(argv=None) -> dict:
     entry |= entry["best_point"] | {"figures_member": {**seeds.hyper[0],
                                                        "seed": seeds.seeds[0]}}
   entry |= {"dataset": data.source, "dataset_name": data.name, "epochs": epochs,
-            "mode": cfg.common.mode, "devices": runner.devices}
+            "mode": cfg.common.mode, "devices": runner.devices, "fused": fused is not None}
   if cfg.score.score_samples and history:
     n = cfg.score.score_samples
     entry |= {

@@ -212,6 +212,26 @@ def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, mon
   assert rows == loop_rows and len(rows) > 5
 
 
+@pytest.mark.parametrize("variant", ["gan", "cgan"])
+def test_the_gan_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, monkeypatch,
+                                                                   variant):
+  from experiments import gan
+
+  args = ["--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--variant", variant]
+  traced = _scans(monkeypatch, gan)
+  fused, rows = _run(gan, tmp_path / "default", *args)
+  assert traced and traced[0][0] == "Gathered" and traced[0][1] > 5, traced
+  loop, loop_rows = _run(gan, tmp_path / "loop", *args, "--fuse", "False")
+  key = next(k for k in fused if isinstance(fused[k], dict) and "fused" in fused[k])
+  assert fused[key]["fused"] is True and loop[key]["fused"] is False
+  assert _without(fused[key], "fused") == _without(loop[key], "fused")
+  assert rows == loop_rows and len(rows) > 5
+  # the DCGAN's convolutions stay in the loop of calls unless --fuse True asks
+  assert not gan.fuses(cli.parse(gan.Config, ["--variant", "dcgan"], ""))
+  assert gan.fuses(cli.parse(gan.Config, ["--variant", "dcgan", "--fuse", "True"], ""))
+  assert gan.fuses(cli.parse(gan.Config, ["--variant", "cgan"], ""))
+
+
 @pytest.mark.parametrize("extra", [["--seeds", "2"], ["--mode", "eager"],
                                    ["--sweep", "lr=0.01,0.02"]])
 def test_fuse_where_it_cannot_run_is_refused_in_one_line(extra):

@@ -159,16 +159,18 @@ def model_dtype(common: Common):
   return precision.compute_dtype(common.precision)
 
 
-FUSE_HELP = ("Run the steps between checkpoints as one compiled loop (lax.scan over the stacked "
-             "batches): the same numbers, less time per step; None: on where checked bit for "
-             "bit (--mode jit in float32 on the CPU, one process, one seed, no --sweep).")
+FUSE_HELP = ("Run the steps between checkpoints as one compiled loop (lax.scan over the "
+             "batches, gathered on the device): the same numbers, less time per step; None: on "
+             "where checked bit for bit (--mode jit in float32 on the CPU, one process, one "
+             "seed, no --sweep; not for convolutional models, slower there).")
 Fuse = Annotated[bool | None, tyro.conf.arg(help=FUSE_HELP)]  # an experiment's --fuse
 
 
-def fused(cfg) -> bool:
+def fused(cfg, *, checked: bool = True) -> bool:
   """Whether `cfg`'s training runs fused (`fit`'s `fused_step`): --fuse / --no-fuse as asked;
   None (the default): where dlcore checked that the fused steps give the loop's numbers bit
-  for bit. Call after `start_run` (it knows the processes)."""
+  for bit (`checked`: the experiment's model is one of those). Call after `start_run` (it
+  knows the processes)."""
   import jax
   c = cfg.common
   one = (c.mode in ("jit", "sharded") and (c.seeds or 1) == 1 and not c.sweep
@@ -177,7 +179,7 @@ def fused(cfg) -> bool:
     raise ConfigError("--fuse runs under --mode jit or sharded with one process, one seed and "
                       "no --sweep; drop --fuse")
   if cfg.fuse is None:
-    return (one and c.mode == "jit" and c.precision == "float32"
+    return (checked and one and c.mode == "jit" and c.precision == "float32"
             and jax.default_backend() == "cpu")
   return cfg.fuse
 

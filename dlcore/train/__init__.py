@@ -6,10 +6,10 @@ from dlcore.train.members import (Indexed, MemberRunner, PerMember, create_membe
 from dlcore.train.modes import MODES, Runner, set_host_devices
 from dlcore.train.state import (TrainState, create_train_state, stack_states, unstack_state,
                                 variables_of)
-from dlcore.train.steps import (fused_epoch, make_eval_step, make_train_step, mean_metrics,
-                                repeat_step, scan_steps)
+from dlcore.train.steps import (Gathered, fused_epoch, make_eval_step, make_train_step,
+                                mean_metrics, repeat_step, scan_steps)
 
-__all__ = ["MODES", "Evaluator", "Indexed", "MemberRunner", "PerMember", "create_members",
+__all__ = ["MODES", "Evaluator", "Gathered", "Indexed", "MemberRunner", "PerMember", "create_members",
            "member_batches", "member_seeds", "over_members", "per_member", "MetricWriter", "NonFiniteLossError", "Runner", "TrainState",
            "batch_evaluator", "create_train_state", "fit", "fused_epoch", "host_mean",
            "make_eval_step", "make_train_step", "mean_metrics", "repeat_step", "run_evaluators",

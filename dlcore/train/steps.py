@@ -183,7 +183,8 @@ def repeat_step(step, num_steps: int):
 class Gathered:
   """Batches to gather inside a compiled loop: step i's batch is `arrays` at the examples
   `idx[i]` (`idx`: (steps, batch) integer indices; `arrays`: a dict of arrays on the device).
-  The gathered batch holds the same values as the host's `{k: v[idx[i]]}`."""
+  The gathered batch holds the same values as the host's `{k: v[idx[i]]}`. (`members.Indexed`
+  is the same idea along a members axis.)"""
   idx: jax.Array
   arrays: dict
 
