@@ -197,19 +197,25 @@ def test_mnist_mlp_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, m
                 load_model(str(tmp_path / "loop" / "model"))[1])
 
 
-def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, monkeypatch):
-  from experiments import vae
-
-  args = ["--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--hidden", "32",
-          "--latent-dim", "4"]
-  traced = _scans(monkeypatch, vae)
-  fused, rows = _run(vae, tmp_path / "default", *args)
+def _fuses_by_default(module, tmp_path, monkeypatch, args):
+  """`module`'s default run fuses its steps (gathered on the device) and gives the rows and
+  summary of its run with --fuse False."""
+  traced = _scans(monkeypatch, module)
+  fused, rows = _run(module, tmp_path / "default", *args)
   assert traced and traced[0][0] == "Gathered" and traced[0][1] > 5, traced
-  loop, loop_rows = _run(vae, tmp_path / "loop", *args, "--fuse", "False")
+  loop, loop_rows = _run(module, tmp_path / "loop", *args, "--fuse", "False")
   key = next(k for k in fused if isinstance(fused[k], dict) and "fused" in fused[k])
   assert fused[key]["fused"] is True and loop[key]["fused"] is False
   assert _without(fused[key], "fused") == _without(loop[key], "fused")
   assert rows == loop_rows and len(rows) > 5
+
+
+def test_the_vae_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, monkeypatch):
+  from experiments import vae
+
+  _fuses_by_default(vae, tmp_path, monkeypatch, [
+      "--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--hidden", "32",
+      "--latent-dim", "4"])
 
 
 @pytest.mark.parametrize("variant", ["gan", "cgan"])
@@ -217,15 +223,8 @@ def test_the_gan_fuses_by_default_with_the_numbers_of_single_calls(tmp_path, mon
                                                                    variant):
   from experiments import gan
 
-  args = ["--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--variant", variant]
-  traced = _scans(monkeypatch, gan)
-  fused, rows = _run(gan, tmp_path / "default", *args)
-  assert traced and traced[0][0] == "Gathered" and traced[0][1] > 5, traced
-  loop, loop_rows = _run(gan, tmp_path / "loop", *args, "--fuse", "False")
-  key = next(k for k in fused if isinstance(fused[k], dict) and "fused" in fused[k])
-  assert fused[key]["fused"] is True and loop[key]["fused"] is False
-  assert _without(fused[key], "fused") == _without(loop[key], "fused")
-  assert rows == loop_rows and len(rows) > 5
+  _fuses_by_default(gan, tmp_path, monkeypatch, [
+      "--dataset", "digits", "--epochs", "2", "--score-samples", "0", "--variant", variant])
   # the DCGAN's convolutions stay in the loop of calls unless --fuse True asks
   assert not gan.fuses(cli.parse(gan.Config, ["--variant", "dcgan"], ""))
   assert gan.fuses(cli.parse(gan.Config, ["--variant", "dcgan", "--fuse", "True"], ""))
