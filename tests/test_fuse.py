@@ -36,13 +36,13 @@ class Rows(Recorder):
 
 def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls=None,
          save_every: int = 4, writer=None, fail_in_epoch: int | None = None,
-         gather: bool = True, kinds=None, new_arrays: bool = False):
+         gather: bool = True, kinds=None, new_arrays: str | None = None):
   """3 epochs of 10 shuffled batches of 16 and one of 5 (11 steps), a save every 4 steps
   (off the epoch's end), metrics every 3 steps. `fail_in_epoch`: the data fails there (a
   killed run). `gather`: the epoch as `dldata.batches` gives it (fused calls gather it on
   the device); otherwise as a list of batches (stacked on the host). `kinds`: gets the type
   of each fused call's batches. `new_arrays`: each epoch draws from arrays of its own (as
-  data augmented anew each epoch would be)."""
+  data augmented anew each epoch would be), in a new dict ("dict") or the same one ("value")."""
   runner = Runner("jit")
   step = make_train_step(bce_loss)
   fused_step = None
@@ -56,12 +56,18 @@ def _fit(directory, *, fused: bool, epochs: int = 3, resume: bool = False, calls
       return scanned(state, batches)
 
   data = planar_batch(165)
+  same = dict(data)
   writer = Recorder() if writer is None else writer
 
   def batches(e):
     if e == fail_in_epoch:
       raise RuntimeError("killed")
-    arrays = {"x": data["x"] * (1 + e), "y": data["y"]} if new_arrays else data
+    arrays = data
+    if new_arrays == "dict":
+      arrays = {"x": data["x"] * (1 + e), "y": data["y"]}
+    elif new_arrays == "value":
+      arrays = same
+      same["x"] = data["x"] * (1 + e)
     epoch = dldata.batches(arrays, 16, shuffle=True, epoch=e)
     return epoch if gather else list(epoch)
 
@@ -81,6 +87,7 @@ def _equal(a, b) -> bool:
       np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
 
 
+# (True, 3): dldata.batches whose arrays exceed FUSE_BYTES, so stacked (the size guard)
 @pytest.mark.parametrize("gather,max_block", [(True, None), (False, None), (True, 3),
                                               (False, 3)])
 def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path, monkeypatch,
@@ -108,11 +115,12 @@ def test_fused_steps_give_the_loops_rows_records_checkpoints_and_state(tmp_path,
     assert f_saved[s][1] == saved[s][1], s  # the interrupted epoch's rows
 
 
-def test_fused_calls_gather_from_each_epochs_own_arrays(tmp_path):
+@pytest.mark.parametrize("new_arrays", ["dict", "value"])
+def test_fused_calls_gather_from_each_epochs_own_arrays(tmp_path, new_arrays):
   calls, kinds = [], set()
-  state, history, rows, _ = _fit(tmp_path / "loop", fused=False, new_arrays=True)
+  state, history, rows, _ = _fit(tmp_path / "loop", fused=False, new_arrays=new_arrays)
   f_state, f_history, f_rows, _ = _fit(tmp_path / "fused", fused=True, calls=calls,
-                                       kinds=kinds, new_arrays=True)
+                                       kinds=kinds, new_arrays=new_arrays)
   assert kinds == {"Gathered"} and f_rows == rows and f_history == history
   assert _equal(f_state.params, state.params)
 

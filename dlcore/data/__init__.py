@@ -30,7 +30,8 @@ class Batches:
   """An epoch's batches of `arrays`: iterating yields dicts of aligned slices, the examples
   `selections[i]` for batch i. `fit`'s fused steps read `arrays` and `selections` instead,
   to gather the batches inside the compiled loop from one copy of `arrays` on the device
-  (the same values, without a host copy of every batch)."""
+  (the same values, without a host copy of every batch): change an epoch's data by giving
+  it other arrays, not by writing into these in place."""
 
   def __init__(self, arrays: dict, selections: list[np.ndarray]):
     self.arrays, self.selections = arrays, selections
@@ -48,6 +49,8 @@ def batches(arrays: dict, batch_size: int, *, shuffle: bool = False, seed: int =
   """The batches of `arrays` (iterate for dicts of aligned slices; see `Batches`).
 
   The order depends only on (seed, epoch), so a resumed run sees the same batches."""
+  if not arrays:
+    raise ValueError("batches: no arrays to batch")
   n = len(next(iter(arrays.values())))
   if any(len(v) != n for v in arrays.values()):
     raise ValueError(f"arrays differ in length: { {k: len(v) for k, v in arrays.items()} }")

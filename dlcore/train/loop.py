@@ -358,7 +358,7 @@ class _Steps:
     self.step = 0  # the step of the metrics handed out last (behind `done` inside a fused call)
     self.max_block: int | None = None
     self._buffers: dict = {}
-    self._device: tuple | None = None  # (host arrays, their device copy) for `Gathered`
+    self._device: tuple | None = None  # (the host arrays' items, their device copy)
 
   @property
   def settled(self) -> bool:
@@ -379,6 +379,8 @@ class _Steps:
     batches of `dlcore.data.batches` as their examples' indices, gathered inside the call
     from one copy of the arrays on the device (`_gathers`); others stacked on the host."""
     gather = self._gathers(batches)
+    if not gather:
+      self._device = None
     block: list = []
     layout = None  # block's
     for batch in (batches.selections if gather else batches):
@@ -420,8 +422,10 @@ class _Steps:
     if source is not None:
       if len(batches) == 1:
         return {k: v[batches[0]] for k, v in source.arrays.items()}
-      if self._device is None or self._device[0] is not source.arrays:
-        self._device = (source.arrays, jax.device_put(source.arrays))
+      items = list(source.arrays.items())  # (a dict refilled with new arrays: a new copy)
+      if self._device is None or not _same_items(self._device[0], items):
+        self._device = None  # (the old copy goes first)
+        self._device = (items, jax.device_put(source.arrays))
       return _Block(Gathered(idx=np.stack(batches).astype(np.int32), arrays=self._device[1]),
                     len(batches))
     if len(batches) == 1:
@@ -475,6 +479,10 @@ class _Block:
 
   def __init__(self, batches, steps: int):
     self.batches, self.steps = batches, steps
+
+
+def _same_items(a: list, b: list) -> bool:
+  return len(a) == len(b) and all(ka == kb and va is vb for (ka, va), (kb, vb) in zip(a, b))
 
 
 def _layout(batch):
