@@ -37,8 +37,11 @@ class Batches:
     self.arrays, self.selections = arrays, selections
 
   def __iter__(self) -> Iterator[dict]:
-    for sel in self.selections:
-      yield {k: v[sel] for k, v in self.arrays.items()}
+    return map(self.take, self.selections)
+
+  def take(self, sel) -> dict:
+    """The batch of examples `sel`."""
+    return {k: v[sel] for k, v in self.arrays.items()}
 
   def __len__(self) -> int:
     return len(self.selections)

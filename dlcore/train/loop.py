@@ -378,32 +378,32 @@ class _Steps:
     (a save may fall due) or before a batch of another shape, as one `_Block`: under jit,
     batches of `dlcore.data.batches` as their examples' indices, gathered inside the call
     from one copy of the arrays on the device (`_gathers`); others stacked on the host."""
-    gather = self._gathers(batches)
-    if not gather:
+    source = batches if self._gathers(batches) else None
+    if source is None:
       self._device = None
     block: list = []
     layout = None  # block's
-    for batch in (batches.selections if gather else batches):
+    for batch in (batches if source is None else source.selections):
       if self.replaying():
         continue
       if self.fused is None:
         yield batch
         continue
-      this = len(batch) if gather else _layout(batch)
+      this = _layout(batch) if source is None else len(batch)
       if block and (this != layout or len(block) == self.max_block):
-        yield self._block(block, layout, batches if gather else None)
+        yield self._block(block, layout, source)
         block = []
       layout = this
-      if self.max_block is None:
-        size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(
-            {k: v[batch] for k, v in batches.arrays.items()} if gather else batch))
+      # (gathered blocks need no bound: their arrays are at most FUSE_BYTES)
+      if self.max_block is None and source is None:
+        size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch))
         self.max_block = max(1, FUSE_BYTES // max(1, size))
       block.append(batch)
       if ends_at(self.done + len(block)):
-        yield self._block(block, layout, batches if gather else None)
+        yield self._block(block, layout, source)
         block = []
     if block:
-      yield self._block(block, layout, batches if gather else None)
+      yield self._block(block, layout, source)
 
   def _gathers(self, batches) -> bool:
     """Whether the fused calls gather `batches` on the device: `dlcore.data.batches` under
@@ -419,17 +419,11 @@ class _Steps:
     Otherwise they are stacked in a buffer kept for the next block of that layout: a new
     47 MB array each epoch costs ~0.1 s of page faults. It is refilled only once the call that
     read it has finished (`run` waits for a block's metrics before the next call is made)."""
-    if source is not None:
-      if len(batches) == 1:
-        return {k: v[batches[0]] for k, v in source.arrays.items()}
-      items = list(source.arrays.items())  # (a dict refilled with new arrays: a new copy)
-      if self._device is None or not _same_items(self._device[0], items):
-        self._device = None  # (the old copy goes first)
-        self._device = (items, jax.device_put(source.arrays))
-      return _Block(Gathered(idx=np.stack(batches).astype(np.int32), arrays=self._device[1]),
-                    len(batches))
     if len(batches) == 1:
-      return batches[0]
+      return batches[0] if source is None else source.take(batches[0])
+    if source is not None:
+      return _Block(Gathered(idx=np.stack(batches).astype(np.int32),
+                             arrays=self._on_device(source.arrays)), len(batches))
     buffer = self._buffers.get(layout)
     if buffer is None or len(jax.tree.leaves(buffer)[0]) < len(batches):
       buffer = jax.tree.map(lambda x: np.empty((len(batches), *np.shape(x)), np.asarray(x).dtype),
@@ -439,6 +433,15 @@ class _Steps:
     for i, batch in enumerate(batches):
       jax.tree.map(lambda b, x: b.__setitem__(i, x), view, batch)
     return _Block(view, len(batches))
+
+  def _on_device(self, arrays: dict) -> dict:
+    """The device copy of `arrays`, made again when any of them is another array (a dict
+    refilled each epoch); the old copy is dropped first."""
+    items = list(arrays.items())
+    if self._device is None or not _same_items(self._device[0], items):
+      self._device = None
+      self._device = (items, jax.device_put(arrays))
+    return self._device[1]
 
   def run(self, call):
     """Runs one call (a batch or a `_Block`); yields each step's metrics (a batch's on the
