@@ -228,9 +228,10 @@ class Checkpointer:
       return False
     if self._worker is None:
       return self._write(int(step), state, extra)
-    # A copy: the next training step may reuse (donate) the state's buffers.
-    state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x,
-                         state)
+    # A copy: the next training step may reuse (donate) the state's buffers. device_put
+    # copies without compiling (jnp.array(copy=True) compiled one program per shape).
+    state = jax.tree.map(lambda x: jax.device_put(x, may_alias=False)
+                         if isinstance(x, jax.Array) else x, state)
     self._pending = self._worker.submit(self._write, int(step), state, extra)
     return True
 

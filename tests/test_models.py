@@ -101,3 +101,38 @@ def test_an_init_compiled_to_run_once_gives_the_default_programs_values(name):
   once = lowered.compile(compiler_options=RUN_ONCE)(jax.random.PRNGKey(3), *xs)
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(once), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("opt", ["adam", "momentum", "adagrad", "rmsprop", "injected",
+                                 "chained", "schedule"])
+def test_create_train_state_equals_its_op_by_op_construction(opt):
+  """The keys and the optimizer's init run as one program each (fewer programs to compile):
+  the state is the op-by-op one, leaf for leaf (values, dtypes, weak types) and the same
+  tree, and it keeps the optimizer it was given."""
+  import optax
+  from flax.training import train_state
+
+  from dlcore import optim
+  from dlcore.train import create_train_state
+  tx = {"adam": lambda: optim.make_optimizer("adam", 1e-3),
+        "momentum": lambda: optim.make_optimizer("momentum", 0.01),
+        "adagrad": lambda: optim.make_optimizer("adagrad", 0.1),
+        "rmsprop": lambda: optim.make_optimizer("rmsprop", 1e-3),
+        "injected": lambda: optim.injected(optax.adam, learning_rate=1e-3),
+        "chained": lambda: optim.make_optimizer("nesterov", 0.01, weight_decay=1e-4),
+        "schedule": lambda: optax.inject_hyperparams(optax.sgd)(
+            learning_rate=optax.cosine_decay_schedule(0.1, 100))}[opt]()
+  model, x, seed = models.build("mnist_mlp"), np.zeros((2, 28, 28, 1), np.float32), 3
+  init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+  variables = model.init({"params": init_key, "dropout": init_key}, jnp.asarray(x), train=False)
+  want = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+  got = create_train_state(model, tx, x, seed)
+  assert got.tx is tx
+  np.testing.assert_array_equal(np.asarray(got.rng), np.asarray(run_key))
+  assert got.step.dtype == jnp.int32 and int(got.step) == 0
+  for part in ("params", "opt_state"):
+    a, b = getattr(want, part), getattr(got, part)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      assert (u.dtype, u.shape, u.weak_type) == (v.dtype, v.shape, v.weak_type)
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
