@@ -229,7 +229,9 @@ class Checkpointer:
     if self._worker is None:
       return self._write(int(step), state, extra)
     # A copy: the next training step may reuse (donate) the state's buffers. device_put
-    # copies without compiling (jnp.array(copy=True) compiled one program per shape).
+    # copies without compiling (jnp.array(copy=True) compiled one program per shape); it
+    # would return a not fully addressable array uncopied, but saves in the background
+    # run with one process only (see __init__).
     state = jax.tree.map(lambda x: jax.device_put(x, may_alias=False)
                          if isinstance(x, jax.Array) else x, state)
     self._pending = self._worker.submit(self._write, int(step), state, extra)

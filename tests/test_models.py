@@ -103,12 +103,14 @@ def test_an_init_compiled_to_run_once_gives_the_default_programs_values(name):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("opt", ["adam", "momentum", "adagrad", "rmsprop", "injected",
-                                 "chained", "schedule"])
-def test_create_train_state_equals_its_op_by_op_construction(opt):
+@pytest.mark.parametrize("opt,seed", [("adam", 3), ("momentum", 3), ("adagrad", 3),
+                                      ("rmsprop", 3), ("injected", 3), ("chained", 3),
+                                      ("schedule", 3), ("branching", 3), ("adam", -1),
+                                      ("adam", 2**31 + 5)])
+def test_create_train_state_equals_its_op_by_op_construction(opt, seed):
   """The keys and the optimizer's init run as one program each (fewer programs to compile):
   the state is the op-by-op one, leaf for leaf (values, dtypes, weak types) and the same
-  tree, and it keeps the optimizer it was given."""
+  tree, and it keeps the optimizer it was given; a seed outside int32 too."""
   import optax
   from flax.training import train_state
 
@@ -121,8 +123,13 @@ def test_create_train_state_equals_its_op_by_op_construction(opt):
         "injected": lambda: optim.injected(optax.adam, learning_rate=1e-3),
         "chained": lambda: optim.make_optimizer("nesterov", 0.01, weight_decay=1e-4),
         "schedule": lambda: optax.inject_hyperparams(optax.sgd)(
-            learning_rate=optax.cosine_decay_schedule(0.1, 100))}[opt]()
-  model, x, seed = models.build("mnist_mlp"), np.zeros((2, 28, 28, 1), np.float32), 3
+            learning_rate=optax.warmup_cosine_decay_schedule(0.02, 0.1, 10, 100)),
+        # a factory that branches in Python on an injected value: its init cannot be traced
+        "branching": lambda: optim.injected(
+            lambda learning_rate, weight_decay: optim.make_optimizer(
+                "adam", learning_rate, weight_decay=weight_decay),
+            learning_rate=1e-3, weight_decay=1e-4)}[opt]()
+  model, x = models.build("mnist_mlp"), np.zeros((2, 28, 28, 1), np.float32)
   init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init({"params": init_key, "dropout": init_key}, jnp.asarray(x), train=False)
   want = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)

@@ -41,12 +41,25 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, examp
       init_key, jnp.asarray(example_x), tuple(jnp.asarray(a) for a in init_args))
   # The optimizer's init as one program: op by op it compiles one per parameter shape (its
   # zeros), ~20-40 ms each; the same values (zeros and constants).
-  once = optax.GradientTransformation(jax.jit(tx.init, compiler_options=RUN_ONCE), tx.update)
+  once = optax.GradientTransformation(_init_once(tx), tx.update)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=once,
                             batch_stats=variables.get("batch_stats"), rng=run_key,
                             dynamic_scale=loss_scale)
   # An array step (not Python's 0) keeps jit from tracing twice and Orbax from special cases.
   return state.replace(tx=tx, step=jnp.zeros((), jnp.int32))
+
+
+def _init_once(tx: optax.GradientTransformation):
+  """`tx.init` jitted; op by op where it cannot be traced (e.g. an injected factory that
+  branches in Python on a hyperparameter: its error stays that of the first step)."""
+  jitted = jax.jit(tx.init, compiler_options=RUN_ONCE)
+
+  def init(params):
+    try:
+      return jitted(params)
+    except jax.errors.ConcretizationTypeError:
+      return tx.init(params)
+  return init
 
 
 def _keys(seed) -> tuple:
