@@ -9,10 +9,10 @@ from dlcore.train.state import (TrainState, create_train_state, stack_states, un
 from dlcore.train.steps import (Gathered, fused_epoch, make_eval_step, make_train_step,
                                 mean_metrics, repeat_step, scan_steps)
 
-__all__ = ["MODES", "Evaluator", "Gathered", "Indexed", "MemberRunner", "PerMember",
-           "create_members",
-           "member_batches", "member_seeds", "over_members", "per_member", "MetricWriter", "NonFiniteLossError", "Runner", "TrainState",
-           "batch_evaluator", "create_train_state", "fit", "fused_epoch", "host_mean",
-           "make_eval_step", "make_train_step", "mean_metrics", "repeat_step", "run_evaluators",
+__all__ = ["MODES", "Evaluator", "Gathered", "Indexed", "MemberRunner", "MetricWriter",
+           "NonFiniteLossError", "PerMember", "Runner", "TrainState", "batch_evaluator",
+           "create_members", "create_train_state", "fit", "fused_epoch", "host_mean",
+           "make_eval_step", "make_train_step", "mean_metrics", "member_batches",
+           "member_seeds", "over_members", "per_member", "repeat_step", "run_evaluators",
            "scan_steps", "set_host_devices", "stack_states", "step_of", "unstack_state",
            "variables_of"]

@@ -62,17 +62,19 @@ def _init_once(tx: optax.GradientTransformation):
   return init
 
 
-def _keys(seed) -> tuple:
-  """`split(PRNGKey(seed))` as one program (three op by op); seeds outside int32 (which a
-  jitted argument cannot hold) op by op, as before."""
-  if isinstance(seed, int) and not -2**31 <= seed < 2**31:
-    return tuple(jax.random.split(jax.random.PRNGKey(seed)))
-  return _split_key(seed)
-
-
-@jax.jit
-def _split_key(seed):
+def _split_key(seed) -> tuple:
   return tuple(jax.random.split(jax.random.PRNGKey(seed)))
+
+
+_split_key_once = jax.jit(_split_key)
+
+
+def _keys(seed) -> tuple:
+  """`_split_key` as one program (three op by op); seeds outside int32 (which a jitted
+  argument cannot hold) op by op, as before."""
+  if isinstance(seed, int) and not -2**31 <= seed < 2**31:
+    return _split_key(seed)
+  return _split_key_once(seed)
 
 
 def variables_of(state: TrainState) -> dict:
