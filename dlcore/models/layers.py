@@ -190,13 +190,16 @@ def _scatter_grad_conv_bwd(padding, residuals, g):
   n, ho, wo, _ = g.shape
   # Each output position's contribution to its kh x kw input window (one matmul over the
   # output channels), then added into the padded input tap by tap (col2im); float32 sums for
-  # half-precision models, as XLA's convolution accumulates.
-  cols = jnp.matmul(g.reshape(-1, o), rhs.reshape(kh * kw * c, o).T,
-                    preferred_element_type=jnp.float32).reshape(n, ho, wo, kh, kw, c)
+  # half-precision models, as XLA's convolution accumulates. Tap-major (kh, kw, N, Ho, Wo, C),
+  # so that each tap's slice is contiguous (its add ~0.12 -> ~0.04 ms in LeNet's step): LeNet's
+  # step 10.9 -> 9.0 ms (medians, paired in one process) against position-major
+  # (N, Ho, Wo, kh, kw, C). XLA computes it as kernel @ dy^T, whose dot rounds differently.
+  cols = jnp.einsum("mo,tco->tmc", g.reshape(-1, o), rhs.reshape(kh * kw, c, o),
+                    preferred_element_type=jnp.float32).reshape(kh, kw, n, ho, wo, c)
   d_lhs = jnp.zeros((n, lhs.shape[1] + pt + pb, lhs.shape[2] + pl + pr, c), jnp.float32)
   for i in range(kh):
     for j in range(kw):
-      d_lhs = d_lhs.at[:, i:i + ho, j:j + wo].add(cols[:, :, :, i, j])
+      d_lhs = d_lhs.at[:, i:i + ho, j:j + wo].add(cols[i, j])
   d_lhs = d_lhs[:, pt:pt + lhs.shape[1], pl:pl + lhs.shape[2]].astype(lhs.dtype)
   # The kernel gradient exactly as autodiff of XLA's convolution gives it.
   return d_lhs, jax.vjp(lambda r: _xla_conv(lhs, r, padding), rhs)[1](g)[0]
@@ -212,8 +215,9 @@ def scatter_grad_conv(lhs, rhs, window_strides, padding):
 
   Why: for few input channels XLA's CPU backend computes the input gradient (a full
   correlation of dy with the flipped kernel, padded by kh - 1) slowly: LeNet's conv2
-  (6 -> 16 5x5 at 14x14, batch 128) 1.95 ms against 1.15 this way. With many channels its
-  own kernel wins (the CNN's 32 -> 64 3x3: 5.9 against 8.2 ms), so `auto_conv` picks this
+  (6 -> 16 5x5 at 14x14, batch 128) 1.95 ms against 1.15 this way (alone; on a slower day
+  2.9 against 1.5-1.8). With many channels its own kernel wins (the CNN's 32 -> 64 3x3: 5.9
+  against 8.2 ms), so `auto_conv` picks this
   for at most `SCATTER_GRAD_MAX_CHANNELS` input channels (more than one: one channel goes
   to `patch_conv` / `shift_conv`). The forward and the kernel gradient are XLA's, bit for
   bit; the input gradient sums in another order (float32 rounding; tested).
