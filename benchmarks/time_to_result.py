@@ -12,6 +12,10 @@ warm. Each is a fresh process timed from its start to its exit. For dlcore the r
 account of where the time went (summary.json's "timings") is kept; for PyTorch the loop's
 sections are timed the same way (start-up, data, training steps, evaluation, figures).
 
+`--repeats N` runs the three N times, alternating cases round by round (each cold run with
+its own empty cache), and reports the medians: on a shared host the same run's steps vary by
+up to 40 % from one process to the next, as much as the gaps being measured.
+
 Writes `benchmarks/results/time_to_result-<label>.{json,md}`.
 """
 from __future__ import annotations
@@ -231,6 +235,26 @@ def measure(case: str, epochs: int, tmp: str, threads: int) -> dict:
   return result
 
 
+def _median(values: list[float]) -> float:
+  v = sorted(values)
+  return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def median_result(repeats: list[dict]) -> dict:
+  """One case's repeats as one result: each run's wall time and each timing the median over
+  the repeats (the summaries are the first repeat's); the repeats themselves are kept."""
+  if len(repeats) == 1:
+    return repeats[0]
+  out: dict = {"epochs": repeats[0]["epochs"], "repeats": repeats}
+  for run in ("torch", "dlcore_cold", "dlcore_warm"):
+    rs = [r[run] for r in repeats]
+    keys = [k for k in rs[0]["timings"] if all(k in r["timings"] for r in rs)]
+    out[run] = {**{k: v for k, v in rs[0].items() if k not in ("wall_s", "timings")},
+                "wall_s": round(_median([r["wall_s"] for r in rs]), 2),
+                "timings": {k: round(_median([r["timings"][k] for r in rs]), 3) for k in keys}}
+  return out
+
+
 def _outside(timings: dict) -> float:
   """The fraction of a run outside its training steps."""
   total = timings.get("total") or sum(v for k, v in timings.items() if k != "total")
@@ -245,6 +269,13 @@ def table(results: dict) -> str:
     t, c, w = r["torch"]["wall_s"], r["dlcore_cold"]["wall_s"], r["dlcore_warm"]["wall_s"]
     lines.append(f"| {case} | {r['epochs']} | {t:.1f} | {c:.1f} | {w:.1f} | {t / c:.2f}x | "
                  f"{t / w:.2f}x | {_outside(r['dlcore_warm']['timings']):.0%} |")
+  for case, r in results.items():
+    if "repeats" in r:
+      walls = "; ".join(f"{name} " + ", ".join(f"{x[run]['wall_s']:.1f}" for x in r["repeats"])
+                        for name, run in (("PyTorch", "torch"), ("cold", "dlcore_cold"),
+                                          ("warm", "dlcore_warm")))
+      lines.append(f"\n{case}: medians of {len(r['repeats'])} alternating repeats "
+                   f"(wall s per repeat: {walls})")
   lines += ["", "Where the time went (seconds; dlcore from summary.json's \"timings\", "
             "PyTorch from its loop's sections plus the wall time it leaves over):", ""]
   parts = ["start-up", "data", "compilation", "training steps", "evaluation", "figures",
@@ -267,6 +298,8 @@ def main(argv=None) -> None:
                  help="epochs for every case (default: each seed's own)")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   p.add_argument("--label", default=f"cpu-{os.cpu_count()}core")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="runs of each (alternating cases); the table gives the medians")
   p.add_argument("--torch", choices=list(CASES), help=argparse.SUPPRESS)  # the child
   p.add_argument("--out", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -275,16 +308,23 @@ def main(argv=None) -> None:
     return
   if not os.path.isdir(FASHION):
     raise SystemExit(f"error: no Fashion-MNIST in {FASHION}; run `make data` first")
-  results = {}
+  if args.repeats < 1:
+    raise SystemExit(f"error: --repeats {args.repeats}: give 1 or more")
+  runs: dict = {case: [] for case in args.cases}
   with tempfile.TemporaryDirectory() as tmp:
-    for case in args.cases:
-      epochs = args.epochs or CASES[case][1]
-      print(f"{case}: {epochs} epochs ...", flush=True)
-      results[case] = measure(case, epochs, tmp, args.threads)
-      r = results[case]
-      print(f"  PyTorch {r['torch']['wall_s']:.1f} s, dlcore cold "
-            f"{r['dlcore_cold']['wall_s']:.1f} s, warm {r['dlcore_warm']['wall_s']:.1f} s",
-            flush=True)
+    for rep in range(args.repeats):
+      for case in args.cases:
+        epochs = args.epochs or CASES[case][1]
+        print(f"{case}: {epochs} epochs" + (f", repeat {rep + 1}/{args.repeats}"
+                                            if args.repeats > 1 else "") + " ...", flush=True)
+        where = os.path.join(tmp, f"repeat-{rep}")
+        os.makedirs(where, exist_ok=True)
+        r = measure(case, epochs, where, args.threads)
+        runs[case].append(r)
+        print(f"  PyTorch {r['torch']['wall_s']:.1f} s, dlcore cold "
+              f"{r['dlcore_cold']['wall_s']:.1f} s, warm {r['dlcore_warm']['wall_s']:.1f} s",
+              flush=True)
+  results = {case: median_result(rs) for case, rs in runs.items()}
   md = table(results)
   print(md)
   base = os.path.join(ROOT, "benchmarks", "results", f"time_to_result-{args.label}")

@@ -145,3 +145,27 @@ def test_time_to_result_pytorch_loop_trains_evaluates_and_draws(tmp_path, case):
       "dlcore_cold": {"wall_s": 5.0, "timings": {"total": 5.0, "training steps": 4.0}},
       "dlcore_warm": {"wall_s": 4.0, "timings": {"total": 4.0, "training steps": 3.0}}}})
   assert f"| {case} | 2 | 10.0 | 5.0 | 4.0 | 2.00x | 2.50x | 25% |" in row
+
+
+def test_time_to_result_repeats_report_medians():
+  """`--repeats`: each run's wall time and timings are the medians over the repeats, the
+  table's ratios come from them, and every repeat's walls are listed."""
+  from benchmarks import time_to_result
+
+  def rep(torch, cold, warm, steps):
+    return {"epochs": 2, "torch": {"wall_s": torch, "timings": {"training steps": torch - 1}},
+            "dlcore_cold": {"wall_s": cold, "timings": {"total": cold, "training steps": steps},
+                            "summary": {"n": cold}},
+            "dlcore_warm": {"wall_s": warm, "timings": {"total": warm, "training steps": steps}}}
+  reps = [rep(30.0, 9.0, 8.0, 6.0), rep(10.0, 5.0, 4.0, 3.0), rep(20.0, 7.0, 6.0, 3.0)]
+  got = time_to_result.median_result(reps)
+  assert got["repeats"] == reps
+  assert [got[r]["wall_s"] for r in ("torch", "dlcore_cold", "dlcore_warm")] == [20.0, 7.0, 6.0]
+  assert got["dlcore_warm"]["timings"] == {"total": 6.0, "training steps": 3.0}
+  assert got["dlcore_cold"]["summary"] == {"n": 9.0}  # the first repeat's
+  row = time_to_result.table({"lenet": got})
+  assert "| lenet | 2 | 20.0 | 7.0 | 6.0 | 2.86x | 3.33x | 50% |" in row
+  assert "medians of 3 alternating repeats (wall s per repeat: PyTorch 30.0, 10.0, 20.0" in row
+  even = time_to_result.median_result(reps[:2])
+  assert even["torch"]["wall_s"] == 20.0 and even["dlcore_warm"]["timings"]["total"] == 6.0
+  assert time_to_result.median_result(reps[:1]) is reps[0]
