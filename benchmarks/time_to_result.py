@@ -13,8 +13,8 @@ account of where the time went (summary.json's "timings") is kept; for PyTorch t
 sections are timed the same way (start-up, data, training steps, evaluation, figures).
 
 `--repeats N` runs the three N times, alternating cases round by round (each cold run with
-its own empty cache), and reports the medians: on a shared host the same run's steps vary by
-up to 40 % from one process to the next, as much as the gaps being measured.
+its own empty cache), and reports the medians: on a shared host the same run's steps varied
+by 20-40 % from one process to the next, as much as the gaps being measured.
 
 Writes `benchmarks/results/time_to_result-<label>.{json,md}`.
 """
