@@ -240,18 +240,28 @@ def _median(values: list[float]) -> float:
   return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
+def _torch_other(run: dict) -> float:
+  """The PyTorch run's wall time outside its loop's timed sections."""
+  return max(0.0, run["wall_s"] - sum(run["timings"].values()))
+
+
 def median_result(repeats: list[dict]) -> dict:
   """One case's repeats as one result: each run's wall time and each timing the median over
-  the repeats (the summaries are the first repeat's); the repeats themselves are kept."""
+  the repeats that have it (PyTorch's "other" too, per repeat); the summaries are the first
+  repeat's, and the repeats themselves are kept."""
   if len(repeats) == 1:
     return repeats[0]
   out: dict = {"epochs": repeats[0]["epochs"], "repeats": repeats}
   for run in ("torch", "dlcore_cold", "dlcore_warm"):
-    rs = [r[run] for r in repeats]
-    keys = [k for k in rs[0]["timings"] if all(k in r["timings"] for r in rs)]
+    rs = [dict(r[run], timings=dict(r[run]["timings"])) for r in repeats]
+    if run == "torch":
+      for r in rs:
+        r["timings"]["other"] = _torch_other(r)
+    keys = list(dict.fromkeys(k for r in rs for k in r["timings"]))
     out[run] = {**{k: v for k, v in rs[0].items() if k not in ("wall_s", "timings")},
                 "wall_s": round(_median([r["wall_s"] for r in rs]), 2),
-                "timings": {k: round(_median([r["timings"][k] for r in rs]), 3) for k in keys}}
+                "timings": {k: round(_median([r["timings"][k] for r in rs if k in r["timings"]]),
+                                     3) for k in keys}}
   return out
 
 
@@ -283,7 +293,8 @@ def table(results: dict) -> str:
   lines += ["| run | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
   for case, r in results.items():
     torch_t = dict(r["torch"]["timings"])
-    torch_t["other"] = max(0.0, r["torch"]["wall_s"] - sum(torch_t.values()))
+    if "other" not in torch_t:  # a median over repeats has it already
+      torch_t["other"] = _torch_other(r["torch"])
     for name, tm in (("PyTorch", torch_t), ("dlcore cold", r["dlcore_cold"]["timings"]),
                      ("dlcore warm", r["dlcore_warm"]["timings"])):
       lines.append(f"| {case} {name} | " + " | ".join(
@@ -311,8 +322,14 @@ def main(argv=None) -> None:
   if args.repeats < 1:
     raise SystemExit(f"error: --repeats {args.repeats}: give 1 or more")
   runs: dict = {case: [] for case in args.cases}
+  base = os.path.join(ROOT, "benchmarks", "results", f"time_to_result-{args.label}")
+  meta = {"date": datetime.date.today().isoformat(), "threads": args.threads,
+          "command": "python -m benchmarks.time_to_result " + " ".join(argv or sys.argv[1:])}
   with tempfile.TemporaryDirectory() as tmp:
     for rep in range(args.repeats):
+      if rep:  # what the finished rounds measured, kept should a later round fail
+        _write(base, dict(meta, repeats_done=rep),
+               {c: median_result(rs) for c, rs in runs.items() if rs}, args.threads, echo=False)
       for case in args.cases:
         epochs = args.epochs or CASES[case][1]
         print(f"{case}: {epochs} epochs" + (f", repeat {rep + 1}/{args.repeats}"
@@ -324,16 +341,17 @@ def main(argv=None) -> None:
         print(f"  PyTorch {r['torch']['wall_s']:.1f} s, dlcore cold "
               f"{r['dlcore_cold']['wall_s']:.1f} s, warm {r['dlcore_warm']['wall_s']:.1f} s",
               flush=True)
-  results = {case: median_result(rs) for case, rs in runs.items()}
+  _write(base, meta, {case: median_result(rs) for case, rs in runs.items()}, args.threads)
+
+
+def _write(base: str, meta: dict, results: dict, threads: int, echo: bool = True) -> None:
   md = table(results)
-  print(md)
-  base = os.path.join(ROOT, "benchmarks", "results", f"time_to_result-{args.label}")
-  meta = {"date": datetime.date.today().isoformat(), "threads": args.threads,
-          "command": "python -m benchmarks.time_to_result " + " ".join(argv or sys.argv[1:])}
+  if echo:
+    print(md)
   with open(base + ".json", "w") as f:
     json.dump({"meta": meta, "results": results}, f, indent=1)
   with open(base + ".md", "w") as f:
-    f.write(f"{meta['command']} ({meta['date']}, torch threads {args.threads})\n\n{md}\n")
+    f.write(f"{meta['command']} ({meta['date']}, torch threads {threads})\n\n{md}\n")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,71 @@ def test_time_to_result_repeats_report_medians():
   row = time_to_result.table({"lenet": got})
   assert "| lenet | 2 | 20.0 | 7.0 | 6.0 | 2.86x | 3.33x | 50% |" in row
   assert "medians of 3 alternating repeats (wall s per repeat: PyTorch 30.0, 10.0, 20.0" in row
+  assert got["torch"]["timings"]["other"] == 1.0  # wall minus the loop's sections, per repeat
+  assert f"| lenet PyTorch | - | - | - | 19.00 | - | - | - | - | - | 1.00 |" in row
   even = time_to_result.median_result(reps[:2])
   assert even["torch"]["wall_s"] == 20.0 and even["dlcore_warm"]["timings"]["total"] == 6.0
+  four = time_to_result.median_result(reps + [rep(40.0, 11.0, 10.0, 9.0)])
+  assert four["torch"]["wall_s"] == 25.0 and four["dlcore_cold"]["timings"]["training steps"] == 4.5
   assert time_to_result.median_result(reps[:1]) is reps[0]
+  reps[1]["dlcore_warm"]["timings"]["figures"] = 0.5  # a section only one repeat timed
+  assert time_to_result.median_result(reps)["dlcore_warm"]["timings"]["figures"] == 0.5
+
+
+def test_time_to_result_repeats_alternate_in_their_own_folders(tmp_path, monkeypatch):
+  """`main --repeats 2`: the cases alternate round by round, each repeat measures in its own
+  folder (so each cold run has an empty cache), the medians are written, a failing round
+  keeps what the rounds before it measured, and `--repeats 0` stops with one line."""
+  from benchmarks import time_to_result
+  (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+  monkeypatch.setattr(time_to_result, "ROOT", str(tmp_path))
+  monkeypatch.setattr(time_to_result, "FASHION", str(tmp_path))
+  calls = []
+
+  def measure(case, epochs, where, threads):
+    calls.append((case, os.path.basename(where)))
+    if len(calls) > 4:
+      raise RuntimeError("round 3 fails")
+    wall = float(len(calls))
+    t = {"wall_s": wall, "timings": {"total": wall, "training steps": wall / 2}}
+    return {"epochs": epochs, "torch": {"wall_s": 2 * wall, "timings": {"training steps": wall}},
+            "dlcore_cold": t, "dlcore_warm": t}
+  monkeypatch.setattr(time_to_result, "measure", measure)
+  time_to_result.main(["--cases", "vae", "mlp", "--epochs", "1", "--repeats", "2",
+                       "--label", "t"])
+  assert calls == [("vae", "repeat-0"), ("mlp", "repeat-0"), ("vae", "repeat-1"),
+                   ("mlp", "repeat-1")]
+  with open(tmp_path / "benchmarks" / "results" / "time_to_result-t.json") as f:
+    got = json.load(f)["results"]
+  assert got["vae"]["dlcore_cold"]["wall_s"] == 2.0 and got["mlp"]["torch"]["wall_s"] == 6.0
+  calls.clear()
+  with pytest.raises(RuntimeError):
+    time_to_result.main(["--cases", "vae", "mlp", "--epochs", "1", "--repeats", "3",
+                         "--label", "u"])
+  with open(tmp_path / "benchmarks" / "results" / "time_to_result-u.json") as f:
+    kept = json.load(f)
+  assert kept["meta"]["repeats_done"] == 2 and kept["results"]["mlp"]["dlcore_warm"]["wall_s"] == 3.0
+  with pytest.raises(SystemExit, match="--repeats 0"):
+    time_to_result.main(["--cases", "vae", "--repeats", "0"])
+
+
+def test_col2im_taps_reference_is_the_same_gradient():
+  """`benchmarks.col2im_taps` times dlcore's tap-major col2im against its position-major
+  predecessor: the two give the same input gradient up to float32 rounding, the kernel
+  gradient bit for bit, and the benchmark restores dlcore's backward pass afterwards."""
+  from benchmarks import col2im_taps
+  from dlcore.models import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 9, 8, 3)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 2, 3, 5)), jnp.float32)
+  pad = ((1, 0), (2, 1))
+  y, vjp = jax.vjp(lambda x, k: layers._xla_conv(x, k, pad), x, k)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  ours = layers._scatter_grad_conv_bwd(pad, (x, k), g)
+  before = col2im_taps.position_major_bwd(pad, (x, k), g)
+  np.testing.assert_array_equal(before[1], ours[1])
+  np.testing.assert_allclose(before[0], ours[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(before[0], vjp(g)[0], rtol=1e-5, atol=1e-5)
+  col2im_taps._compiled(col2im_taps.position_major_bwd)
+  got = jax.grad(lambda x: jnp.sum(layers.scatter_grad_conv(x, k, (1, 1), pad) * g))(x)
+  np.testing.assert_array_equal(got, ours[0])

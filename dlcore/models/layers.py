@@ -191,9 +191,9 @@ def _scatter_grad_conv_bwd(padding, residuals, g):
   # Each output position's contribution to its kh x kw input window (one matmul over the
   # output channels), then added into the padded input tap by tap (col2im); float32 sums for
   # half-precision models, as XLA's convolution accumulates. Tap-major (kh, kw, N, Ho, Wo, C),
-  # so that each tap's slice is contiguous (its add ~0.12 -> ~0.04 ms in LeNet's step): LeNet's
-  # step 10.9 -> 9.0 ms (medians, paired in one process) against position-major
-  # (N, Ho, Wo, kh, kw, C). XLA computes it as kernel @ dy^T, whose dot rounds differently.
+  # so that each tap's slice is contiguous: LeNet's jit step 10.14 -> 8.80 ms against
+  # position-major (N, Ho, Wo, kh, kw, C) (`python -m benchmarks.col2im_taps`). XLA computes
+  # it as kernel @ dy^T, a dot that rounds differently from dy @ kernel^T.
   cols = jnp.einsum("mo,tco->tmc", g.reshape(-1, o), rhs.reshape(kh * kw, c, o),
                     preferred_element_type=jnp.float32).reshape(kh, kw, n, ho, wo, c)
   d_lhs = jnp.zeros((n, lhs.shape[1] + pt + pb, lhs.shape[2] + pl + pr, c), jnp.float32)
@@ -210,14 +210,13 @@ _scatter_grad_conv.defvjp(_scatter_grad_conv_fwd, _scatter_grad_conv_bwd)
 
 def scatter_grad_conv(lhs, rhs, window_strides, padding):
   """XLA's 2-D NHWC x HWIO stride-1 convolution and its kernel gradient, with the input
-  gradient computed as col2im: dy @ kernel^T gives each output position's share of its
-  kh x kw input window, added into the padded input tap by tap.
+  gradient computed as col2im: one product of dy and the kernel gives each output
+  position's share of its kh x kw input window, added into the padded input tap by tap.
 
   Why: for few input channels XLA's CPU backend computes the input gradient (a full
   correlation of dy with the flipped kernel, padded by kh - 1) slowly: LeNet's conv2
-  (6 -> 16 5x5 at 14x14, batch 128) 1.95 ms against 1.15 this way (alone; on a slower day
-  2.9 against 1.5-1.8). With many channels its own kernel wins (the CNN's 32 -> 64 3x3: 5.9
-  against 8.2 ms), so `auto_conv` picks this
+  (6 -> 16 5x5 at 14x14, batch 128) 1.95 ms against 1.15 this way. With many channels its
+  own kernel wins (the CNN's 32 -> 64 3x3: 5.9 against 8.2 ms), so `auto_conv` picks this
   for at most `SCATTER_GRAD_MAX_CHANNELS` input channels (more than one: one channel goes
   to `patch_conv` / `shift_conv`). The forward and the kernel gradient are XLA's, bit for
   bit; the input gradient sums in another order (float32 rounding; tested).
