@@ -25,6 +25,7 @@ import datetime
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -235,11 +236,6 @@ def measure(case: str, epochs: int, tmp: str, threads: int) -> dict:
   return result
 
 
-def _median(values: list[float]) -> float:
-  v = sorted(values)
-  return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
 def _torch_other(run: dict) -> float:
   """The PyTorch run's wall time outside its loop's timed sections."""
   return max(0.0, run["wall_s"] - sum(run["timings"].values()))
@@ -259,9 +255,9 @@ def median_result(repeats: list[dict]) -> dict:
         r["timings"]["other"] = _torch_other(r)
     keys = list(dict.fromkeys(k for r in rs for k in r["timings"]))
     out[run] = {**{k: v for k, v in rs[0].items() if k not in ("wall_s", "timings")},
-                "wall_s": round(_median([r["wall_s"] for r in rs]), 2),
-                "timings": {k: round(_median([r["timings"][k] for r in rs if k in r["timings"]]),
-                                     3) for k in keys}}
+                "wall_s": round(statistics.median([r["wall_s"] for r in rs]), 2),
+                "timings": {k: round(statistics.median(
+                    [r["timings"][k] for r in rs if k in r["timings"]]), 3) for k in keys}}
   return out
 
 
