@@ -149,17 +149,30 @@ def test_divergence_stops_before_a_non_finite_state_is_saved(tmp_path):
       assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
 
-def test_all_finite_sees_a_non_finite_value_in_any_leaf():
-  from dlcore.train.loop import all_finite
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_all_finite_sees_a_non_finite_value_in_any_leaf(dtype):
+  """Both ways of checking: numpy where the arrays are on this host (the CPU), the compiled
+  reduction elsewhere (called directly here: this machine has no accelerator)."""
+  from dlcore.train import loop
   state = small_state(opt=optax.adam(1e-3))
+  state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                       else x, state)
   leaves, treedef = jax.tree.flatten(state)
   floats = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  assert all_finite(state) and len(floats) > 4
+  device = lambda tree: bool(loop._all_finite(  # noqa: E731
+      [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
+  assert all(loop._on_host(leaves[i]) for i in floats)
+  assert loop.all_finite(state) and device(state) and len(floats) > 4
   for i in floats:
-    for bad in (np.nan, np.inf):
-      broken = list(leaves)
-      broken[i] = leaves[i].at[(0,) * leaves[i].ndim].set(bad)
-      assert not all_finite(jax.tree.unflatten(treedef, broken)), (i, bad)
+    for bad in (np.nan, np.inf, -np.inf):
+      for where in ((0,) * leaves[i].ndim, (-1,) * leaves[i].ndim):
+        broken = list(leaves)
+        broken[i] = leaves[i].at[where].set(bad)
+        tree = jax.tree.unflatten(treedef, broken)
+        assert not loop.all_finite(tree), (i, bad, where)
+        assert not device(tree), (i, bad, where)
+        # The same leaf as a numpy array (a fetched state) is read the same way.
+        assert not loop.all_finite(jax.tree.map(np.asarray, tree)), (i, bad, where)
 
 
 def test_lr_1e39_exits_non_zero_in_one_line(tmp_path):

@@ -47,11 +47,22 @@ def all_finite(tree) -> bool:
   """Whether every floating-point leaf of `tree` (params, optimizer state, ...) is finite."""
   leaves = [x for x in jax.tree.leaves(tree)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-  return not leaves or bool(_all_finite(leaves))
+  if all(_on_host(x) for x in leaves):
+    # Read where the arrays are: a program for the check cost ~0.3 s of compilation per
+    # run (cold) to save microseconds per checkpoint.
+    return all(bool(np.isfinite(np.asarray(x)).all()) for x in leaves)
+  return bool(_all_finite(leaves))
+
+
+def _on_host(x) -> bool:
+  """Whether numpy can read `x` in place: a host array, or a CPU array this process holds."""
+  return isinstance(x, np.ndarray) or (
+      isinstance(x, jax.Array) and x.is_fully_addressable
+      and all(d.platform == "cpu" for d in x.devices()))
 
 
 @jax.jit
-def _all_finite(leaves):
+def _all_finite(leaves):  # on accelerators (and arrays spread over processes)
   # One program for the whole state: op by op it compiled two per leaf shape (~0.5 s cold).
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
