@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -213,27 +214,39 @@ def _timed(argv: list[str], env: dict) -> tuple[float, subprocess.CompletedProce
   return wall, out
 
 
-def measure(case: str, epochs: int, tmp: str, threads: int) -> dict:
+# The order of a case's three runs, rotating with the repeats (PyTorch first, in the middle,
+# last; the warm run needs the cold run's cache), so an effect of the order (the host after a
+# long PyTorch run) does not favour one side in the medians. One repeat: the first.
+ORDERS = (("torch", "cold", "warm"), ("cold", "warm", "torch"), ("cold", "torch", "warm"))
+
+
+def measure(case: str, epochs: int, tmp: str, threads: int,
+            order: Sequence[str] = ORDERS[0]) -> dict:
+  if sorted(order) != ["cold", "torch", "warm"] or order.index("cold") > order.index("warm"):
+    raise ValueError(f"order {order}: torch, cold and warm once each, cold before warm")
   cmd, _, _ = CASES[case]
-  env = dict(os.environ)
-  result: dict = {"epochs": epochs}
-  out = os.path.join(tmp, f"{case}-torch")
-  os.makedirs(out)
-  wall, proc = _timed([sys.executable, "-m", "benchmarks.time_to_result", "--torch", case,
-                       "--epochs", str(epochs), "--out", out, "--threads", str(threads)], env)
-  last = json.loads(proc.stdout.strip().splitlines()[-1])
-  result["torch"] = {"wall_s": round(wall, 2), **last}
-  env["DLCORE_CACHE"] = os.path.join(tmp, f"{case}-cache")  # an empty compilation cache
-  for which in ("cold", "warm"):
+  env = dict(os.environ)  # PyTorch's: as before, not pointed at the cache
+  cache = dict(env, DLCORE_CACHE=os.path.join(tmp, f"{case}-cache"))  # empty at first
+  result: dict = {"epochs": epochs, "order": list(order)}
+  for which in order:
+    if which == "torch":
+      out = os.path.join(tmp, f"{case}-torch")
+      os.makedirs(out)
+      wall, proc = _timed([sys.executable, "-m", "benchmarks.time_to_result", "--torch", case,
+                           "--epochs", str(epochs), "--out", out, "--threads", str(threads)],
+                          env)
+      last = json.loads(proc.stdout.strip().splitlines()[-1])
+      result["torch"] = {"wall_s": round(wall, 2), **last}
+      continue
     workdir = os.path.join(tmp, f"{case}-{which}")
     wall, _ = _timed([sys.executable, "-m", *cmd, "--epochs", str(epochs), "--workdir", workdir,
-                      "--no-progress"], env)
+                      "--no-progress"], cache)
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
     timings = summary.pop("timings")
     result[f"dlcore_{which}"] = {"wall_s": round(wall, 2), "timings": timings,
                                  "summary": summary}
-  return result
+  return {k: result[k] for k in ("epochs", "order", "torch", "dlcore_cold", "dlcore_warm")}
 
 
 def _torch_other(run: dict) -> float:
@@ -280,8 +293,10 @@ def table(results: dict) -> str:
       walls = "; ".join(f"{name} " + ", ".join(f"{x[run]['wall_s']:.1f}" for x in r["repeats"])
                         for name, run in (("PyTorch", "torch"), ("cold", "dlcore_cold"),
                                           ("warm", "dlcore_warm")))
+      orders = ", ".join("-".join(x["order"]) for x in r["repeats"] if "order" in x)
       lines.append(f"\n{case}: medians of {len(r['repeats'])} alternating repeats "
-                   f"(wall s per repeat: {walls})")
+                   f"(wall s per repeat: {walls})"
+                   + (f"; runs in the order {orders}" if orders else ""))
   lines += ["", "Where the time went (seconds; dlcore from summary.json's \"timings\", "
             "PyTorch from its loop's sections plus the wall time it leaves over):", ""]
   parts = ["start-up", "data", "compilation", "training steps", "evaluation", "figures",
@@ -332,7 +347,7 @@ def main(argv=None) -> None:
                                             if args.repeats > 1 else "") + " ...", flush=True)
         where = os.path.join(tmp, f"repeat-{rep}")
         os.makedirs(where, exist_ok=True)
-        r = measure(case, epochs, where, args.threads)
+        r = measure(case, epochs, where, args.threads, ORDERS[rep % len(ORDERS)])
         runs[case].append(r)
         print(f"  PyTorch {r['torch']['wall_s']:.1f} s, dlcore cold "
               f"{r['dlcore_cold']['wall_s']:.1f} s, warm {r['dlcore_warm']['wall_s']:.1f} s",

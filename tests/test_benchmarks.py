@@ -3,6 +3,7 @@ PyTorch twin when torch is installed), FLOP counting by formula, and the outputs
 run. Timing itself is not tested (benchmarks measure it)."""
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,11 @@ def test_time_to_result_repeats_report_medians():
   assert time_to_result.median_result(reps[:1]) is reps[0]
   reps[1]["dlcore_warm"]["timings"]["figures"] = 0.5  # a section only one repeat timed
   assert time_to_result.median_result(reps)["dlcore_warm"]["timings"]["figures"] == 0.5
+  for r, order in zip(reps, time_to_result.ORDERS):
+    r["order"] = list(order)
+  assert ("PyTorch 30.0, 10.0, 20.0; cold 9.0, 5.0, 7.0; warm 8.0, 4.0, 6.0); runs in the "
+          "order torch-cold-warm, cold-warm-torch, cold-torch-warm") in time_to_result.table(
+              {"lenet": time_to_result.median_result(reps)})
 
 
 def test_time_to_result_repeats_alternate_in_their_own_folders(tmp_path, monkeypatch):
@@ -185,10 +191,11 @@ def test_time_to_result_repeats_alternate_in_their_own_folders(tmp_path, monkeyp
   (tmp_path / "benchmarks" / "results").mkdir(parents=True)
   monkeypatch.setattr(time_to_result, "ROOT", str(tmp_path))
   monkeypatch.setattr(time_to_result, "FASHION", str(tmp_path))
-  calls = []
+  calls, orders = [], []
 
-  def measure(case, epochs, where, threads):
+  def measure(case, epochs, where, threads, order):
     calls.append((case, os.path.basename(where)))
+    orders.append(order)
     if len(calls) > 4:
       raise RuntimeError("round 3 fails")
     wall = float(len(calls))
@@ -200,6 +207,8 @@ def test_time_to_result_repeats_alternate_in_their_own_folders(tmp_path, monkeyp
                        "--label", "t"])
   assert calls == [("vae", "repeat-0"), ("mlp", "repeat-0"), ("vae", "repeat-1"),
                    ("mlp", "repeat-1")]
+  o = time_to_result.ORDERS  # the order of the three runs rotates with the repeats
+  assert orders == [o[0], o[0], o[1], o[1]] and len(set(o)) == 3
   with open(tmp_path / "benchmarks" / "results" / "time_to_result-t.json") as f:
     got = json.load(f)["results"]
   assert got["vae"]["dlcore_cold"]["wall_s"] == 2.0 and got["mlp"]["torch"]["wall_s"] == 6.0
@@ -212,6 +221,41 @@ def test_time_to_result_repeats_alternate_in_their_own_folders(tmp_path, monkeyp
   assert kept["meta"]["repeats_done"] == 2 and kept["results"]["mlp"]["dlcore_warm"]["wall_s"] == 3.0
   with pytest.raises(SystemExit, match="--repeats 0"):
     time_to_result.main(["--cases", "vae", "--repeats", "0"])
+
+
+def test_time_to_result_runs_a_case_in_the_order_given(tmp_path, monkeypatch):
+  """`measure` runs PyTorch, the cold and the warm run in the order asked, the dlcore runs
+  on the case's own compilation cache (PyTorch's environment as it was), and refuses an
+  order with the warm run before the cold one."""
+  from benchmarks import time_to_result
+  seen = []
+
+  def timed(argv, env):
+    if "--torch" in argv:
+      seen.append(("torch", env.get("DLCORE_CACHE")))
+      return 3.0, types.SimpleNamespace(stdout=json.dumps({"timings": {"training steps": 2.0}}))
+    workdir = argv[argv.index("--workdir") + 1]
+    which = workdir.rsplit("-", 1)[1]
+    seen.append((which, env.get("DLCORE_CACHE")))
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({"timings": {"total": 1.0}, "which": which}, f)
+    return 1.0, None
+  monkeypatch.setattr(time_to_result, "_timed", timed)
+  monkeypatch.setenv("DLCORE_CACHE", "/the/users/cache")
+  for order in time_to_result.ORDERS:
+    where = tmp_path / "-".join(order)
+    where.mkdir()
+    got = time_to_result.measure("lenet", 1, str(where), 2, order)
+    cache = str(where / "lenet-cache")
+    assert seen == [(w, "/the/users/cache" if w == "torch" else cache) for w in order]
+    assert got["order"] == list(order) and got["torch"]["wall_s"] == 3.0
+    assert got["dlcore_warm"]["summary"] == {"which": "warm"}
+    assert got["dlcore_cold"]["summary"] == {"which": "cold"}
+    seen.clear()
+  with pytest.raises(ValueError, match="cold before warm"):
+    time_to_result.measure("lenet", 1, str(tmp_path), 2, ("warm", "cold", "torch"))
+  assert not seen
 
 
 def test_col2im_taps_reference_is_the_same_gradient():
