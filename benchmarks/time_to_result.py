@@ -14,7 +14,9 @@ sections are timed the same way (start-up, data, training steps, evaluation, fig
 
 `--repeats N` runs the three N times, alternating cases round by round (each cold run with
 its own empty cache), and reports the medians: on a shared host the same run's steps varied
-by 20-40 % from one process to the next, as much as the gaps being measured.
+by 20-40 % from one process to the next, as much as the gaps being measured. The order of
+the three rotates with the repeats (`ORDERS`: PyTorch first, last, in the middle; a single
+repeat runs PyTorch, cold, warm), so N a multiple of 3 gives each position once per cycle.
 
 Writes `benchmarks/results/time_to_result-<label>.{json,md}`.
 """
@@ -321,7 +323,8 @@ def main(argv=None) -> None:
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   p.add_argument("--label", default=f"cpu-{os.cpu_count()}core")
   p.add_argument("--repeats", type=int, default=1,
-                 help="runs of each (alternating cases); the table gives the medians")
+                 help="runs of each (alternating cases, the order of PyTorch, cold and warm "
+                      "rotating: a multiple of 3 balances it); the table gives the medians")
   p.add_argument("--torch", choices=list(CASES), help=argparse.SUPPRESS)  # the child
   p.add_argument("--out", help=argparse.SUPPRESS)
   args = p.parse_args(argv)

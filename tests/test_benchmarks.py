@@ -256,6 +256,10 @@ def test_time_to_result_runs_a_case_in_the_order_given(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="cold before warm"):
     time_to_result.measure("lenet", 1, str(tmp_path), 2, ("warm", "cold", "torch"))
   assert not seen
+  (tmp_path / "default").mkdir()  # no order given: PyTorch, cold, warm, as before the option
+  assert time_to_result.measure("lenet", 1, str(tmp_path / "default"), 2)["order"] == [
+      "torch", "cold", "warm"]
+  assert [w for w, _ in seen] == ["torch", "cold", "warm"]
 
 
 def test_col2im_taps_reference_is_the_same_gradient():

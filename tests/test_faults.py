@@ -150,29 +150,44 @@ def test_divergence_stops_before_a_non_finite_state_is_saved(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_all_finite_sees_a_non_finite_value_in_any_leaf(dtype):
-  """Both ways of checking: numpy where the arrays are on this host (the CPU), the compiled
-  reduction elsewhere (called directly here: this machine has no accelerator)."""
+def test_all_finite_sees_a_non_finite_value_in_any_leaf(dtype, monkeypatch):
+  """Both ways of checking: numpy where the arrays are on this host (the CPU: the compiled
+  reduction is not called), the compiled reduction elsewhere (taken here by declaring the
+  arrays off the host: this machine has no accelerator)."""
   from dlcore.train import loop
   state = small_state(opt=optax.adam(1e-3))
   state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
                        else x, state)
   leaves, treedef = jax.tree.flatten(state)
   floats = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  device = lambda tree: bool(loop._all_finite(  # noqa: E731
-      [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
-  assert all(loop._on_host(leaves[i]) for i in floats)
-  assert loop.all_finite(state) and device(state) and len(floats) > 4
+  assert len(floats) > 4 and all(loop._on_host(leaves[i]) for i in floats)
+  compiled = loop._all_finite
+  calls = []
+
+  def no_program(leaves):
+    raise AssertionError("host arrays checked by a compiled program")
+
+  def counted(leaves):
+    calls.append(len(leaves))
+    return compiled(leaves)
+  trees = [state]
   for i in floats:
     for bad in (np.nan, np.inf, -np.inf):
       for where in ((0,) * leaves[i].ndim, (-1,) * leaves[i].ndim):
         broken = list(leaves)
         broken[i] = leaves[i].at[where].set(bad)
-        tree = jax.tree.unflatten(treedef, broken)
-        assert not loop.all_finite(tree), (i, bad, where)
-        assert not device(tree), (i, bad, where)
-        # The same leaf as a numpy array (a fetched state) is read the same way.
-        assert not loop.all_finite(jax.tree.map(np.asarray, tree)), (i, bad, where)
+        trees.append(jax.tree.unflatten(treedef, broken))
+  for host in (True, False):
+    with monkeypatch.context() as m:
+      m.setattr(loop, "_all_finite", no_program if host else counted)
+      if not host:
+        m.setattr(loop, "_on_host", lambda x: False)
+      for n, tree in enumerate(trees):
+        assert loop.all_finite(tree) == (n == 0), (host, n)
+        # The same leaves as numpy arrays (a fetched state) are read the same way.
+        assert loop.all_finite(jax.tree.map(np.asarray, tree)) == (n == 0), (host, n)
+  assert calls == [len(floats)] * (2 * len(trees))  # off the host: the compiled reduction
+  assert loop.all_finite({"step": np.int32(3)}) and not loop.all_finite([np.float32("nan")])
 
 
 def test_lr_1e39_exits_non_zero_in_one_line(tmp_path):

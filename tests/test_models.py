@@ -103,6 +103,29 @@ def test_an_init_compiled_to_run_once_gives_the_default_programs_values(name):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_the_init_reads_only_its_example_inputs_shape():
+  """`train_classifier` initialises on zeros of the pipeline's output shape (no eager op to
+  compile): every registered model with one float input has the same state on zeros as on
+  random inputs, bit for bit. AlexNet (60M parameters, slow here) was checked by hand on
+  2026-12-04; `centered_layer` has no parameters."""
+  import optax
+
+  from dlcore.models import registry
+  from dlcore.train import create_train_state
+  names = [n for n in registry.names() if len(registry.example_inputs(n)) == 1
+           and registry.example_inputs(n)[0].dtype.kind == "f"]
+  assert {"lenet", "cnn", "mnist_mlp", "vae", "alexnet", "dcgan_generator"} <= set(names)
+  rng = np.random.default_rng(0)
+  for name in sorted(set(names) - {"alexnet", "centered_layer"}):
+    model = registry.build(name)
+    (x,) = registry.example_inputs(name)
+    real = rng.normal(size=x.shape).astype(x.dtype)
+    a = create_train_state(model, optax.sgd(0.1), real, seed=3)
+    b = create_train_state(model, optax.sgd(0.1), np.zeros_like(real), seed=3)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
+
+
 @pytest.mark.parametrize("opt,seed", [("adam", 3), ("momentum", 3), ("adagrad", 3),
                                       ("rmsprop", 3), ("injected", 3), ("chained", 3),
                                       ("schedule", 3), ("branching", 3), ("adam", -1),

@@ -72,7 +72,8 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
   `hyperparams` (a sweep; `tx` from `optim.injected`): one dict per seed of `seeds`, member
   i trains with `hyperparams[i]` (see `members.create_members`); always run as members.
   `fuse`: the steps between checkpoints as one compiled loop (`fit`'s `fused_step`; one
-  member only)."""
+  member only). The model is initialised on zeros of the pipeline's output shape: an init
+  must not depend on its input's values (every registered model's does not; tested)."""
   seeds = [seed] if seeds is None else list(seeds)
   many = len(seeds) > 1 or hyperparams is not None
   for split, y in (("train", data.train_y), ("test", data.test_y)):

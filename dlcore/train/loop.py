@@ -55,8 +55,9 @@ def all_finite(tree) -> bool:
 
 
 def _on_host(x) -> bool:
-  """Whether numpy can read `x` in place: a host array, or a CPU array this process holds."""
-  return isinstance(x, np.ndarray) or (
+  """Whether numpy can read `x` without a program: a host array, or a CPU array this
+  process holds whole (spread over several CPU devices, numpy gathers a copy)."""
+  return isinstance(x, (np.ndarray, np.generic)) or (
       isinstance(x, jax.Array) and x.is_fully_addressable
       and all(d.platform == "cpu" for d in x.devices()))
 
