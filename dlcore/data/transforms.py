@@ -38,6 +38,11 @@ class ImagePipeline:
     if self.resize not in RESIZES:
       raise ValueError(f"unknown resize {self.resize!r}; choose one of {RESIZES}")
 
+  def output(self, image_shape: tuple[int, ...], batch: int = 1) -> jax.ShapeDtypeStruct:
+    """The shape and dtype the pipeline makes of `batch` uint8 images of `image_shape`
+    (HWC), traced only: no program is compiled or run."""
+    return jax.eval_shape(self, jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8))
+
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f"expected NHWC images, got shape {x.shape}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -102,8 +100,7 @@ def classifier_experiment(cfg, run: RunDir, runner: Runner, *, spec_id: str, mod
            else f" (seed {seeds.seeds[0]})" if seeds.many else "")
   plots.confusion(data.test_y, pred, data.class_names, run.file(f"{model_name}_confusion.png"),
                   title=f"{title}{which}: test accuracy {runs[0].test_accuracy:.4f}")
-  input_shape = jax.eval_shape(pipeline, jax.ShapeDtypeStruct((1, *data.image_shape),
-                                                          jnp.uint8)).shape[1:]
+  input_shape = pipeline.output(data.image_shape).shape[1:]
   save_model(run.file("model"), model_name, variables_of(runs[0].state),
              input_shape=input_shape, kwargs=model_kwargs)
   entries = [

@@ -80,8 +80,7 @@ def train_classifier(model, data: ImageData, tx: optax.GradientTransformation, *
     dldata.check_labels(y, data.num_classes, f"{data.name} {split} labels")
   # The init reads the input's shape only: zeros of the pipeline's output, no eager op to
   # compile (four programs, ~0.2 s cold).
-  out = jax.eval_shape(pipeline, jax.ShapeDtypeStruct(data.train_x[:2].shape,
-                                                      data.train_x.dtype))
+  out = pipeline.output(data.train_x.shape[1:], batch=2)
   example = np.zeros(out.shape, out.dtype)
   train_step = make_train_step(xent_loss, preprocess=pipeline)
   if many:
